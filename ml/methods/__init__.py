@@ -1,0 +1,1 @@
+"""Design methods, each behind :class:`ml.methods.base.DesignMethod`."""

@@ -1,0 +1,97 @@
+"""The one method interface: a design method streams progress and candidate crystals.
+
+A method never touches the database or the queue: the job runner persists what it yields.
+Same request, same seed, same weights: same candidates.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ml.crystal import Crystal
+from ml.request import DesignRequest
+
+
+class RequestError(ValueError):
+    """A request a method cannot serve; ``field`` is the dotted path the API reports (422)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class MethodParams(BaseModel):
+    """Base of every method's parameter model: unknown parameters are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Candidate:
+    """A crystal proposed by a method, with the method's own predictions of its properties."""
+
+    crystal: Crystal
+    predicted: dict[str, float] = field(default_factory=dict)
+    method_score: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Progress:
+    phase: str
+    step: int
+    total: int
+    best: float | None = None
+
+
+@dataclass
+class MethodContext:
+    """What the runner hands a method: device, cancellation flag and reporting hooks."""
+
+    device: str = "cpu"
+    should_cancel: Callable[[], bool] = lambda: False
+    # Oracles are created lazily and cached per process by the registry; methods ask by name.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check_cancelled(self) -> None:
+        if self.should_cancel():
+            raise Cancelled()
+
+
+class Cancelled(Exception):
+    """Raised inside a method when the job was cancelled between steps."""
+
+
+MethodEvent = Progress | list[Candidate]
+
+
+class DesignMethod(ABC):
+    name: ClassVar[str]
+    version: ClassVar[str]
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[MethodParams]] = MethodParams
+
+    def validate(self, request: DesignRequest) -> MethodParams:
+        """Validate ``request.params`` (pydantic errors name the field) and method-specific
+        request checks (raise :class:`RequestError`)."""
+        return self.Params.model_validate(request.params)
+
+    @abstractmethod
+    def run(
+        self, request: DesignRequest, params: MethodParams, ctx: MethodContext
+    ) -> Iterator[MethodEvent]:
+        """Yield :class:`Progress` events and batches (lists) of :class:`Candidate`."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "params_schema": self.Params.model_json_schema(),
+        }

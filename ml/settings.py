@@ -1,0 +1,37 @@
+"""Settings for the scientific core, read from the environment (prefix ``MATDESIGN_``).
+
+Weights and data are always read from local directories: nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REPO = Path(__file__).resolve().parents[1]
+# The project's checkout sits beside ../shared (models and data) in development and CI.
+_SHARED = _REPO.parent / "shared"
+
+
+class MLSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MATDESIGN_", extra="ignore")
+
+    models_dir: Path = _SHARED / "models"
+    data_dir: Path = _SHARED / "data"
+    cache_dir: Path = _REPO / ".cache"
+    # "auto" picks CUDA when available.
+    device: str = "auto"
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=1)
+def get_ml_settings() -> MLSettings:
+    return MLSettings()
