@@ -3,17 +3,55 @@
 candidates -> structural validity -> constraints -> optional relaxation -> oracle scores
 -> evaluation (uniqueness, novelty, energy above hull) -> ranking by the request's objectives.
 
-INTERFACE STUB: the data types and signatures below are fixed (the service codes against
-them); the bodies are filled in by the foundation work (issue 2).
+The data types and signatures are fixed (the service codes against them). Steps of
+:func:`evaluate_candidates`, for one batch:
+
+1. structural validity (:mod:`ml.evaluation.validity`). Invalid candidates are kept with every
+   flag False, no scores, ``meta["invalid_reason"]``.
+2. constraints of the request (:func:`ml.constraints.constraint_violations`: elements,
+   max_atoms, composition, charge neutrality when requested, space groups by spglib at
+   symprec 0.1 on the proposed crystal, perovskite family). Violators are kept unscored with
+   ``meta["violations"]``; ``flags["constraints"]`` says whether all were met.
+3. CHGNet relaxation when ``request.relax`` (FIRE, fmax 0.1 eV/A, 300 steps), batched over the
+   candidates that passed 1-2. A failed relaxation (NaN energy, or a relaxed cell that is no
+   longer valid) leaves ``relaxed`` None and ``meta["relax_error"]``; the proposed crystal is
+   scored instead.
+4. oracle scores on the relaxed crystal (else the proposed one), each oracle called once on the
+   whole batch: the default oracle of every objective property, plus always
+   ``formation_energy`` (chgnet-eform), ``band_gap`` (megnet-gap-pbe), ``density`` and
+   ``energy_above_hull``. ``scores["band_gap"]`` is at the fidelity of the first band-gap
+   objective; when that is not PBE, the PBE gap is also kept as ``scores["band_gap_pbe"]``.
+   E_hull uses the CHGNet energy per atom of the relaxed crystal (or the chgnet-energy oracle
+   when not relaxed) against :class:`ml.evaluation.hull.ReferenceHull`.
+5. flags: ``valid``, ``charge_neutral`` (strict when the request asks for neutrality, else
+   all-metal compositions pass too: see :mod:`ml.constraints`), ``unique`` (no match among
+   ``previous`` and earlier kept candidates of the batch, judged on the final crystals),
+   ``novel`` (no match in the reference set), ``stable`` (E_hull <= 0), ``metastable``
+   (E_hull <= 0.1 eV/atom), ``hit`` (all objectives and constraints met), ``constraints``.
+6. ``objective_loss = request.objective_loss(values)`` (inf when unscored).
+
+Oracles, the hull and the reference set are built once per process and reused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
+from ml.constraints import composition_of, constraint_violations, neutrality_ok, space_group_number
 from ml.crystal import Crystal
+from ml.evaluation.metrics import count, hit_rate, msun_rate, rate, stability_flags, sun_rate
+from ml.evaluation.novelty import get_reference_set
+from ml.evaluation.uniqueness import PreparedStructure, unique_flags
+from ml.evaluation.validity import check_validity
 from ml.methods.base import Candidate
 from ml.request import DesignRequest
 
@@ -47,6 +85,128 @@ class ScoredCandidate:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+STABILITY_RELAX_FMAX = 0.1  # eV/A, evaluation.md
+STABILITY_RELAX_STEPS = 300
+FINGERPRINT_DECIMALS = 6
+_BASE_ORACLES = {
+    "formation_energy": "chgnet-eform",
+    "band_gap": "megnet-gap-pbe",
+    "density": "density",
+}
+_FLAG_NAMES = (
+    "valid",
+    "charge_neutral",
+    "unique",
+    "novel",
+    "stable",
+    "metastable",
+    "hit",
+    "constraints",
+)
+# Primitive cells of crystals already seen (``previous`` recurs batch after batch), by
+# fingerprint; bounded so a long job cannot grow it without limit.
+_PREPARED: OrderedDict[str, PreparedStructure] = OrderedDict()
+_PREPARED_MAX = 50_000
+_LOCK = threading.Lock()
+
+
+def fingerprint(crystal: Crystal) -> str:
+    """SHA-256 of the lattice (Å) and wrapped fractional coordinates rounded to 1e-6, and the
+    atomic numbers: equal for the same cell and site order, whatever the float noise."""
+    lat = np.round(crystal.lattice, FINGERPRINT_DECIMALS) + 0.0  # +0.0 turns -0.0 into 0.0
+    frac = np.round(np.mod(crystal.frac_coords, 1.0), FINGERPRINT_DECIMALS)
+    frac = np.mod(frac, 1.0) + 0.0  # 0.9999999 rounds to 1.0: wrap it to 0.0
+    h = hashlib.sha256(b"matdesign-crystal-v1")
+    h.update(np.ascontiguousarray(lat, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(frac, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(crystal.numbers, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _prepared(crystal: Crystal, key: str | None = None) -> PreparedStructure:
+    key = key or fingerprint(crystal)
+    with _LOCK:
+        hit = _PREPARED.get(key)
+        if hit is not None:
+            _PREPARED.move_to_end(key)
+            return hit
+    prepared = PreparedStructure(crystal)
+    with _LOCK:
+        _PREPARED[key] = prepared
+        while len(_PREPARED) > _PREPARED_MAX:
+            _PREPARED.popitem(last=False)
+    return prepared
+
+
+def oracle_plan(request: DesignRequest) -> dict[str, str]:
+    """Score key -> oracle name for a request (see the module docstring)."""
+    from ml.oracles.registry import default_oracle_name
+
+    plan = dict(_BASE_ORACLES)
+    gap_set = False
+    for objective in request.objectives:
+        prop = objective.property
+        if prop == "energy_above_hull":
+            continue  # computed from CHGNet energies and the hull, not a registry oracle
+        if prop == "band_gap":
+            if not gap_set:
+                plan["band_gap"] = default_oracle_name("band_gap", objective.fidelity)
+                gap_set = True
+            continue
+        plan.setdefault(prop, default_oracle_name(prop))
+    if plan["band_gap"] != _BASE_ORACLES["band_gap"]:
+        plan["band_gap_pbe"] = _BASE_ORACLES["band_gap"]
+    return plan
+
+
+@lru_cache(maxsize=1)
+def _reference_hull() -> Any:
+    from ml.evaluation.hull import ReferenceHull
+
+    return ReferenceHull.load()
+
+
+def _hull_version(hull: Any) -> str:
+    return str(getattr(hull, "version", "reference hull"))
+
+
+def _safe_formula(crystal: Crystal) -> str:
+    try:
+        return composition_of(crystal).reduced_formula
+    except Exception:  # unknown atomic numbers in an invalid crystal
+        return ""
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _relax(
+    crystals: list[Crystal], device: str | None
+) -> list[tuple[Crystal | None, float | None, dict[str, Any]]]:
+    """(relaxed crystal or None, CHGNet energy per atom or None, meta) per crystal."""
+    from ml.oracles.relax import relax_crystals
+
+    out: list[tuple[Crystal | None, float | None, dict[str, Any]]] = []
+    results = relax_crystals(
+        crystals, fmax=STABILITY_RELAX_FMAX, steps=STABILITY_RELAX_STEPS, device=device
+    )
+    for res in results:
+        meta: dict[str, Any] = {"relax_converged": res.converged, "relax_steps": res.steps}
+        energy = _nan_to_none(res.energy_per_atom)
+        if energy is None:
+            meta["relax_error"] = "CHGNet relaxation failed (no finite energy)"
+            out.append((None, None, meta))
+            continue
+        validity = check_validity(res.crystal)
+        if not validity:
+            meta["relax_error"] = f"relaxed crystal is invalid: {validity.reason}"
+            out.append((None, None, meta))
+            continue
+        out.append((res.crystal, energy, meta))
+    return out
+
+
 def evaluate_candidates(
     candidates: Sequence[Candidate],
     request: DesignRequest,
@@ -59,15 +219,177 @@ def evaluate_candidates(
     ``previous`` holds the crystals already kept by the same job (uniqueness is judged against
     them and against earlier candidates of this batch). Ranks are not assigned here.
     """
-    raise NotImplementedError
+    from ml.oracles.registry import get_oracle
+
+    constraints = request.constraints
+    out: list[ScoredCandidate] = []
+    eligible: list[int] = []
+    for cand in candidates:
+        crystal = cand.crystal
+        flags = dict.fromkeys(_FLAG_NAMES, False)
+        sc = ScoredCandidate(
+            crystal=crystal,
+            relaxed=None,
+            formula=_safe_formula(crystal),
+            n_atoms=crystal.num_atoms,
+            space_group=None,
+            scores={},
+            flags=flags,
+            energy_above_hull=None,
+            method_score=cand.method_score,
+            predicted=dict(cand.predicted),
+            fingerprint=fingerprint(crystal),
+            meta=dict(cand.meta),
+        )
+        out.append(sc)
+        validity = check_validity(crystal)
+        if not validity:
+            sc.meta["invalid_reason"] = validity.reason
+            continue
+        flags["valid"] = True
+        sc.space_group = space_group_number(crystal)
+        flags["charge_neutral"] = neutrality_ok(crystal, requested=constraints.charge_neutral)
+        violations = constraint_violations(crystal, constraints, space_group=sc.space_group)
+        if violations:
+            sc.meta["violations"] = violations
+            continue
+        flags["constraints"] = True
+        eligible.append(len(out) - 1)
+
+    if not eligible:
+        return out
+
+    # Relaxation (optional), then the crystal each candidate is scored and judged on.
+    energies: dict[int, float | None] = {}
+    if request.relax:
+        relaxed = _relax([out[i].crystal for i in eligible], device)
+        for i, (crystal, energy, meta) in zip(eligible, relaxed, strict=True):
+            out[i].relaxed = crystal
+            out[i].meta.update(meta)
+            if crystal is not None:
+                energies[i] = energy
+                out[i].space_group = space_group_number(crystal)
+    final = [out[i].relaxed or out[i].crystal for i in eligible]
+
+    # Oracle scores, each oracle once over the whole batch.
+    plan = oracle_plan(request)
+    values: dict[int, dict[str, float | None]] = {i: {} for i in eligible}
+    for key, name in plan.items():
+        oracle = get_oracle(name, device)
+        preds = oracle.predict(final)
+        for i, v in zip(eligible, preds, strict=True):
+            value = _nan_to_none(float(v))
+            values[i][key] = value
+            out[i].scores[key] = OracleScore(value, oracle.unit, oracle.name, oracle.version)
+
+    # Energy above hull: relaxed CHGNet energies, else the chgnet-energy oracle.
+    need_energy = [k for k, i in enumerate(eligible) if i not in energies]
+    if need_energy:
+        energy_oracle = get_oracle("chgnet-energy", device)
+        preds = energy_oracle.predict([final[k] for k in need_energy])
+        for k, v in zip(need_energy, preds, strict=True):
+            energies[eligible[k]] = _nan_to_none(float(v))
+    hull = _reference_hull()
+    for k, i in enumerate(eligible):
+        energy = energies.get(i)
+        e_hull = None
+        if energy is not None:
+            e_hull = _nan_to_none(hull.e_above_hull(composition_of(final[k]), energy))
+        out[i].energy_above_hull = e_hull
+        out[i].meta["chgnet_energy_per_atom"] = energy
+        values[i]["energy_above_hull"] = e_hull
+        out[i].scores["energy_above_hull"] = OracleScore(
+            e_hull, "eV/atom", "chgnet-energy", f"CHGNet 0.3.0; {_hull_version(hull)}"
+        )
+
+    # Evaluation flags on the final crystals.
+    prepared = [_prepared(c) for c in final]
+    previous_prepared = [_prepared(c) for c in previous]
+    unique = unique_flags(prepared, previous_prepared)
+    refs = get_reference_set()
+    for k, i in enumerate(eligible):
+        sc = out[i]
+        sc.flags["unique"] = unique[k]
+        sc.flags["novel"] = refs.is_novel(prepared[k])
+        sc.flags["stable"], sc.flags["metastable"] = stability_flags(sc.energy_above_hull)
+        sc.flags["hit"] = request.hit(values[i])
+        sc.objective_loss = request.objective_loss(values[i])
+    return out
+
+
+def _sort_key(sc: ScoredCandidate) -> tuple[bool, bool, float, bool, float]:
+    loss = sc.objective_loss if sc.objective_loss == sc.objective_loss else math.inf
+    ms = sc.method_score
+    has_ms = ms is not None and ms == ms
+    return (
+        not sc.flags.get("valid", False),
+        not sc.flags.get("hit", False),
+        loss,
+        not has_ms,
+        float(ms) if has_ms else 0.0,  # type: ignore[arg-type]
+    )
 
 
 def rank_candidates(scored: Sequence[ScoredCandidate]) -> list[ScoredCandidate]:
-    """Order by (valid, hit, objective loss, method score) and set ``rank`` from 1."""
-    raise NotImplementedError
+    """Order by (valid, hit, objective loss, method score) and set ``rank`` from 1.
+
+    Valid before invalid, hits before misses, lower objective loss first, then lower method
+    score first (a method's score is a loss; None last); ties keep the input order.
+    """
+    ranked = sorted(scored, key=_sort_key)
+    for r, sc in enumerate(ranked, start=1):
+        sc.rank = r
+    return ranked
+
+
+def _best(scored: Sequence[ScoredCandidate], request: DesignRequest) -> dict[str, dict[str, Any]]:
+    best: dict[str, dict[str, Any]] = {}
+    pool = [s for s in scored if s.flags.get("valid") and s.flags.get("constraints")]
+    for objective in request.objectives:
+        prop = objective.property
+        if prop in best:
+            continue
+        scored_here = [
+            (s, s.scores[prop].value)
+            for s in pool
+            if prop in s.scores and s.scores[prop].value is not None
+        ]
+        if not scored_here:
+            continue
+        s, v = min(scored_here, key=lambda sv: objective.loss(float(sv[1])))
+        best[prop] = {
+            "value": v,
+            "formula": s.formula,
+            "fingerprint": s.fingerprint,
+            "rank": s.rank,
+        }
+    return best
 
 
 def summarize(scored: Sequence[ScoredCandidate], request: DesignRequest) -> dict[str, Any]:
     """Counts and rates for a job summary: n_candidates, n_valid, n_unique, n_novel, n_stable,
-    n_metastable, hit_rate, sun_rate, msun_rate, best (per objective property)."""
-    raise NotImplementedError
+    n_metastable, hit_rate, sun_rate, msun_rate, best (per objective property).
+
+    Rates are fractions of all candidates. ``best[property]`` is the value with the lowest
+    objective loss among valid candidates meeting the constraints (with its formula,
+    fingerprint and rank).
+    """
+    flags = [s.flags for s in scored]
+    return {
+        "n_candidates": len(scored),
+        "n_valid": count(flags, "valid"),
+        "n_constraints_ok": count(flags, "constraints"),
+        "n_charge_neutral": count(flags, "charge_neutral"),
+        "n_unique": count(flags, "unique"),
+        "n_novel": count(flags, "novel"),
+        "n_stable": count(flags, "stable"),
+        "n_metastable": count(flags, "metastable"),
+        "n_hits": count(flags, "hit"),
+        "n_sun": count(flags, "stable", "unique", "novel"),
+        "n_msun": count(flags, "metastable", "unique", "novel"),
+        "hit_rate": hit_rate(flags),
+        "sun_rate": sun_rate(flags),
+        "msun_rate": msun_rate(flags),
+        "valid_rate": rate(flags, "valid"),
+        "best": _best(scored, request),
+    }

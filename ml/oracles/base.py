@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,11 +45,11 @@ class Oracle(ABC):
     def property(self) -> str:
         return self.info.property
 
-    @property
+    @builtins.property
     def unit(self) -> str:
         return self.info.unit
 
-    @property
+    @builtins.property
     def version(self) -> str:
         return self.info.version
 

@@ -1,0 +1,191 @@
+"""The ``matdesign`` command: serve, worker, db upgrade, keys create, and client commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import get_settings
+
+    settings = get_settings()
+    where = "embedded worker" if settings.embedded else f"broker {settings.broker_url}"
+    print(f"matdesign: database {settings.database_url}, {where}", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from app.settings import get_settings
+    from workers.celery_app import GPU_QUEUE, configure_celery
+
+    settings = get_settings()
+    if settings.embedded:
+        print(
+            "matdesign worker needs a broker: set MATDESIGN_BROKER_URL (e.g. "
+            "redis://127.0.0.1:6379/0); on the embedded default `matdesign serve` runs jobs.",
+            file=sys.stderr,
+        )
+        return 2
+    app = configure_celery(settings)
+    argv = [
+        "worker",
+        "--queues",
+        GPU_QUEUE,
+        "--concurrency",
+        str(args.concurrency),
+        "--pool",
+        args.pool or settings.worker_pool,
+        "--loglevel",
+        args.log_level.upper(),
+    ]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    app.worker_main(argv)
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    from app.migrate import upgrade
+    from app.settings import get_settings
+
+    url = get_settings().database_url
+    upgrade(url, args.revision)
+    print(f"database at revision {args.revision}: {url.split('@')[-1]}")
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from app.auth import create_key
+    from app.db import Database
+    from app.migrate import upgrade
+    from app.settings import get_settings
+
+    settings = get_settings()
+    if settings.auto_migrate:
+        upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        row, plain = create_key(db, args.name)
+    finally:
+        db.dispose()
+    print(plain)
+    print(f"key {row.id} ({row.name}) created; the key is shown only once", file=sys.stderr)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from app.client import Client
+
+    return Client(args.url, api_key=args.api_key)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
+    with _client(args) as c:
+        job = c.submit(json.loads(text), idempotency_key=args.idempotency_key)
+        if args.wait:
+            job = c.wait(job["id"], timeout=args.timeout)
+    print(json.dumps(job, indent=2))
+    return 0 if job["status"] != "failed" else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        job = c.wait(args.job_id, timeout=args.timeout) if args.wait else c.job(args.job_id)
+    print(json.dumps(job, indent=2))
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    out = args.output or f"matdesign-{args.job_id}.zip"
+    with _client(args) as c:
+        path = c.download_archive(args.job_id, out)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="matdesign", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the HTTP API (with the embedded worker by default)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=_serve)
+
+    w = sub.add_parser("worker", help="run a Celery worker on queue gpu (needs a broker)")
+    w.add_argument("--concurrency", type=int, default=1)
+    w.add_argument("--pool", default=None, help="prefork (default), solo or threads")
+    w.add_argument("--hostname", default=None)
+    w.add_argument("--log-level", default="info")
+    w.set_defaults(func=_worker)
+
+    d = sub.add_parser("db", help="database schema")
+    dsub = d.add_subparsers(dest="db_command", required=True)
+    up = dsub.add_parser("upgrade", help="migrate the database to the newest schema")
+    up.add_argument("revision", nargs="?", default="head")
+    up.set_defaults(func=_db)
+
+    k = sub.add_parser("keys", help="API keys")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="create a key and print it (once)")
+    kc.add_argument("--name", default="default")
+    kc.set_defaults(func=_keys_create)
+
+    def client_args(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--url", default=os.environ.get("MATDESIGN_URL", DEFAULT_URL))
+        parser.add_argument("--api-key", default=os.environ.get("MATDESIGN_API_KEY"))
+        parser.add_argument("--timeout", type=float, default=3600.0)
+
+    sm = sub.add_parser("submit", help="submit a request (JSON file, or - for stdin)")
+    sm.add_argument("request")
+    sm.add_argument("--wait", action="store_true", help="poll until the job finished")
+    sm.add_argument("--idempotency-key", default=None)
+    client_args(sm)
+    sm.set_defaults(func=_submit)
+
+    st = sub.add_parser("status", help="show a job")
+    st.add_argument("job_id")
+    st.add_argument("--wait", action="store_true")
+    client_args(st)
+    st.set_defaults(func=_status)
+
+    dl = sub.add_parser("download", help="download a job's archive (zip)")
+    dl.add_argument("job_id")
+    dl.add_argument("-o", "--output", default=None)
+    client_args(dl)
+    dl.set_defaults(func=_download)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:
+        from app.client import ApiError
+
+        if isinstance(exc, ApiError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""Jobs and structures as the API sees them: submit, read, list, cancel (no HTTP here)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
+
+from app.db import Database, utcnow
+from app.errors import Conflict, FieldError, NotFound, loc_from_dotted
+from app.models import CANCELLED, CANCELLING, FINISHED_STATES, QUEUED, RUNNING, Job, Structure
+from app.settings import Settings
+from ml.methods.base import RequestError
+from ml.methods.registry import get_method, method_names
+from ml.request import DesignRequest
+
+# Sort key of a structure that has no rank yet (job still running): after every ranked one.
+_UNRANKED = 2**31 - 1
+
+
+def validate_design(request: DesignRequest, settings: Settings) -> DesignRequest:
+    """Checks beyond the request schema: method, its params, and this server's limits."""
+    if request.num_candidates > settings.max_candidates:
+        raise FieldError(
+            ["body", "num_candidates"],
+            f"at most {settings.max_candidates} candidates per job on this server",
+        )
+    if request.constraints.max_atoms > settings.max_atoms:
+        raise FieldError(
+            ["body", "constraints", "max_atoms"], f"at most {settings.max_atoms} on this server"
+        )
+    names = method_names()
+    if request.method not in names:
+        raise FieldError(["body", "method"], f"unknown method {request.method!r}; known: {names}")
+    method = get_method(request.method)
+    try:
+        method.validate(request)
+    except ValidationError as exc:
+        raise FieldError.from_validation(exc, ["body", "params"]) from exc
+    except RequestError as exc:
+        raise FieldError(loc_from_dotted(exc.field), exc.message) from exc
+    return request
+
+
+def request_hash(request: DesignRequest) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def submit_job(
+    db: Database, owner: str, request: DesignRequest, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Store a queued job; returns (job, created). The caller enqueues it after this commit.
+
+    The same Idempotency-Key with the same body returns the earlier job (created False);
+    with a different body it is a :class:`Conflict`.
+    """
+    digest = request_hash(request)
+    if idempotency_key is not None:
+        earlier = _by_idempotency_key(db, owner, idempotency_key, digest)
+        if earlier is not None:
+            return earlier, False
+    now = utcnow()
+    job = Job(
+        id=str(uuid.uuid4()),
+        owner=owner,
+        status=QUEUED,
+        method=request.method,
+        request=request.model_dump(mode="json"),
+        request_hash=digest,
+        idempotency_key=idempotency_key,
+        progress={"phase": "queued", "step": 0, "total": request.num_candidates, "best": None},
+        created_at=now,
+        enqueued_at=now,
+        enqueue_count=1,
+        attempts=0,
+    )
+    try:
+        with db.session() as s:
+            s.add(job)
+    except IntegrityError:
+        # Two requests with the same key raced; the other one's job stands.
+        if idempotency_key is None:
+            raise
+        earlier = _by_idempotency_key(db, owner, idempotency_key, digest)
+        if earlier is None:
+            raise
+        return earlier, False
+    return job, True
+
+
+def _by_idempotency_key(db: Database, owner: str, key: str, digest: str) -> Job | None:
+    with db.session() as s:
+        job = s.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
+    if job is not None and job.request_hash != digest:
+        raise Conflict("Idempotency-Key was already used with a different request body")
+    return job
+
+
+def get_job(db: Database, owner: str, job_id: str) -> Job:
+    with db.session() as s:
+        job = s.get(Job, job_id)
+    if job is None or job.owner != owner:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def cancel_job(db: Database, owner: str, job_id: str) -> Job:
+    """Queued: cancelled at once. Running: ``cancelling`` until the worker stops."""
+    get_job(db, owner, job_id)
+    now = utcnow()
+    with db.session() as s:
+        done = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == QUEUED)
+            .values(status=CANCELLED, finished_at=now)
+        ).rowcount
+        if not done:
+            s.execute(
+                update(Job).where(Job.id == job_id, Job.status == RUNNING).values(status=CANCELLING)
+            )
+    job = get_job(db, owner, job_id)
+    if job.status in FINISHED_STATES and job.status != CANCELLED:
+        raise Conflict(f"job {job_id} already {job.status}")
+    return job
+
+
+# --- cursors ------------------------------------------------------------------------------
+
+
+def encode_cursor(values: Sequence[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(values)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, n: int) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(values, list) or len(values) != n:
+            raise ValueError
+        return values
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise FieldError(["query", "cursor"], "invalid cursor") from exc
+
+
+def list_jobs(
+    db: Database,
+    owner: str,
+    *,
+    status: str | None,
+    method: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Job], str | None]:
+    """Newest first; keyset pagination on (created_at, id)."""
+    q = select(Job).where(Job.owner == owner)
+    if status:
+        q = q.where(Job.status == status)
+    if method:
+        q = q.where(Job.method == method)
+    if cursor:
+        created_iso, last_id = decode_cursor(cursor, 2)
+        try:
+            created = datetime.fromisoformat(created_iso)
+        except (TypeError, ValueError) as exc:
+            raise FieldError(["query", "cursor"], "invalid cursor") from exc
+        q = q.where(
+            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id))
+        )
+    q = q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    with db.session() as s:
+        jobs = list(s.scalars(q))
+    next_cursor = None
+    if len(jobs) > limit:
+        jobs = jobs[:limit]
+        last = jobs[-1]
+        next_cursor = encode_cursor([last.created_at.isoformat(), last.id])
+    return jobs, next_cursor
+
+
+def list_structures(
+    db: Database,
+    owner: str,
+    job_id: str,
+    *,
+    sort: str,
+    limit: int,
+    cursor: str | None,
+    hits_only: bool,
+) -> tuple[list[Structure], str | None]:
+    """Best rank first (unranked, i.e. still running, in arrival order after), or arrival order
+    (``sort=created``); keyset pagination on (rank, seq)."""
+    get_job(db, owner, job_id)
+    rank_key = func.coalesce(Structure.rank, _UNRANKED)
+    q: Select[tuple[Structure]] = (
+        select(Structure).where(Structure.job_id == job_id).options(selectinload(Structure.scores))
+    )
+    if hits_only:
+        q = q.where(Structure.hit.is_(True))
+    if sort == "rank":
+        if cursor:
+            last_rank, last_seq = decode_cursor(cursor, 2)
+            q = q.where(
+                or_(rank_key > last_rank, and_(rank_key == last_rank, Structure.seq > last_seq))
+            )
+        q = q.order_by(rank_key, Structure.seq)
+    else:
+        if cursor:
+            (last_seq,) = decode_cursor(cursor, 1)
+            q = q.where(Structure.seq > last_seq)
+        q = q.order_by(Structure.seq)
+    with db.session() as s:
+        rows = list(s.scalars(q.limit(limit + 1)))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        key = [last.rank if last.rank is not None else _UNRANKED, last.seq]
+        next_cursor = encode_cursor(key if sort == "rank" else [last.seq])
+    return rows, next_cursor
+
+
+def all_structures(db: Database, job_id: str) -> list[Structure]:
+    with db.session() as s:
+        q = (
+            select(Structure)
+            .where(Structure.job_id == job_id)
+            .options(selectinload(Structure.scores))
+            .order_by(func.coalesce(Structure.rank, _UNRANKED), Structure.seq)
+        )
+        return list(s.scalars(q))
+
+
+def get_structure(db: Database, owner: str, structure_id: str) -> Structure:
+    with db.session() as s:
+        row = s.scalars(
+            select(Structure)
+            .where(Structure.id == structure_id)
+            .options(selectinload(Structure.scores), selectinload(Structure.job))
+        ).first()
+    if row is None or row.job.owner != owner:
+        raise NotFound(f"no structure {structure_id}")
+    return row
+
+
+def job_counts(db: Database) -> dict[str, int]:
+    with db.session() as s:
+        return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())

@@ -1,0 +1,104 @@
+"""The FastAPI application: ``create_app(settings)``; ``matdesign serve`` runs it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources import files
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from app import __version__
+from app.auth import KeyResolver
+from app.db import Database
+from app.errors import install_error_handlers
+from app.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.queue import make_queue
+from app.routes import catalog, health, jobs, structures
+from app.routes.deps import Services
+from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Inverse design of inorganic crystals. Submit a design request (objectives,
+constraints, method), poll the job, read back ranked and scored structures as CIF.
+Authentication: `X-API-Key` (a key sees only its own jobs)."""
+
+
+def _startup(svc: Services) -> object | None:
+    """Migrate, start the embedded worker, recover queued jobs, start the sweeper."""
+    from workers.runtime import install_runtime
+    from workers.sweeper import Sweeper, queued_job_ids, sweep
+
+    if svc.settings.auto_migrate:
+        from app.migrate import upgrade
+
+        upgrade(svc.settings.database_url)
+    if svc.settings.embedded:
+        install_runtime(svc.settings, svc.db)
+        svc.queue.start()
+        # The in-process queue died with the last server: hand its queued jobs over again.
+        for job_id in queued_job_ids(svc.db):
+            svc.queue.enqueue(job_id)
+    if not svc.settings.sweeper_enabled:
+        return None
+    sweep(svc.db, svc.settings, svc.queue.enqueue)
+    sweeper = Sweeper(svc.db, svc.settings, svc.queue.enqueue)
+    sweeper.start()
+    return sweeper
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    db = Database(settings.database_url)
+    svc = Services(settings=settings, db=db, queue=make_queue(settings))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        sweeper = await run_in_threadpool(_startup, svc)
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.stop()  # type: ignore[attr-defined]
+            svc.queue.stop()
+            if settings.embedded:
+                from workers.runtime import clear_runtime
+
+                clear_runtime()
+            db.dispose()
+
+    app = FastAPI(
+        title="matdesign",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    app.state.keys = KeyResolver(db, settings.require_api_key)
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(structures.router)
+    app.include_router(catalog.router)
+    app.include_router(health.router)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(files("app.web").joinpath("index.html").read_text())
+
+    # Added innermost first: metrics see every response, 413s included.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["X-API-Key", "Idempotency-Key", "Content-Type"],
+            expose_headers=["Location", "Idempotent-Replayed"],
+        )
+    app.add_middleware(MetricsMiddleware)
+    return app

@@ -1,0 +1,101 @@
+"""Handing a committed job to the workers: the embedded threads or Celery on Redis."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class JobQueue(Protocol):
+    def enqueue(self, job_id: str) -> None: ...
+
+    def broker_ok(self) -> tuple[bool, str]: ...
+
+    def workers_ok(self) -> tuple[bool, str]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class EmbeddedQueue:
+    def __init__(self, settings: Settings) -> None:
+        from workers.embedded import EmbeddedWorker
+
+        self.worker = EmbeddedWorker(settings.embedded_workers)
+
+    def enqueue(self, job_id: str) -> None:
+        self.worker.enqueue(job_id)
+
+    def broker_ok(self) -> tuple[bool, str]:
+        return True, "embedded"
+
+    def workers_ok(self) -> tuple[bool, str]:
+        n = self.worker.alive()
+        return n > 0, f"{n} embedded worker thread(s)"
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+
+class CeleryQueue:
+    def __init__(self, settings: Settings) -> None:
+        from workers.celery_app import configure_celery
+
+        self.settings = settings
+        self.app = configure_celery(settings)
+
+    def enqueue(self, job_id: str) -> None:
+        from workers.celery_app import GPU_QUEUE
+        from workers.tasks import run_design_job
+
+        # Bounded retries: a broker outage must not hang the request; the job row is already
+        # committed and the sweeper enqueues it again later.
+        run_design_job.apply_async(
+            args=[job_id],
+            queue=GPU_QUEUE,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+
+    def broker_ok(self) -> tuple[bool, str]:
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+        except Exception as exc:
+            return False, f"broker unreachable: {exc}"
+        return True, "broker reachable"
+
+    def workers_ok(self) -> tuple[bool, str]:
+        try:
+            replies = self.app.control.ping(timeout=self.settings.readyz_worker_timeout_s)
+        except Exception as exc:
+            return False, f"worker ping failed: {exc}"
+        names = sorted(name for r in replies for name in r)
+        return bool(names), f"{len(names)} worker(s): {', '.join(names)}" if names else "no worker"
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def make_queue(settings: Settings) -> JobQueue:
+    return EmbeddedQueue(settings) if settings.embedded else CeleryQueue(settings)
+
+
+def enqueue_quietly(q: JobQueue, job_id: str) -> bool:
+    try:
+        q.enqueue(job_id)
+        return True
+    except Exception:
+        log.exception("could not enqueue job %s; the sweeper will retry", job_id)
+        return False

@@ -1,0 +1,134 @@
+"""What the server offers: methods, oracles, and synchronous scoring of uploaded CIFs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Annotated, Any, get_args
+
+from fastapi import APIRouter, Depends
+from pydantic import ValidationError
+
+from app.auth import current_owner
+from app.errors import FieldError
+from app.routes.deps import Services, services
+from app.schemas import MethodOut, OracleOut, ScoreRequest, ScoreResponse, ValidationErrorOut
+from ml.crystal import Crystal
+from ml.methods.registry import get_method, method_names
+from ml.oracles.registry import default_oracle_name, get_oracle, known_properties, list_oracles
+from ml.request import Fidelity
+from ml.settings import get_ml_settings
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+log = logging.getLogger(__name__)
+
+Owner = Annotated[str, Depends(current_owner)]
+Svc = Annotated[Services, Depends(services)]
+
+# Default oracles of POST /v1/score when the body names none.
+SCORE_DEFAULT_PROPERTIES = ("formation_energy", "band_gap", "density")
+# Scoring loads models into the API process; one request at a time keeps memory bounded.
+_SCORE_LOCK = threading.Lock()
+
+
+@router.get("/methods", response_model=list[MethodOut], summary="Design methods and parameters")
+def methods(_: Owner) -> list[dict[str, Any]]:
+    out = []
+    for name in method_names():
+        try:
+            method = get_method(name)
+        except Exception:  # a broken optional method must not take the catalogue down
+            log.exception("method %s could not be loaded", name)
+            continue
+        described = method.describe()
+        try:
+            defaults = method.Params().model_dump(mode="json")
+        except ValidationError:
+            defaults = {}
+        out.append(
+            {
+                "name": described.get("name", name),
+                "version": described.get("version", ""),
+                "description": described.get("description", ""),
+                "params_schema": described.get("params_schema", {}),
+                "defaults": defaults,
+                "models": described.get("models", {}),
+            }
+        )
+    return out
+
+
+def _defaults() -> dict[str, list[str]]:
+    """Oracle name -> the properties (and band-gap fidelities) it scores by default."""
+    out: dict[str, list[str]] = {}
+    for prop in known_properties():
+        for fidelity in (None, *get_args(Fidelity)):
+            try:
+                name = default_oracle_name(prop, fidelity)
+            except KeyError:
+                continue
+            label = prop if fidelity is None else f"{prop}[{fidelity}]"
+            out.setdefault(name, []).append(label)
+    return out
+
+
+@router.get("/oracles", response_model=list[OracleOut], summary="Property oracles")
+def oracles(_: Owner) -> list[dict[str, Any]]:
+    defaults = _defaults()
+    return [
+        {
+            "name": info.name,
+            "property": info.property,
+            "unit": info.unit,
+            "model": info.model,
+            "version": info.version,
+            "reported_error": info.reported_error,
+            "description": info.description,
+            "default_for": defaults.get(info.name, []),
+        }
+        for info in list_oracles()
+    ]
+
+
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses={422: {"model": ValidationErrorOut}},
+    summary="Score uploaded CIFs with chosen oracles (synchronous)",
+)
+def score(body: ScoreRequest, _: Owner, svc: Svc) -> dict[str, Any]:
+    limit = svc.settings.score_max_cifs
+    if len(body.cifs) > limit:
+        raise FieldError(["body", "cifs"], f"at most {limit} CIFs per request")
+    infos = {info.name: info for info in list_oracles()}
+    names = body.oracles or [default_oracle_name(p) for p in SCORE_DEFAULT_PROPERTIES]
+    for i, name in enumerate(names):
+        if name not in infos:
+            raise FieldError(
+                ["body", "oracles", i], f"unknown oracle {name!r}; see GET /v1/oracles"
+            )
+    crystals = []
+    for i, cif in enumerate(body.cifs):
+        try:
+            crystals.append(Crystal.from_cif(cif))
+        except ValueError as exc:
+            raise FieldError(["body", "cifs", i], str(exc)) from exc
+    device = get_ml_settings().torch_device()
+    values: dict[str, list[float]] = {}
+    with _SCORE_LOCK:
+        for name in dict.fromkeys(names):
+            values[name] = [float(v) for v in get_oracle(name, device).predict(crystals)]
+    items = []
+    for i, c in enumerate(crystals):
+        scores = {}
+        for name, vals in values.items():
+            info = infos[name]
+            v = vals[i]
+            scores[name] = {
+                "value": v if v == v and abs(v) != float("inf") else None,
+                "unit": info.unit,
+                "oracle": name,
+                "version": info.version,
+            }
+        items.append({"index": i, "formula": c.formula, "n_atoms": c.num_atoms, "scores": scores})
+    return {"items": items}

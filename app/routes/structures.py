@@ -1,0 +1,47 @@
+"""Single structures, as JSON or CIF."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+
+from app import jobs as jobs_service
+from app.auth import current_owner
+from app.errors import NotFound
+from app.routes.deps import Services, services
+from app.schemas import MessageOut, StructureOut
+from app.serialize import structure_out
+
+router = APIRouter(prefix="/v1/structures", tags=["structures"])
+
+Owner = Annotated[str, Depends(current_owner)]
+Svc = Annotated[Services, Depends(services)]
+_ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": MessageOut}, 401: {"model": MessageOut}}
+
+
+# Declared before /{structure_id} so that "<id>.cif" is not taken for an id.
+@router.get(
+    "/{structure_id}.cif",
+    response_class=Response,
+    responses={**_ERRORS, 200: {"content": {"chemical/x-cif": {}}}},
+    summary="CIF of a structure (relaxed=true: the relaxed geometry)",
+)
+def structure_cif(structure_id: str, owner: Owner, svc: Svc, relaxed: bool = False) -> Response:
+    row = jobs_service.get_structure(svc.db, owner, structure_id)
+    text = row.relaxed_cif if relaxed else row.cif
+    if text is None:
+        raise NotFound(f"structure {structure_id} was not relaxed")
+    name = f"{row.formula}_{row.id[:8]}{'_relaxed' if relaxed else ''}.cif"
+    return Response(
+        text,
+        media_type="chemical/x-cif",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get(
+    "/{structure_id}", response_model=StructureOut, responses=_ERRORS, summary="A structure"
+)
+def get_structure(structure_id: str, owner: Owner, svc: Svc) -> dict[str, Any]:
+    return structure_out(jobs_service.get_structure(svc.db, owner, structure_id))

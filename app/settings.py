@@ -1,0 +1,82 @@
+"""Service settings, read from the environment (prefix ``MATDESIGN_``).
+
+With no configuration at all the service runs on the embedded default: a SQLite file under
+``./var/`` and an in-process worker, single user, no API key needed.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+EMBEDDED_BROKER = "embedded"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MATDESIGN_", extra="ignore")
+
+    # --- storage and queue -------------------------------------------------------------
+    database_url: str = "sqlite:///./var/matdesign.db"
+    # "embedded": jobs run on worker threads inside `matdesign serve`; else a Celery broker
+    # URL such as redis://127.0.0.1:6379/0 (then `matdesign worker` processes run the jobs).
+    broker_url: str = EMBEDDED_BROKER
+    auto_migrate: bool = True  # `serve` brings the schema to head on start
+    embedded_workers: int = Field(default=1, ge=1, le=16)
+
+    # --- HTTP ---------------------------------------------------------------------------
+    require_api_key: bool = False
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    page_limit_default: int = Field(default=50, ge=1)
+    page_limit_max: int = Field(default=500, ge=1)
+    score_max_cifs: int = Field(default=64, ge=1)
+
+    # --- limits of one job (may only lower the request schema's hard limits) ------------
+    max_candidates: int = Field(default=10_000, ge=1)
+    max_atoms: int = Field(default=200, ge=1)
+    job_time_limit_s: float = Field(default=6 * 3600, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+    # --- liveness -----------------------------------------------------------------------
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_stale_after_s: float = Field(default=60.0, gt=0)
+    progress_interval_s: float = Field(default=2.0, ge=0)
+    cancel_poll_interval_s: float = Field(default=1.0, ge=0)
+    sweeper_enabled: bool = True
+    sweeper_interval_s: float = Field(default=15.0, gt=0)
+    # A queued job whose message may have been lost is re-enqueued after this long, then
+    # after twice as long, and so on (duplicates are harmless: a job is claimed only once).
+    requeue_queued_after_s: float = Field(default=300.0, gt=0)
+
+    # --- Celery -------------------------------------------------------------------------
+    worker_pool: str = "prefork"
+    broker_visibility_timeout_s: int = Field(default=7200, ge=60)
+    readyz_worker_timeout_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg3(cls, v: str) -> str:
+        # Only psycopg 3 is a dependency: plain postgresql:// URLs would ask for psycopg2.
+        for prefix in ("postgresql://", "postgres://"):
+            if v.startswith(prefix):
+                return "postgresql+psycopg://" + v[len(prefix) :]
+        return v
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url == EMBEDDED_BROKER
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Alembic revisions of the matdesign schema (shipped inside the package)."""

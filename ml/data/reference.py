@@ -1,0 +1,75 @@
+"""The reference set for novelty: every structure under the data directory.
+
+The index maps a reduced formula to the rows that carry it, built from the CSV formula columns
+alone (no CIF parsing). Only the rows a candidate's formula points at are ever parsed
+(:func:`reference_crystals`), through the split stores (cached prefix or single-row parse).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ml.crystal import Crystal
+from ml.data.cache import get_store, read_table
+from ml.data.records import reduced_formula
+from ml.data.sources import structure_splits
+from ml.settings import get_ml_settings
+
+__all__ = ["ReferenceEntry", "reference_crystals", "reference_formula_index"]
+
+
+@dataclass(frozen=True)
+class ReferenceEntry:
+    dataset: str
+    split: str
+    row: int
+    material_id: str
+
+
+_LOCK = threading.Lock()
+_INDEX: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, list[ReferenceEntry]]] = {}
+
+
+def reference_formula_index(
+    *,
+    data_dir: Path | None = None,
+    exclude_splits: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+) -> dict[str, list[ReferenceEntry]]:
+    """Reduced formula -> reference rows, over every split holding structures (mp20
+    train/val/test, mp2018 extra, perov5 val/test) minus ``exclude_splits``. Built once per
+    process from the formula columns; shared: do not modify."""
+    root = Path(data_dir) if data_dir is not None else get_ml_settings().data_dir
+    excluded = tuple(sorted((str(d), str(s)) for d, s in exclude_splits))
+    key = (str(root), excluded)
+    with _LOCK:
+        if key in _INDEX:
+            return _INDEX[key]
+        index: dict[str, list[ReferenceEntry]] = {}
+        for dataset, split in structure_splits():
+            if (dataset, split) in excluded:
+                continue
+            table = read_table(dataset, split, root)
+            ids = table["material_id"].astype(str).to_numpy()
+            for row, formula in enumerate(table["pretty_formula"].astype(str).to_numpy()):
+                entry = ReferenceEntry(dataset, split, row, str(ids[row]))
+                index.setdefault(reduced_formula(formula), []).append(entry)
+        _INDEX[key] = index
+        return index
+
+
+def reference_crystals(
+    entries: list[ReferenceEntry],
+    *,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> list[tuple[ReferenceEntry, Crystal]]:
+    """Parsed crystals of the given reference rows (unparseable rows are left out)."""
+    out: list[tuple[ReferenceEntry, Crystal]] = []
+    for e in entries:
+        store = get_store(e.dataset, e.split, data_dir=data_dir, cache_dir=cache_dir)
+        crystal = store.crystal_at(e.row)
+        if crystal is not None:
+            out.append((e, crystal))
+    return out

@@ -1,0 +1,1 @@
+"""CliqueFlowmer: latent-space model-based optimisation of crystals (docs/methods.md §1)."""

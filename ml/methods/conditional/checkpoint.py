@@ -1,0 +1,62 @@
+"""Saving and loading the generator: a small release file and a resumable training state.
+
+The release file holds the (EMA) weights in bfloat16, the model config (with the fitted
+length prior and property normalisation) and training facts for the model card; it stays
+well under 16 MiB. The training state adds float32 weights, EMA, optimiser and counters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ml.methods.conditional.model import ConditionalFlowModel, ModelConfig
+from ml.settings import get_ml_settings
+
+FORMAT = "matdesign-conditional-v1"
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+
+
+def save_release(
+    model: ConditionalFlowModel, path: Path, info: dict[str, Any] | None = None
+) -> None:
+    state = {k: v.detach().to("cpu", torch.bfloat16) for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"format": FORMAT, "config": model.config.to_dict(), "state": state, "info": info or {}},
+        path,
+    )
+
+
+def load_release(
+    path: Path, device: str | torch.device = "cpu"
+) -> tuple[ConditionalFlowModel, dict[str, Any]]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a conditional-generator checkpoint")
+    model = ConditionalFlowModel(ModelConfig(**payload["config"]))
+    model.load_state_dict({k: v.float() for k, v in payload["state"].items()})
+    return model.to(device).eval(), dict(payload.get("info", {}))
+
+
+def find_weights(prior: str = "uniform") -> Path:
+    """The release checkpoint for a coordinate prior: ``ml/weights/conditional-<prior>.pt``,
+    or the same name under the models directory."""
+    name = f"conditional-{prior}.pt"
+    for root in (WEIGHTS_DIR, get_ml_settings().models_dir / "conditional"):
+        if (root / name).exists():
+            return root / name
+    raise FileNotFoundError(f"no weights {name} in {WEIGHTS_DIR} or the models directory")
+
+
+def save_training_state(path: Path, **state: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a crash mid-save leaves the previous state intact
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -1,0 +1,356 @@
+"""The SMOACS optimisation loop: batched predictions, Adam with a cosine schedule, annealed
+temperature, periodic neighbour-list rebuilds and mutation of the worst candidates."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ml.methods.smoacs.neighbors import NeighborList, build_neighbor_list, edge_lengths
+from ml.methods.smoacs.objectives import LossTerm, density, tolerance_factor
+from ml.methods.smoacs.population import LEARNABLE, Population, SoftTypes, TypeTables
+from ml.methods.smoacs.predictors import SoftMEGNet
+
+__all__ = ["EngineConfig", "Predictors", "SmoacsEngine", "StepReport", "FinalResult"]
+
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+
+
+@dataclass
+class Predictors:
+    """Differentiable predictors by prediction key (``band_gap:pbe``, ``formation_energy``)."""
+
+    models: dict[str, SoftMEGNet]
+
+    @property
+    def max_cutoff(self) -> float:
+        return max(m.cutoff for m in self.models.values())
+
+    @property
+    def min_cutoff(self) -> float:
+        return min(m.cutoff for m in self.models.values())
+
+
+@dataclass
+class EngineConfig:
+    steps: int
+    lr: dict[str, float]  # per learnable name (length, angle, frac, logits, pattern)
+    cosine: bool
+    temperature_start: float
+    temperature_end: float
+    exponential_temperature: bool
+    mutation_steps: tuple[int, ...]
+    mutation_top_rate: float
+    mutation_replace_prob: float
+    mutation_noise: float
+    graph_update_every: int
+    skin: float
+    min_distance: float
+    geometry_weight: float
+    progress_every: int
+
+
+@dataclass
+class StepReport:
+    step: int
+    best: float
+    mean: float
+
+
+@dataclass
+class FinalResult:
+    crystals: list
+    predictions: dict[str, torch.Tensor]
+    loss: torch.Tensor  # (B,) objective loss of the discrete structures (inf when unscored)
+    met: torch.Tensor  # (B,) every term met by the discrete structure's predictions
+    soft_loss: torch.Tensor  # (B,) last soft loss
+    site_oxidation: list[list[int]]
+    meta: list[dict[str, object]] = field(default_factory=list)
+
+
+class SmoacsEngine:
+    """Optimises a :class:`Population` against loss terms through the predictors."""
+
+    def __init__(
+        self,
+        terms: list[LossTerm],
+        predictors: Predictors,
+        tables: TypeTables,
+        config: EngineConfig,
+        report_keys: tuple[str, ...] = (),
+    ) -> None:
+        self.terms = terms
+        self.predictors = predictors
+        self.tables = tables
+        self.config = config
+        self.report_keys = report_keys
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def predict(
+        self,
+        pop: Population,
+        soft: SoftTypes,
+        nl: NeighborList,
+        keys: set[str],
+        exact_graph: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Predictions for ``keys`` (B,) and the geometry penalty (B,).
+
+        With ``exact_graph`` a candidate with an atom that has no neighbour within a model's
+        cutoff gets NaN from that model (as the MEGNet oracle does).
+        """
+        lattice = pop.lattice()
+        batch = pop.site_batch
+        b = pop.num_candidates
+        dist = edge_lengths(nl, pop.site["frac"], lattice, batch)
+        out: dict[str, torch.Tensor] = {}
+        for key in keys:
+            if key in self.predictors.models:
+                model = self.predictors.models[key]
+                sel = dist < model.cutoff
+                sub = nl.select(sel)
+                y = model(dist[sel], sub, soft.types, batch, b)
+                if exact_graph:
+                    degree = torch.bincount(sub.src, minlength=len(batch))
+                    lonely = torch.zeros(b, device=y.device).index_add(
+                        0, batch, (degree == 0).float()
+                    )
+                    y = torch.where(lonely > 0, torch.full_like(y, math.nan), y)
+                out[key] = y
+            elif key == "density":
+                out[key] = density(pop, soft.types, lattice)
+            elif key == "tolerance_factor":
+                out[key] = tolerance_factor(pop, soft, self.tables)
+            else:  # pragma: no cover - request validation rejects other keys
+                raise KeyError(key)
+        return out, self._geometry_penalty(pop, nl, dist)
+
+    def _geometry_penalty(
+        self, pop: Population, nl: NeighborList, dist: torch.Tensor
+    ) -> torch.Tensor:
+        """Keeps every atom within reach of the smallest model cutoff (else unscorable) and
+        apart from the others by ``min_distance`` (structural validity)."""
+        cfg = self.config
+        b = pop.num_candidates
+        batch = pop.site_batch
+        reach = self.predictors.min_cutoff - 0.25
+        nearest = torch.full((len(batch),), nl.cutoff, device=dist.device, dtype=dist.dtype)
+        nearest = nearest.scatter_reduce(0, nl.src, dist, reduce="amin", include_self=True)
+        far = torch.relu(nearest - reach)
+        close = torch.relu(cfg.min_distance - dist)
+        pen = torch.zeros(b, device=dist.device).index_add(0, batch, far)
+        pen = pen.index_add(0, batch[nl.src], close)
+        return cfg.geometry_weight * pen
+
+    def objective_loss(self, preds: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = None
+        for term in self.terms:
+            part = term.loss(preds[term.key])
+            total = part if total is None else total + part
+        assert total is not None
+        return total
+
+    def objectives_met(self, preds: dict[str, torch.Tensor]) -> torch.Tensor:
+        met = None
+        for term in self.terms:
+            ok = term.met(preds[term.key])
+            met = ok if met is None else met & ok
+        assert met is not None
+        return met
+
+    # ---- optimisation ---------------------------------------------------------------------
+    def temperature(self, step: int) -> float:
+        cfg = self.config
+        frac = step / max(cfg.steps - 1, 1)
+        if cfg.exponential_temperature:
+            return cfg.temperature_start * (cfg.temperature_end / cfg.temperature_start) ** frac
+        return cfg.temperature_start + (cfg.temperature_end - cfg.temperature_start) * frac
+
+    def lr_scale(self, step: int) -> float:
+        if not self.config.cosine:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * step / self.config.steps))
+
+    def _neighbors(self, pop: Population) -> NeighborList:
+        cutoff = self.predictors.max_cutoff + self.config.skin
+        return build_neighbor_list(
+            pop.lattice().detach(),
+            pop.site["frac"].detach(),
+            pop.site_batch,
+            pop.cand["num_sites"],
+            cutoff,
+        )
+
+    def optimize(
+        self,
+        pop: Population,
+        generator: torch.Generator,
+        check_cancelled: Callable[[], None] = lambda: None,
+    ) -> Iterator[StepReport | Population]:
+        """Run all steps; yields :class:`StepReport` every ``progress_every`` steps and the
+        final population last."""
+        cfg = self.config
+        keys = {t.key for t in self.terms}
+        nl = self._neighbors(pop)
+        mutation_steps = set(cfg.mutation_steps)
+        for step in range(cfg.steps):
+            check_cancelled()
+            if step > 0 and step % cfg.graph_update_every == 0:
+                nl = self._neighbors(pop)
+            leaves = _make_leaves(pop)
+            soft = pop.soft_types(self.tables, self.temperature(step))
+            preds, geometry = self.predict(pop, soft, nl, keys)
+            loss = self.objective_loss(preds) + geometry
+            # A non-finite candidate must not stall the others: its terms get no gradient.
+            finite = torch.isfinite(loss)
+            total = torch.where(finite, loss, torch.zeros_like(loss)).sum()
+            grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
+            self._adam_step(pop, dict(zip(leaves, grads, strict=True)), step)
+            pop.project()
+            if step + 1 in mutation_steps and step + 1 < cfg.steps:
+                met = self.objectives_met({k: v.detach() for k, v in preds.items()})
+                pop = mutate(pop, loss.detach(), met, cfg, generator)
+                nl = self._neighbors(pop)
+            if (step + 1) % cfg.progress_every == 0 or step + 1 == cfg.steps:
+                lf = loss.detach()[finite]
+                yield StepReport(
+                    step + 1,
+                    float(lf.min()) if len(lf) else math.inf,
+                    float(lf.mean()) if len(lf) else math.inf,
+                )
+            self.last_loss = loss.detach()
+        yield pop
+
+    @torch.no_grad()
+    def _adam_step(self, pop: Population, grads: dict[str, torch.Tensor | None], step: int) -> None:
+        pop.cand["steps"] += 1
+        scale = self.lr_scale(step)
+        index = {"cand": None, "site": pop.site_batch, "group": pop.group_batch}
+        for name, level in LEARNABLE.items():
+            g = grads.get(name)
+            if g is None:
+                continue
+            store = pop._level(level)
+            g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+            if name == "angle":
+                g = g.masked_fill(pop.cand["angles_fixed"][:, None], 0.0)
+            idx = index[level]
+            t = pop.cand["steps"] if idx is None else pop.cand["steps"][idx]
+            m, v = store[f"{name}_m"], store[f"{name}_v"]
+            m.mul_(_BETA1).add_(g, alpha=1 - _BETA1)
+            v.mul_(_BETA2).addcmul_(g, g, value=1 - _BETA2)
+            m_hat = m / (1 - _BETA1**t)[:, None]
+            v_hat = v / (1 - _BETA2**t)[:, None]
+            store[name] = store[name].detach() - self.config.lr[name] * scale * m_hat / (
+                v_hat.sqrt() + _EPS
+            )
+
+    # ---- final structures -----------------------------------------------------------------
+    @torch.no_grad()
+    def finalize(self, pop: Population) -> FinalResult:
+        """Argmax elements, exact neighbour graph, predictions of the discrete structures."""
+        for name, level in LEARNABLE.items():
+            store = pop._level(level)
+            store[name] = store[name].detach()
+        nl = self._neighbors(pop)
+        elements, hard = pop.hard_types(self.tables)
+        keys = {t.key for t in self.terms} | set(self.report_keys)
+        keys = {k for k in keys if k in self.predictors.models or k in _EXACT}
+        preds, _ = self.predict(pop, hard, nl, keys, exact_graph=True)
+        loss = self.objective_loss(preds)
+        loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf))
+        met = self.objectives_met(preds)
+        ox = pop.site_oxidation().cpu()
+        counts = pop.cand["num_sites"].cpu().tolist()
+        ox_lists = [chunk.tolist() for chunk in torch.split(ox, counts)]
+        soft_loss = getattr(self, "last_loss", torch.full_like(loss, math.nan))
+        return FinalResult(
+            crystals=pop.to_crystals(elements),
+            predictions=preds,
+            loss=loss,
+            met=met,
+            soft_loss=soft_loss,
+            site_oxidation=ox_lists,
+            meta=pop.meta,
+        )
+
+
+_EXACT = ("density", "tolerance_factor")
+
+
+def _make_leaves(pop: Population) -> dict[str, torch.Tensor]:
+    leaves = {}
+    for name, level in LEARNABLE.items():
+        store = pop._level(level)
+        store[name] = store[name].detach().requires_grad_(True)
+        leaves[name] = store[name]
+    return leaves
+
+
+@torch.no_grad()
+def mutate(
+    pop: Population,
+    loss: torch.Tensor,
+    met: torch.Tensor,
+    cfg: EngineConfig,
+    generator: torch.Generator,
+) -> Population:
+    """Replace poor candidates by noisy copies of good ones (paper Appendix B.2).
+
+    Kept: candidates that already meet every objective, and the best ``top_rate`` fraction of
+    the others. Each remaining candidate is, with probability ``replace_prob``, replaced by a
+    random kept one; the copy gets Gaussian noise on coordinates and scaled lattice variables,
+    fresh uniform element logits, its source's oxidation patterns, and a fresh Adam state.
+    """
+    b = pop.num_candidates
+    loss_cpu = torch.nan_to_num(loss.cpu(), nan=math.inf)
+    met_cpu = met.cpu()
+    order = torch.argsort(loss_cpu, stable=True)
+    n_top = max(1, math.ceil(cfg.mutation_top_rate * b))
+    keep = met_cpu.clone()
+    rest = [int(i) for i in order if not bool(met_cpu[i])]
+    for i in rest[:n_top]:
+        keep[i] = True
+    elite = torch.nonzero(keep).flatten()
+    poor = torch.nonzero(~keep).flatten()
+    if len(poor) == 0 or len(elite) == 0:
+        return pop
+    draw = torch.rand(len(poor), generator=generator)
+    pick = torch.randint(len(elite), (len(poor),), generator=generator)
+    source = torch.arange(b)
+    replaced = torch.zeros(b, dtype=torch.bool)
+    for j, i in enumerate(poor.tolist()):
+        if float(draw[j]) < cfg.mutation_replace_prob:
+            source[i] = elite[pick[j]]
+            replaced[i] = True
+    if not bool(replaced.any()):
+        return pop
+    new = pop.take(source)
+    dev = new.device
+    rep = replaced.to(dev)
+    rep_site = rep[new.site_batch]
+    rep_group = rep[new.group_batch]
+    sigma = cfg.mutation_noise
+
+    def noise(shape: tuple[int, ...]) -> torch.Tensor:
+        return (torch.randn(shape, generator=generator) * sigma).to(dev)
+
+    new.site["frac"] = new.site["frac"] + noise(tuple(new.site["frac"].shape)) * rep_site[:, None]
+    new.cand["length"] = new.cand["length"] + noise((b, 3)) * rep[:, None]
+    angle_ok = (rep & ~new.cand["angles_fixed"])[:, None]
+    new.cand["angle"] = new.cand["angle"] + noise((b, 3)) * angle_ok
+    fresh = torch.rand(tuple(new.site["logits"].shape), generator=generator).to(dev)
+    new.site["logits"] = torch.where(rep_site[:, None], fresh, new.site["logits"])
+    for name, level in LEARNABLE.items():
+        store = new._level(level)
+        mask = {"cand": rep, "site": rep_site, "group": rep_group}[level][:, None]
+        store[f"{name}_m"] = store[f"{name}_m"].masked_fill(mask, 0.0)
+        store[f"{name}_v"] = store[f"{name}_v"].masked_fill(mask, 0.0)
+    new.cand["steps"] = new.cand["steps"].masked_fill(rep, 0.0)
+    for i in torch.nonzero(replaced).flatten().tolist():
+        new.meta[i] = {**new.meta[i], "mutated_from": int(source[i])}
+    new.project()
+    return new

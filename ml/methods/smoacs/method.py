@@ -1,0 +1,236 @@
+"""The ``smoacs`` design method: request -> templates -> batched gradient optimisation through
+differentiable MEGNet predictors -> argmax structures with exact charge neutrality."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ml.methods.base import (
+    Candidate,
+    DesignMethod,
+    MethodContext,
+    MethodEvent,
+    MethodParams,
+    Progress,
+    RequestError,
+)
+from ml.methods.smoacs.engine import EngineConfig, FinalResult, Predictors, SmoacsEngine, StepReport
+from ml.methods.smoacs.objectives import DIFFERENTIABLE_PROPERTIES, prediction_key, terms_from_request
+from ml.methods.smoacs.params import SmoacsParams
+from ml.methods.smoacs.population import Population
+from ml.methods.smoacs.predictors import EFORM_MODEL, GAP_MODEL, load_soft_megnet
+from ml.methods.smoacs.sources import (
+    allowed_elements,
+    build_tables,
+    build_templates,
+    feasible_perovskite_patterns,
+    resolve_source,
+    user_templates,
+)
+from ml.request import DesignRequest
+
+__all__ = ["SmoacsMethod"]
+
+_GAP_STATES = {"pbe": 0, "gllb_sc": 1, "hse": 2, "scan": 3}
+
+
+class SmoacsMethod(DesignMethod):
+    name: ClassVar[str] = "smoacs"
+    version: ClassVar[str] = "0.1.0"
+    description: ClassVar[str] = (
+        "SMOACS: gradient-based optimisation of lattice, coordinates and soft element "
+        "distributions through differentiable MEGNet predictors, with oxidation-number masks "
+        "that keep charge neutrality exact; data-set, user or perovskite templates."
+    )
+    Params: ClassVar[type[MethodParams]] = SmoacsParams
+
+    # ---- validation -----------------------------------------------------------------------
+    def validate(self, request: DesignRequest) -> SmoacsParams:
+        params = SmoacsParams.model_validate(request.params)
+        cons = request.constraints
+        if not request.objectives:
+            raise RequestError("objectives", "smoacs needs at least one objective to optimise")
+        perovskite = resolve_source(request, params) == "perovskite"
+        for i, obj in enumerate(request.objectives):
+            if obj.property not in DIFFERENTIABLE_PROPERTIES:
+                raise RequestError(
+                    f"objectives.{i}.property",
+                    f"smoacs cannot optimise {obj.property!r}; it supports "
+                    f"{list(DIFFERENTIABLE_PROPERTIES)}",
+                )
+            if obj.property == "tolerance_factor" and not perovskite:
+                raise RequestError(
+                    f"objectives.{i}.property",
+                    "tolerance_factor needs crystal_family 'perovskite'",
+                )
+        if cons.composition is not None:
+            raise RequestError(
+                "constraints.composition", "smoacs designs compositions; a fixed one is unsupported"
+            )
+        if cons.space_groups is not None:
+            raise RequestError("constraints.space_groups", "smoacs does not constrain space groups")
+        if cons.elements.required:
+            raise RequestError(
+                "constraints.elements.required", "smoacs cannot force elements to appear"
+            )
+        if not allowed_elements(request).any():
+            raise RequestError("constraints.elements", "no permitted element is in MEGNet's set")
+        tables = build_tables(request, "cpu")
+        if params.masks and not tables.allowed[0, :-1].any():
+            raise RequestError(
+                "constraints.elements", "no permitted element has a common oxidation state"
+            )
+        if params.template_source == "user" and not cons.templates:
+            raise RequestError(
+                "constraints.templates", "template_source 'user' needs template CIFs"
+            )
+        if perovskite:
+            sites = 5 * params.supercell**3
+            if sites > cons.max_atoms:
+                raise RequestError(
+                    "params.supercell",
+                    f"a {params.supercell}^3 perovskite supercell has {sites} sites, more than "
+                    f"constraints.max_atoms {cons.max_atoms}",
+                )
+            if not params.masks:
+                raise RequestError("params.masks", "perovskite mode needs oxidation masks")
+            if not feasible_perovskite_patterns(tables):
+                raise RequestError(
+                    "constraints.elements",
+                    "the permitted elements fill no (A, B, X) perovskite oxidation pattern",
+                )
+        elif resolve_source(request, params) == "user":
+            user_templates(request, params, tables)  # raises for an unusable CIF
+        return params
+
+    # ---- run ------------------------------------------------------------------------------
+    def run(
+        self, request: DesignRequest, params: MethodParams, ctx: MethodContext
+    ) -> Iterator[MethodEvent]:
+        assert isinstance(params, SmoacsParams)
+        device = ctx.device
+        yield Progress(phase="setup", step=0, total=1)
+        perovskite = resolve_source(request, params) == "perovskite"
+        tables = build_tables(request, device)
+        terms = terms_from_request(
+            request, params.threshold_margin, params.tolerance_window if perovskite else None
+        )
+        gap_key = next(
+            (prediction_key(o) for o in request.objectives if o.property == "band_gap"),
+            "band_gap:pbe",
+        )
+        report = {gap_key, "formation_energy", "density"}
+        if perovskite:
+            report.add("tolerance_factor")
+        predictors = _load_predictors({t.key for t in terms} | report, device)
+        engine = SmoacsEngine(
+            terms, predictors, tables, _engine_config(params), report_keys=tuple(sorted(report))
+        )
+
+        rng = np.random.default_rng(request.seed)
+        generator = torch.Generator().manual_seed(request.seed)
+        n_total = request.num_candidates
+        n_batches = math.ceil(n_total / params.batch_size)
+        total_steps = n_batches * params.steps
+        best = math.inf
+        for bi in range(n_batches):
+            count = min(params.batch_size, n_total - bi * params.batch_size)
+            templates = build_templates(request, params, tables, count, rng)
+            pop = Population.from_templates(
+                templates, generator, device, random_geometry=params.init_geometry == "random"
+            )
+            final_pop = pop
+            for event in engine.optimize(pop, generator, ctx.check_cancelled):
+                if isinstance(event, StepReport):
+                    best = min(best, event.best)
+                    yield Progress(
+                        phase="optimize",
+                        step=bi * params.steps + event.step,
+                        total=total_steps,
+                        best=best,
+                    )
+                else:
+                    final_pop = event
+            ctx.check_cancelled()
+            result = engine.finalize(final_pop)
+            yield _candidates(result, gap_key, bi * params.batch_size)
+
+    def describe(self) -> dict[str, object]:
+        out = super().describe()
+        out["predictors"] = [GAP_MODEL, EFORM_MODEL]
+        return out
+
+
+def _engine_config(params: SmoacsParams) -> EngineConfig:
+    return EngineConfig(
+        steps=params.steps,
+        lr={
+            "length": params.lr_lattice,
+            "angle": params.lr_angles,
+            "frac": params.lr_coords,
+            "logits": params.lr_elements,
+            "pattern": params.lr_patterns,
+        },
+        cosine=params.lr_schedule == "cosine",
+        temperature_start=params.temperature_start,
+        temperature_end=params.temperature_end,
+        exponential_temperature=params.temperature_schedule == "exponential",
+        mutation_steps=params.mutation_steps(),
+        mutation_top_rate=params.mutation_top_rate,
+        mutation_replace_prob=params.mutation_replace_prob,
+        mutation_noise=params.mutation_noise,
+        graph_update_every=params.graph_update_every,
+        skin=params.neighbor_skin,
+        min_distance=params.min_distance,
+        geometry_weight=params.geometry_weight,
+        progress_every=params.progress_every,
+    )
+
+
+def _load_predictors(keys: set[str], device: str) -> Predictors:
+    models = {}
+    for key in keys:
+        if key.startswith("band_gap:"):
+            fid = key.split(":", 1)[1]
+            models[key] = load_soft_megnet(GAP_MODEL, device, state=_GAP_STATES[fid])
+        elif key == "formation_energy":
+            models[key] = load_soft_megnet(EFORM_MODEL, device, state=None)
+    return Predictors(models)
+
+
+def _candidates(result: FinalResult, gap_key: str, offset: int) -> list[Candidate]:
+    preds = {k: v.detach().double().cpu().numpy() for k, v in result.predictions.items()}
+    loss = result.loss.cpu().numpy()
+    met = result.met.cpu().numpy()
+    out = []
+    for i, crystal in enumerate(result.crystals):
+        predicted = {}
+        for key, values in preds.items():
+            v = float(values[i])
+            if not math.isfinite(v):
+                continue
+            if key == gap_key:
+                predicted["band_gap"] = v
+            elif key.startswith("band_gap:"):
+                predicted[key.replace(":", "_")] = v
+            else:
+                predicted[key] = v
+        out.append(
+            Candidate(
+                crystal=crystal,
+                predicted=predicted,
+                method_score=float(loss[i]) if math.isfinite(loss[i]) else None,
+                meta={
+                    **result.meta[i],
+                    "index": offset + i,
+                    "site_oxidation": result.site_oxidation[i],
+                    "objectives_met": bool(met[i]),
+                },
+            )
+        )
+    return out

@@ -1,0 +1,70 @@
+"""Validated parameters of the ``smoacs`` method (unknown keys are rejected)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ml.methods.base import MethodParams
+
+__all__ = ["SmoacsParams"]
+
+
+class SmoacsParams(MethodParams):
+    """Defaults follow the paper's Table 1 setting (200 steps, T 1 -> 0.01 linearly, Adam with
+    a cosine schedule, mutation at 50% and 75% of the run) with learning rates tuned for the
+    MEGNet predictors."""
+
+    steps: int = Field(default=200, ge=1, le=5000)
+    batch_size: int = Field(default=256, ge=1, le=4096, description="candidates per pass")
+    # Adam learning rates per variable group.
+    lr_lattice: float = Field(default=0.01, gt=0, le=1.0)
+    lr_angles: float = Field(default=0.005, gt=0, le=1.0)
+    lr_coords: float = Field(default=0.005, gt=0, le=1.0)
+    lr_elements: float = Field(default=0.05, gt=0, le=10.0)
+    lr_patterns: float = Field(default=0.05, gt=0, le=10.0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    temperature_start: float = Field(default=1.0, gt=0, le=100.0)
+    temperature_end: float = Field(default=0.01, gt=0, le=100.0)
+    temperature_schedule: Literal["linear", "exponential"] = "linear"
+    # Mutation: fractions of the run after which the worst candidates are replaced.
+    mutation_at: list[float] = Field(default_factory=lambda: [0.5, 0.75], max_length=20)
+    mutation_top_rate: float = Field(default=0.1, gt=0, le=1.0)
+    mutation_replace_prob: float = Field(default=0.8, ge=0, le=1.0)
+    mutation_noise: float = Field(default=0.05, ge=0, le=1.0)
+    # Neighbour list: rebuilt every this many steps (and after mutation and at the end).
+    graph_update_every: int = Field(default=10, ge=1, le=1000)
+    neighbor_skin: float = Field(default=1.0, ge=0, le=3.0)
+    # Initialisation.
+    template_source: Literal["auto", "dataset", "user", "perovskite"] = "auto"
+    template_pool: int = Field(default=3000, ge=10, le=100_000, description="data-set rows read")
+    template_max_sites: int = Field(default=20, ge=1, le=200)
+    init_geometry: Literal["template", "random"] = "template"
+    masks: bool = True
+    max_patterns: int = Field(default=8, ge=1, le=64)
+    # Perovskite family mode.
+    supercell: int = Field(default=1, ge=1, le=4)
+    perovskite_lengths: tuple[float, float] = (3.6, 4.6)
+    perovskite_coord_bound: float = Field(default=0.15, gt=0, le=0.5)
+    per_cell_patterns: bool = True
+    tolerance_window: tuple[float, float] = (0.8, 1.0)
+    # Boxes and extra terms.
+    length_bounds: tuple[float, float] = (2.0, 10.0)
+    threshold_margin: float = Field(default=0.1, ge=0, le=10.0)
+    min_distance: float = Field(default=1.0, ge=0, le=3.0)
+    geometry_weight: float = Field(default=1.0, ge=0, le=100.0)
+    progress_every: int = Field(default=10, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> SmoacsParams:
+        if any(not 0.0 < f < 1.0 for f in self.mutation_at):
+            raise ValueError("mutation_at: fractions must lie strictly between 0 and 1")
+        for name in ("perovskite_lengths", "tolerance_window", "length_bounds"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo < hi:
+                raise ValueError(f"{name}: need 0 < low < high, got ({lo}, {hi})")
+        return self
+
+    def mutation_steps(self) -> tuple[int, ...]:
+        return tuple(sorted({max(1, round(f * self.steps)) for f in self.mutation_at}))

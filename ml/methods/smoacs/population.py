@@ -1,0 +1,362 @@
+"""The optimised variables of many candidates, packed for one batched forward pass.
+
+Per candidate: lattice length factors (lengths = factor * the template's largest length) and
+angles normalised to [0, 1] over 30-150 deg. Per site: fractional coordinates and element
+logits A (S, K). Per neutrality group: oxidation-pattern logits w (G, P).
+
+Element distribution (methods.md §3): for pattern p, the mask M_p keeps the elements whose
+oxidation states contain the site's oxidation number under p (and that the request permits);
+  D = sum_p softmax(w / T)_p * softmax((A masked by M_p) / T).
+Masked-out entries are set to -inf before the softmax: the strict form of the paper's positive
+floor (Appendix B.5), so a masked element has exactly zero weight whatever its logit.
+The final structure takes the argmax pattern of each group and then the argmax element under
+that pattern's mask, so the oxidation numbers of its sites sum to zero exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ml.crystal import Crystal, lattice_from_params_torch
+from ml.methods.smoacs.elements import NUM_ELEMENTS, OX_MAX, OX_MIN, element_index
+from ml.methods.smoacs.templates import NO_MASK, ROLE_NONE, Template
+
+__all__ = ["ANGLE_MAX", "ANGLE_MIN", "LEARNABLE", "Population", "SoftTypes", "TypeTables"]
+
+ANGLE_MIN, ANGLE_MAX = 30.0, 150.0
+_NO_MASK_ROW = OX_MAX - OX_MIN + 1
+# Learnable tensors and the level (candidate, site, group) each lives on.
+LEARNABLE = {"length": "cand", "angle": "cand", "frac": "site", "logits": "site", "pattern": "group"}
+
+
+@dataclass
+class TypeTables:
+    """Which element each (role, oxidation number) admits: (n_roles + 1, n_ox + 1, K) bool.
+
+    Row ``role + 1`` (role -1 = none); the last oxidation row is the unmasked case (all
+    permitted elements). Also the per-role radius tables for the tolerance factor.
+    """
+
+    allowed: torch.Tensor
+    radii: torch.Tensor  # (n_roles + 1, n_ox + 1, K) float, 0 where unknown
+
+    def masks(self, role: torch.Tensor, ox_idx: torch.Tensor) -> torch.Tensor:
+        """(S, P, K) masks for sites with roles (S,) and oxidation rows (S, P)."""
+        return self.allowed[(role + 1)[:, None], ox_idx]
+
+
+@dataclass
+class SoftTypes:
+    """The element distribution of every site and its per-pattern parts."""
+
+    types: torch.Tensor  # (S, K)
+    per_pattern: torch.Tensor  # (S, P, K)
+    pattern_probs: torch.Tensor  # (S, P), the site's group's pattern weights
+
+
+def _ox_index(ox: torch.Tensor) -> torch.Tensor:
+    return torch.where(ox == NO_MASK, torch.full_like(ox, _NO_MASK_ROW), ox - OX_MIN)
+
+
+@dataclass
+class Population:
+    """Packed variables and static structure of B candidates (S sites, G groups, P patterns)."""
+
+    cand: dict[str, torch.Tensor]
+    site: dict[str, torch.Tensor]
+    group: dict[str, torch.Tensor]
+    meta: list[dict[str, object]] = field(default_factory=list)
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_templates(
+        cls,
+        templates: Sequence[Template],
+        generator: torch.Generator,
+        device: str | torch.device,
+        random_geometry: bool = False,
+    ) -> Population:
+        """Initial variables: template geometry (or random: lengths U(2, 10) Å within the
+        bounds, angles U(60, 120) deg, coordinates U(0, 1)) and uniform U(0, 1) logits."""
+        b = len(templates)
+        p_max = max(t.num_patterns for t in templates)
+        lengths = np.stack([t.crystal.lengths for t in templates])
+        angles = np.stack([t.crystal.angles for t in templates])
+        frac_t = [t.crystal.frac_coords for t in templates]
+        if random_geometry:
+            u = torch.rand((b, 6), generator=generator, dtype=torch.float64).numpy()
+            lo = np.array([t.length_bounds[0] for t in templates])[:, None]
+            hi = np.array([t.length_bounds[1] for t in templates])[:, None]
+            lengths = np.clip(2.0 + 8.0 * u[:, :3], lo, hi)
+            fixed = np.array([t.angles_fixed for t in templates])[:, None]
+            angles = np.where(fixed, angles, 60.0 + 60.0 * u[:, 3:])
+            frac_t = [
+                torch.rand((t.num_sites, 3), generator=generator, dtype=torch.float64).numpy()
+                for t in templates
+            ]
+        ref = lengths.max(axis=1)
+        ox = np.concatenate([_pad_patterns(t.ox, p_max) for t in templates])
+        valid = np.concatenate([_pad_valid(t.pattern_valid, p_max) for t in templates])
+        group_offset = np.cumsum([0] + [t.num_groups for t in templates])[:-1]
+        site_group = np.concatenate(
+            [t.site_group + off for t, off in zip(templates, group_offset, strict=True)]
+        )
+        frac = np.concatenate(frac_t)
+        s = len(frac)
+        g = len(valid)
+
+        def f32(x: np.ndarray) -> torch.Tensor:
+            return torch.tensor(np.asarray(x), dtype=torch.float32, device=device)
+
+        def i64(x: np.ndarray) -> torch.Tensor:
+            return torch.tensor(np.asarray(x), dtype=torch.long, device=device)
+
+        cand = {
+            "num_sites": i64([t.num_sites for t in templates]),
+            "num_groups": i64([t.num_groups for t in templates]),
+            "length_ref": f32(ref),
+            "length": f32(lengths / ref[:, None]),
+            "angle": f32((angles - ANGLE_MIN) / (ANGLE_MAX - ANGLE_MIN)),
+            "length_lo": f32([t.length_bounds[0] for t in templates]),
+            "length_hi": f32([t.length_bounds[1] for t in templates]),
+            "angles_fixed": torch.tensor(
+                [t.angles_fixed for t in templates], dtype=torch.bool, device=device
+            ),
+            "steps": torch.zeros(b, dtype=torch.float32, device=device),
+        }
+        site = {
+            "frac": f32(frac),
+            "frac_ref": f32(np.concatenate([t.crystal.frac_coords for t in templates])),
+            "frac_bound": f32(np.concatenate([t.frac_bound for t in templates])),
+            "logits": torch.rand((s, NUM_ELEMENTS), generator=generator).to(device),
+            "ox_idx": _ox_index(i64(ox)),
+            "role": i64(np.concatenate([t.role for t in templates])),
+            "site_group": i64(site_group),
+        }
+        group = {
+            "pattern": torch.rand((g, p_max), generator=generator).to(device),
+            "pattern_valid": torch.tensor(valid, dtype=torch.bool, device=device),
+        }
+        meta = [{"source": t.source, **t.meta} for t in templates]
+        pop = cls(cand, site, group, meta)
+        pop.init_optimizer_state()
+        return pop
+
+    def init_optimizer_state(self) -> None:
+        """Zero Adam moments for every learnable tensor (stored beside it, same layout)."""
+        for name, level in LEARNABLE.items():
+            store = self._level(level)
+            store[f"{name}_m"] = torch.zeros_like(store[name])
+            store[f"{name}_v"] = torch.zeros_like(store[name])
+
+    # ---- layout ---------------------------------------------------------------------------
+    def _level(self, level: str) -> dict[str, torch.Tensor]:
+        return {"cand": self.cand, "site": self.site, "group": self.group}[level]
+
+    @property
+    def num_candidates(self) -> int:
+        return int(self.cand["num_sites"].shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.site["frac"].device
+
+    @property
+    def site_batch(self) -> torch.Tensor:
+        n = self.cand["num_sites"]
+        return torch.repeat_interleave(torch.arange(len(n), device=n.device), n)
+
+    @property
+    def group_batch(self) -> torch.Tensor:
+        n = self.cand["num_groups"]
+        return torch.repeat_interleave(torch.arange(len(n), device=n.device), n)
+
+    # ---- derived quantities ---------------------------------------------------------------
+    def lengths(self) -> torch.Tensor:
+        return self.cand["length"] * self.cand["length_ref"][:, None]
+
+    def angles(self) -> torch.Tensor:
+        return ANGLE_MIN + (ANGLE_MAX - ANGLE_MIN) * self.cand["angle"]
+
+    def lattice(self) -> torch.Tensor:
+        """(B, 3, 3) lattice matrices, differentiable in the length and angle variables."""
+        return lattice_from_params_torch(self.lengths(), self.angles())
+
+    def soft_types(self, tables: TypeTables, temperature: float) -> SoftTypes:
+        masks = tables.masks(self.site["role"], self.site["ox_idx"])  # (S, P, K)
+        logits = self.site["logits"][:, None, :].masked_fill(~masks, -math.inf)
+        per_pattern = torch.softmax(logits / temperature, dim=-1)
+        w = self.group["pattern"].masked_fill(~self.group["pattern_valid"], -math.inf)
+        probs = torch.softmax(w / temperature, dim=-1)[self.site["site_group"]]
+        types = (probs[..., None] * per_pattern).sum(1)
+        return SoftTypes(types, per_pattern, probs)
+
+    def chosen_patterns(self) -> torch.Tensor:
+        """(S,) index of the argmax pattern of each site's group."""
+        w = self.group["pattern"].masked_fill(~self.group["pattern_valid"], -math.inf)
+        return w.argmax(-1)[self.site["site_group"]]
+
+    def hard_types(self, tables: TypeTables) -> tuple[torch.Tensor, SoftTypes]:
+        """Argmax elements (S,) (vocabulary indices) and their one-hot :class:`SoftTypes`.
+
+        Elements come from the chosen pattern's mask only. Where one element would sit on
+        sites of opposite oxidation sign (the project's neutrality check forbids that), the
+        later site takes its best element of a compatible sign.
+        """
+        masks = tables.masks(self.site["role"], self.site["ox_idx"])
+        chosen = self.chosen_patterns()
+        s = len(chosen)
+        ar = torch.arange(s, device=chosen.device)
+        site_mask = masks[ar, chosen]  # (S, K)
+        logits = self.site["logits"].detach().masked_fill(~site_mask, -math.inf)
+        ox_idx = self.site["ox_idx"][ar, chosen]
+        elements = _sign_consistent_argmax(
+            logits, ox_idx, self.cand["num_sites"], self.site_batch
+        )
+        one_hot = torch.nn.functional.one_hot(elements, NUM_ELEMENTS).float()
+        p = self.site["ox_idx"].shape[1]
+        probs = torch.nn.functional.one_hot(chosen, p).float()
+        per_pattern = probs[..., None] * one_hot[:, None, :]
+        return elements, SoftTypes(one_hot, per_pattern, probs)
+
+    def site_oxidation(self) -> torch.Tensor:
+        """(S,) oxidation numbers of the chosen patterns (NO_MASK where unmasked)."""
+        chosen = self.chosen_patterns()
+        idx = self.site["ox_idx"][torch.arange(len(chosen), device=chosen.device), chosen]
+        return torch.where(idx == _NO_MASK_ROW, torch.full_like(idx, NO_MASK), idx + OX_MIN)
+
+    # ---- constraints ----------------------------------------------------------------------
+    @torch.no_grad()
+    def project(self) -> None:
+        """Clip the variables into their boxes (lengths, angles, bounded coordinates)."""
+        ref = self.cand["length_ref"][:, None]
+        lo = self.cand["length_lo"][:, None] / ref
+        hi = self.cand["length_hi"][:, None] / ref
+        self.cand["length"].copy_(torch.maximum(torch.minimum(self.cand["length"], hi), lo))
+        self.cand["angle"].clamp_(0.0, 1.0)
+        bound = self.site["frac_bound"][:, None]
+        ref_f = self.site["frac_ref"]
+        frac = torch.maximum(torch.minimum(self.site["frac"], ref_f + bound), ref_f - bound)
+        self.site["frac"].copy_(frac)
+
+    # ---- mutation -------------------------------------------------------------------------
+    def take(self, source: torch.Tensor) -> Population:
+        """A population whose candidate b is a copy of this population's ``source[b]``."""
+        source = source.to(self.cand["num_sites"].device)
+        n_sites = self.cand["num_sites"]
+        n_groups = self.cand["num_groups"]
+        site_idx = _ranges(n_sites, source)
+        group_idx = _ranges(n_groups, source)
+        cand = {k: v[source].clone() for k, v in self.cand.items()}
+        site = {k: v[site_idx].clone() for k, v in self.site.items()}
+        group = {k: v[group_idx].clone() for k, v in self.group.items()}
+        # Group indices of the copied sites point into the new group layout.
+        old_first_group = torch.cumsum(n_groups, 0) - n_groups
+        new_first_group = torch.cumsum(cand["num_groups"], 0) - cand["num_groups"]
+        new_batch = torch.repeat_interleave(
+            torch.arange(len(source), device=source.device), cand["num_sites"]
+        )
+        site["site_group"] = (
+            site["site_group"] - old_first_group[source][new_batch] + new_first_group[new_batch]
+        )
+        meta = [dict(self.meta[int(i)]) for i in source.tolist()]
+        return Population(cand, site, group, meta)
+
+    # ---- output ---------------------------------------------------------------------------
+    def to_crystals(self, elements: torch.Tensor) -> list[Crystal]:
+        from ml.methods.smoacs.elements import ELEMENTS
+
+        lat = self.lattice().detach().double().cpu().numpy()
+        frac = self.site["frac"].detach().double().cpu().numpy()
+        z = np.array([_Z[ELEMENTS[int(k)]] for k in elements.tolist()], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.cand["num_sites"].cpu().numpy())])
+        return [
+            Crystal(lat[i], frac[offsets[i] : offsets[i + 1]], z[offsets[i] : offsets[i + 1]])
+            .wrapped()
+            for i in range(self.num_candidates)
+        ]
+
+
+def _build_z() -> dict[str, int]:
+    from pymatgen.core import Element
+
+    from ml.methods.smoacs.elements import ELEMENTS
+
+    return {s: Element(s).Z for s in ELEMENTS}
+
+
+_Z = _build_z()
+
+
+def _ranges(counts: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Concatenated index ranges [first[s], first[s] + counts[s]) for s in ``source``."""
+    first = torch.cumsum(counts, 0) - counts
+    n = counts[source]
+    start = torch.repeat_interleave(first[source], n)
+    within = torch.arange(int(n.sum()), device=counts.device) - torch.repeat_interleave(
+        torch.cumsum(n, 0) - n, n
+    )
+    return start + within
+
+
+def _pad_patterns(ox: np.ndarray, p_max: int) -> np.ndarray:
+    """Pad (N, P) to (N, p_max) by repeating pattern 0 (padded patterns are never chosen)."""
+    if ox.shape[1] == p_max:
+        return ox
+    pad = np.repeat(ox[:, :1], p_max - ox.shape[1], axis=1)
+    return np.concatenate([ox, pad], axis=1)
+
+
+def _pad_valid(valid: np.ndarray, p_max: int) -> np.ndarray:
+    if valid.shape[1] == p_max:
+        return valid
+    pad = np.zeros((valid.shape[0], p_max - valid.shape[1]), dtype=bool)
+    return np.concatenate([valid, pad], axis=1)
+
+
+def _sign_consistent_argmax(
+    logits: torch.Tensor, ox_idx: torch.Tensor, num_sites: torch.Tensor, batch: torch.Tensor
+) -> torch.Tensor:
+    """Argmax element per site; an element keeps one oxidation sign within a candidate.
+
+    Sites are visited from the most to the least confident; a site whose best element is
+    already used with the opposite sign in its crystal takes its best compatible one (masks
+    still hold, so neutrality is unchanged). Unmasked sites (no oxidation) are unconstrained.
+    """
+    best = logits.argmax(-1)
+    sign = torch.sign((ox_idx + OX_MIN).where(ox_idx != _NO_MASK_ROW, torch.zeros_like(ox_idx)))
+    # Fast path: no element with both signs in a crystal.
+    key = batch * NUM_ELEMENTS + best
+    n_keys = len(num_sites) * NUM_ELEMENTS
+    pos = torch.zeros(n_keys, device=logits.device).index_add_(0, key, (sign > 0).float())
+    neg = torch.zeros(n_keys, device=logits.device).index_add_(0, key, (sign < 0).float())
+    if not bool(((pos > 0) & (neg > 0)).any()):
+        return best
+    lg = logits.cpu()
+    sg = sign.cpu().tolist()
+    bt = batch.cpu().tolist()
+    out = best.cpu().clone()
+    order = torch.argsort(-lg.max(-1).values).tolist()
+    used: dict[tuple[int, int], int] = {}
+    for i in order:
+        if sg[i] == 0:
+            continue
+        ranked = torch.argsort(-lg[i]).tolist()
+        for k in ranked:
+            if not math.isfinite(float(lg[i, k])):
+                break
+            if used.get((bt[i], k), sg[i]) == sg[i]:
+                out[i] = k
+                used[(bt[i], k)] = sg[i]
+                break
+    return out.to(logits.device)
+
+
+def elements_of(symbols: Sequence[str]) -> torch.Tensor:
+    """Vocabulary indices of element symbols (used by tests)."""
+    return torch.tensor([element_index(s) for s in symbols], dtype=torch.long)

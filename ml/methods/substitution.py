@@ -1,0 +1,469 @@
+"""Substitution baseline: data-mined ion exchange on known structures.
+
+Hautier et al. (Inorg. Chem. 2011) fitted, from the ICSD, how likely one ion replaces another
+in the same structure type; pymatgen ships that model (``SubstitutionProbability``). This
+method takes reference structures from the data sets (or the request's templates) whose size
+fits ``max_atoms``, guesses their ions, and replaces every ion by one of the allowed species:
+
+    P(new structure | reference) = prod over ions i of P(new_i | old_i)   (cond_prob)
+
+restricted to the allowed elements, distinct new elements per ion (no merged sites), the
+required elements, an exact composition if asked, and charge neutrality (sum of new charges
+times site counts is zero). The most probable substitutions become candidates: species are
+swapped in the reference cell and the volume rescaled by ionic radii (reference lattice
+scaling, pymatgen's ``RLSVolumePredictor``). The oracles rank them afterwards.
+
+Deterministic: the seed picks which references are examined (when there are more than
+``max_references``) and breaks probability ties; ``temperature > 0`` samples instead of
+taking the most probable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+from pymatgen.core import Composition, Element, Species
+
+from ml.crystal import Crystal
+from ml.methods.base import (
+    Candidate,
+    DesignMethod,
+    MethodContext,
+    MethodEvent,
+    MethodParams,
+    Progress,
+    RequestError,
+)
+from ml.request import DesignRequest
+
+Dataset = Literal["mp20", "mp2018", "perov5"]
+# Splits used as references: MP-20 test is kept out (it is the evaluation split).
+_SPLITS: dict[str, tuple[str, ...]] = {
+    "mp20": ("train", "val"),
+    "mp2018": ("extra",),
+    "perov5": ("val", "test"),
+}
+
+
+class SubstitutionParams(MethodParams):
+    datasets: list[Dataset] = Field(
+        default_factory=lambda: ["mp20"],
+        min_length=1,
+        description="Data sets whose structures serve as references (ignored with templates).",
+    )
+    max_references: int = Field(
+        default=3000, ge=1, le=100_000, description="References examined (seeded sample)."
+    )
+    species_per_ion: int = Field(
+        default=4, ge=1, le=20, description="Most probable replacements tried for each ion."
+    )
+    min_probability: float = Field(
+        default=1e-6, gt=0, le=1, description="Smallest joint substitution probability kept."
+    )
+    max_per_formula: int = Field(
+        default=2, ge=1, le=1000, description="At most this many candidates per new formula."
+    )
+    temperature: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="0: most probable first; >0: seeded sampling, weights p^(1/T).",
+    )
+    batch_size: int = Field(default=16, ge=1, le=1024, description="Candidates per batch.")
+    step_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=60,
+        description="Pause before each batch (throttling, demos and cancellation tests).",
+    )
+
+
+@dataclass(frozen=True)
+class _Reference:
+    key: str  # dataset/split/row, or template/<i>
+    material_id: str
+    formula: str
+    n_atoms: int
+    space_group: int | None
+
+
+@dataclass(frozen=True)
+class _Proposal:
+    reference: _Reference
+    ions: tuple[tuple[str, int], ...]  # (element, oxidation state) of the reference
+    new_ions: tuple[tuple[str, int], ...]
+    probability: float
+
+
+@cache
+def _probability_model() -> object:
+    from pymatgen.core.structure_prediction.substitution_probability import (
+        SubstitutionProbability,
+    )
+
+    return SubstitutionProbability()
+
+
+@lru_cache(maxsize=200_000)
+def _ions_of(formula: str) -> tuple[tuple[str, int], ...] | None:
+    """The most likely integer oxidation states of a formula's elements, or None."""
+    comp = Composition(formula)
+    if len(comp) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            guesses = comp.oxi_state_guesses(max_sites=-20)
+        except Exception:  # pymatgen gives up on some exotic formulas
+            return None
+    if not guesses:
+        return None
+    ions = []
+    for el, oxi in guesses[0].items():
+        if oxi == 0 or not float(oxi).is_integer():
+            return None  # mixed valence or metallic: no single ion to substitute
+        ions.append((str(el), int(oxi)))
+    return tuple(sorted(ions))
+
+
+def _target_species(usable: list[str]) -> list[Species]:
+    """Ions of the allowed elements that the substitution model knows."""
+    model = _probability_model()
+    allowed = set(usable)
+    return sorted(
+        (s for s in model.species if s.symbol in allowed),  # type: ignore[attr-defined]
+        key=lambda s: (s.symbol, s.oxi_state),
+    )
+
+
+def _counts(formula: str) -> dict[str, float]:
+    return {str(el): amt for el, amt in Composition(formula).reduced_composition.items()}
+
+
+class SubstitutionMethod(DesignMethod):
+    name = "substitution"
+    version = "1.0"
+    description = (
+        "Baseline: ion exchange on known structures with pymatgen's data-mined substitution "
+        "probabilities (Hautier et al. 2011), restricted to the allowed elements and charge "
+        "neutrality; the oracles rank the results."
+    )
+    Params = SubstitutionParams
+
+    # --- validation -------------------------------------------------------------------
+    def validate(self, request: DesignRequest) -> SubstitutionParams:
+        params = SubstitutionParams.model_validate(request.params)
+        usable = request.constraints.elements.usable()
+        species = _target_species(usable)
+        if not species:
+            raise RequestError(
+                "constraints.elements.allowed",
+                "none of the allowed elements forms an ion the substitution model knows",
+            )
+        if request.constraints.charge_neutral:
+            if not any(s.oxi_state > 0 for s in species):
+                raise RequestError(
+                    "constraints.elements.allowed",
+                    "charge neutrality needs a cation: no allowed element forms one",
+                )
+            if not any(s.oxi_state < 0 for s in species):
+                raise RequestError(
+                    "constraints.elements.allowed",
+                    "charge neutrality needs an anion: no allowed element forms one "
+                    "(e.g. O, S, N, F, Cl)",
+                )
+        return params
+
+    # --- design -----------------------------------------------------------------------
+    def run(
+        self, request: DesignRequest, params: MethodParams, ctx: MethodContext
+    ) -> Iterator[MethodEvent]:
+        assert isinstance(params, SubstitutionParams)
+        rng = np.random.default_rng(request.seed)
+        templates = request.constraints.templates
+        references = self._references(request, params, rng)
+        yield Progress("scanning references", 0, len(references))
+        proposals = yield from self._propose(request, params, references, ctx)
+        chosen = self._choose(proposals, request, params, rng)
+        total = request.num_candidates
+        yield Progress("substituting", 0, total)
+        batch: list[Candidate] = []
+        made = 0
+        for proposal in chosen:
+            if made >= total:
+                break
+            ctx.check_cancelled()
+            crystal = self._build(proposal, params, templates)
+            if crystal is None:
+                continue
+            made += 1
+            batch.append(
+                Candidate(
+                    crystal=crystal,
+                    method_score=proposal.probability,
+                    meta={
+                        "reference": proposal.reference.material_id,
+                        "reference_formula": proposal.reference.formula,
+                        "reference_space_group": proposal.reference.space_group,
+                        "substitutions": {
+                            f"{Species(el, q)}": f"{Species(nel, nq)}"
+                            for (el, q), (nel, nq) in zip(
+                                proposal.ions, proposal.new_ions, strict=True
+                            )
+                        },
+                        "probability": proposal.probability,
+                    },
+                )
+            )
+            if len(batch) >= params.batch_size:
+                yield from self._emit(batch, made, total, params, ctx)
+                batch = []
+        if batch:
+            yield from self._emit(batch, made, total, params, ctx)
+
+    def _emit(
+        self,
+        batch: list[Candidate],
+        made: int,
+        total: int,
+        params: SubstitutionParams,
+        ctx: MethodContext,
+    ) -> Iterator[MethodEvent]:
+        _pause(params.step_delay_s, ctx)
+        yield Progress("substituting", made, total)
+        yield list(batch)
+
+    # --- references ---------------------------------------------------------------------
+    def _references(
+        self, request: DesignRequest, params: SubstitutionParams, rng: np.random.Generator
+    ) -> list[_Reference]:
+        c = request.constraints
+        if c.templates:
+            refs = []
+            for i, cif in enumerate(c.templates):
+                crystal = Crystal.from_cif(cif)
+                refs.append(
+                    _Reference(
+                        f"template/{i}", f"template-{i}", crystal.formula, crystal.num_atoms, None
+                    )
+                )
+            return refs
+
+        from ml.data.records import load_table, reduced_formula
+
+        n_usable = len(c.elements.usable())
+        space_groups = set(c.space_groups) if c.space_groups else None
+        refs = []
+        for dataset in params.datasets:
+            for split in _SPLITS[dataset]:
+                table = load_table(dataset, split)
+                sgs = (
+                    table["spacegroup_number"].to_numpy()
+                    if "spacegroup_number" in table.columns
+                    else None
+                )
+                ids = table["material_id"].astype(str).to_numpy()
+                formulas = table["pretty_formula"].astype(str).to_numpy()
+                sizes = table["n_atoms"].to_numpy()
+                for row in np.flatnonzero(sizes <= c.max_atoms):
+                    sg = int(sgs[row]) if sgs is not None and sgs[row] == sgs[row] else None
+                    if space_groups is not None and sg not in space_groups:
+                        continue
+                    formula = reduced_formula(formulas[row])
+                    if len(_counts(formula)) > n_usable:
+                        continue  # more ions than allowed elements: no injective exchange
+                    if c.crystal_family == "perovskite" and not _is_perovskite(formula):
+                        continue
+                    refs.append(
+                        _Reference(
+                            f"{dataset}/{split}/{row}", ids[row], formula, int(sizes[row]), sg
+                        )
+                    )
+        if len(refs) > params.max_references:
+            pick = np.sort(rng.choice(len(refs), size=params.max_references, replace=False))
+            refs = [refs[i] for i in pick]
+        return refs
+
+    # --- proposals ----------------------------------------------------------------------
+    def _propose(
+        self,
+        request: DesignRequest,
+        params: SubstitutionParams,
+        references: list[_Reference],
+        ctx: MethodContext,
+    ) -> Iterator[MethodEvent]:
+        """Every allowed, charge-balanced exchange on every reference (a generator that
+        yields progress and returns the proposals)."""
+        c = request.constraints
+        model = _probability_model()
+        targets = _target_species(c.elements.usable())
+        required = set(c.elements.required)
+        wanted = Composition(c.composition).reduced_formula if c.composition else None
+        seen: set[tuple[object, ...]] = set()
+        proposals: list[_Proposal] = []
+        last = time.monotonic()
+        for i, ref in enumerate(references):
+            if i % 50 == 0:
+                ctx.check_cancelled()
+                if time.monotonic() - last > 1.0:
+                    last = time.monotonic()
+                    yield Progress("scanning references", i, len(references))
+            ions = _ions_of(ref.formula)
+            if ions is None:
+                continue
+            counts = _counts(ref.formula)
+            options = []
+            for el, q in ions:
+                old = Species(el, q)
+                ranked = sorted(
+                    (
+                        (model.cond_prob(new, old), new)  # type: ignore[attr-defined]
+                        for new in targets
+                        if (new.oxi_state > 0) == (q > 0)
+                    ),
+                    key=lambda t: (-t[0], str(t[1])),
+                )
+                options.append(ranked[: params.species_per_ion])
+            for combo in itertools.product(*options):
+                new_species = [s for _, s in combo]
+                symbols = [s.symbol for s in new_species]
+                if len(set(symbols)) != len(symbols):
+                    continue  # two ions onto one element would merge sites
+                new_ions = tuple((s.symbol, int(s.oxi_state)) for s in new_species)
+                if new_ions == ions:
+                    continue  # the reference itself is not a design
+                if not required <= set(symbols):
+                    continue
+                if c.charge_neutral:
+                    charge = sum(
+                        counts[el] * nq for (el, _), (_, nq) in zip(ions, new_ions, strict=True)
+                    )
+                    if abs(charge) > 1e-6:
+                        continue
+                prob = math.prod(p for p, _ in combo)
+                if prob < params.min_probability:
+                    continue
+                if wanted is not None:
+                    new_formula = Composition(
+                        {nel: counts[el] for (el, _), (nel, _) in zip(ions, new_ions, strict=True)}
+                    ).reduced_formula
+                    if new_formula != wanted:
+                        continue
+                key = (ref.formula, ref.space_group, new_ions)
+                if key in seen:
+                    continue  # same structure type from another entry: one is enough
+                seen.add(key)
+                proposals.append(_Proposal(ref, ions, new_ions, prob))
+        yield Progress("scanning references", len(references), len(references))
+        return proposals
+
+    def _choose(
+        self,
+        proposals: list[_Proposal],
+        request: DesignRequest,
+        params: SubstitutionParams,
+        rng: np.random.Generator,
+    ) -> list[_Proposal]:
+        """Order proposals: by probability (seeded ties), or seeded sampling; cap per formula.
+
+        Returns more than ``num_candidates`` so that a structure that cannot be built is
+        replaced by the next proposal.
+        """
+        if not proposals:
+            return []
+        logp = np.log(np.array([p.probability for p in proposals]))
+        noise = rng.gumbel(size=len(proposals))
+        if params.temperature > 0:
+            # Gumbel-top-k: a sample without replacement with weights p^(1/T).
+            keys = logp / params.temperature + noise
+        else:
+            keys = logp + 1e-9 * noise
+        order = np.argsort(-keys, kind="stable")
+        per_formula: dict[str, int] = {}
+        out = []
+        for i in order:
+            p = proposals[int(i)]
+            counts = _counts(p.reference.formula)
+            formula = Composition(
+                {nel: counts[el] for (el, _), (nel, _) in zip(p.ions, p.new_ions, strict=True)}
+            ).reduced_formula
+            if per_formula.get(formula, 0) >= params.max_per_formula:
+                continue
+            per_formula[formula] = per_formula.get(formula, 0) + 1
+            out.append(p)
+            if len(out) >= 2 * request.num_candidates + 16:
+                break
+        return out
+
+    # --- structures ---------------------------------------------------------------------
+    def _build(
+        self, proposal: _Proposal, params: SubstitutionParams, templates: list[str] | None
+    ) -> Crystal | None:
+        ref = proposal.reference
+        crystal = _reference_crystal(ref.key, templates)
+        if crystal is None:
+            return None
+        from pymatgen.core.structure_prediction.volume_predictor import RLSVolumePredictor
+
+        structure = crystal.to_structure()
+        old_oxi = {el: q for el, q in proposal.ions}
+        mapping = {
+            Element(el): Element(nel)
+            for (el, _), (nel, _) in zip(proposal.ions, proposal.new_ions, strict=True)
+        }
+        new_oxi = {nel: nq for nel, nq in proposal.new_ions}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ref_ox = structure.copy()
+                ref_ox.add_oxidation_state_by_element(old_oxi)
+                new = structure.copy()
+                new.replace_species(mapping)
+                new_ox = new.copy()
+                new_ox.add_oxidation_state_by_element(new_oxi)
+                volume = RLSVolumePredictor(check_isostructural=False, use_bv=False).predict(
+                    new_ox, ref_ox
+                )
+                if math.isfinite(volume) and volume > 0:
+                    new.scale_lattice(volume)
+            except Exception:  # no radii for an exotic ion: keep the reference volume
+                new = structure.copy()
+                new.replace_species(mapping)
+        return Crystal.from_structure(new)
+
+
+def _is_perovskite(formula: str) -> bool:
+    from ml.constraints import is_perovskite
+
+    return bool(is_perovskite(formula))
+
+
+def _reference_crystal(key: str, templates: list[str] | None) -> Crystal | None:
+    kind, _, rest = key.partition("/")
+    if kind == "template":
+        assert templates is not None
+        return Crystal.from_cif(templates[int(rest)])
+    from ml.data.cache import get_store
+
+    split, _, row = rest.partition("/")
+    return get_store(kind, split).crystal_at(int(row))
+
+
+def _pause(seconds: float, ctx: MethodContext) -> None:
+    """Sleep in short slices so a cancel request is seen promptly."""
+    end = time.monotonic() + seconds
+    while True:
+        ctx.check_cancelled()
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.1))

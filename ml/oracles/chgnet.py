@@ -1,0 +1,122 @@
+"""CHGNet 0.3.0 oracles: static energy per atom and CHGNet-Eform.
+
+Graphs are built per structure (picklable builder, so DataLoader workers can build them) and
+scored ``batch_size`` at a time in one CHGNet forward pass each. A structure with an isolated
+atom (no neighbour within CHGNet's 6 A atom-graph cutoff) is unscored: NaN.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pymatgen.core import Structure
+
+from ml.crystal import Crystal, as_structure
+from ml.oracles.base import Oracle, OracleInfo
+from ml.oracles.references import formation_energy, load_elemental_refs
+
+__all__ = [
+    "CHGNET_VERSION",
+    "ChgnetEformOracle",
+    "ChgnetEnergyOracle",
+    "ChgnetGraphBuilder",
+    "load_chgnet",
+]
+
+CHGNET_VERSION = "0.3.0"
+_MODELS: dict[str, torch.nn.Module] = {}
+_LOCK = threading.Lock()
+
+
+def load_chgnet(device: str) -> torch.nn.Module:
+    """CHGNet 0.3.0 (weights inside the chgnet wheel: nothing is downloaded) on ``device``."""
+    with _LOCK:
+        if device not in _MODELS:
+            from chgnet.model import CHGNet
+
+            model = CHGNet.load(model_name=CHGNET_VERSION, use_device=device, verbose=False)
+            model.eval()
+            _MODELS[device] = model
+        return _MODELS[device]
+
+
+@dataclass(frozen=True)
+class ChgnetGraphBuilder:
+    """Structure -> CHGNet ``CrystalGraph``; ``None`` when CHGNet cannot score it."""
+
+    atom_graph_cutoff: float = 6.0
+    bond_graph_cutoff: float = 3.0
+
+    def __call__(self, item: Crystal | Structure):  # -> CrystalGraph | None
+        from chgnet.graph import CrystalGraphConverter
+
+        structure = as_structure(item)
+        if len(structure) == 0:
+            return None
+        # Our own converter set to "error": the model's shared one may have been switched
+        # to "warn" by a relaxation calculator.
+        converter = CrystalGraphConverter(
+            atom_graph_cutoff=self.atom_graph_cutoff,
+            bond_graph_cutoff=self.bond_graph_cutoff,
+            on_isolated_atoms="error",
+        )
+        try:
+            return converter(structure)
+        except Exception:  # isolated atoms, degenerate cells, unknown species
+            return None
+
+
+class ChgnetEnergyOracle(Oracle):
+    """CHGNet 0.3.0 energy per atom at the given geometry (eV/atom)."""
+
+    def __init__(self, info: OracleInfo, device: str):
+        self.info = info
+        self.device = device
+        self.model = load_chgnet(device)
+        conv = self.model.graph_converter
+        self.builder = ChgnetGraphBuilder(
+            float(conv.atom_graph_cutoff), float(conv.bond_graph_cutoff)
+        )
+
+    def graph_builder(self) -> ChgnetGraphBuilder:
+        return self.builder
+
+    def predict_graphs(self, graphs: Sequence[object | None], batch_size: int = 256) -> np.ndarray:
+        """Energy per atom of pre-built graphs (``None`` -> NaN), one forward pass per batch."""
+        out = np.full(len(graphs), np.nan, dtype=np.float64)
+        idx = [i for i, g in enumerate(graphs) if g is not None]
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            batch = [graphs[i].to(self.device) for i in chunk]  # type: ignore[union-attr]
+            with torch.no_grad():
+                pred = self.model(batch, task="e")
+            out[chunk] = pred["e"].reshape(-1).double().cpu().numpy()
+        return out
+
+    def predict(self, structures: Sequence[Crystal | Structure], batch_size: int = 256) -> np.ndarray:
+        return self.predict_graphs([self.builder(s) for s in structures], batch_size=batch_size)
+
+
+class ChgnetEformOracle(ChgnetEnergyOracle):
+    """CHGNet-Eform: CHGNet energy per atom minus composition-weighted elemental references."""
+
+    def __init__(self, info: OracleInfo, device: str):
+        super().__init__(info, device)
+        self.refs = load_elemental_refs()
+
+    def eform_from_energies(
+        self, structures: Sequence[Crystal | Structure], energies: np.ndarray
+    ) -> np.ndarray:
+        comps = [as_structure(s).composition for s in structures]
+        return np.array(
+            [formation_energy(c, float(e), self.refs) for c, e in zip(comps, energies, strict=True)],
+            dtype=np.float64,
+        )
+
+    def predict(self, structures: Sequence[Crystal | Structure], batch_size: int = 256) -> np.ndarray:
+        energies = super().predict(structures, batch_size=batch_size)
+        return self.eform_from_energies(structures, energies)

@@ -1,0 +1,1 @@
+"""Command-line tools that build the project's data tables."""

@@ -1,0 +1,321 @@
+"""Build the elemental references and the reference energy table (run once, on a GPU).
+
+Writes
+- ``ml/oracles/data/elemental_refs.json``: {element: eV/atom}, the lowest CHGNet 0.3.0 energy
+  per atom among the RELAXED single-element structures of every data set under
+  MATDESIGN_DATA_DIR; bcc Eu and fcc Th (absent there) are built with pymatgen and relaxed.
+  ``elemental_refs_sources.json`` beside it says which structure gave each value.
+- ``ml/evaluation/data/reference_energies.csv.gz``: one row per structure of mp20
+  train/val/test, mp2018 extra and perov5 val/test with static CHGNet energy per atom,
+  CHGNet-Eform, MEGNet Eform, MEGNet PBE gap and the DFT labels.
+
+The table's CHGNet energies are static (single point at the stored geometry): the data-set
+structures are already DFT-relaxed, CHGNet was trained on those same MP relaxations, and a
+CHGNet relaxation of them moves energies by a few meV/atom at ~100x the cost. Elemental
+references are relaxed because they set the zero of every formation energy.
+
+CPU graph building runs in a process pool (CIF parsing + CHGNet and MEGNet graphs), overlapped
+with batched forward passes on the device; elemental relaxations run on CPU in a second pool
+at the same time.
+
+    python -m ml.tools.build_reference_tables --device cuda --workers 11 --relax-workers 4
+    python -m ml.tools.build_reference_tables --device cpu --limit 20 --out-dir /tmp/refs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import pickle
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[2]
+REFS_JSON = REPO / "ml" / "oracles" / "data" / "elemental_refs.json"
+TABLE = REPO / "ml" / "evaluation" / "data" / "reference_energies.csv.gz"
+
+# (dataset, split, has MP DFT labels)
+SPLITS: list[tuple[str, str, bool]] = [
+    ("mp20", "train", True),
+    ("mp20", "val", True),
+    ("mp20", "test", True),
+    ("mp2018", "extra", True),
+    ("perov5", "val", False),
+    ("perov5", "test", False),
+]
+# Elements with no single-element structure in the data: (symbol, space group, a in A).
+EXTRA_ELEMENTS: list[tuple[str, str, float]] = [("Eu", "Im-3m", 4.58), ("Th", "Fm-3m", 5.08)]
+RELAX_FMAX = 0.05
+RELAX_STEPS = 500
+
+
+@dataclass
+class Builders:
+    chgnet: object
+    megnet_eform: object
+    megnet_gap: object
+
+
+_BUILDERS: Builders | None = None
+
+
+def _init_worker(builders: Builders) -> None:
+    global _BUILDERS
+    _BUILDERS = builders
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+
+
+def _parse(cif: str):  # -> Structure | None
+    from pymatgen.io.cif import CifParser
+
+    try:
+        return CifParser.from_str(cif).parse_structures(primitive=False)[0]
+    except Exception:
+        return None
+
+
+def _build_chunk(chunk: list[tuple[int, str]]) -> bytes:
+    """Worker: parse CIFs and build the three graphs. Pickled to bytes so that the many small
+    tensors travel in one message instead of one shared-memory handle each."""
+    assert _BUILDERS is not None
+    out = []
+    for row, cif in chunk:
+        s = _parse(cif)
+        if s is None:
+            out.append((row, None, None, None, "", 0))
+            continue
+        formula = s.composition.formula.replace(" ", "")
+        out.append(
+            (
+                row,
+                _BUILDERS.chgnet(s),  # type: ignore[operator]
+                _BUILDERS.megnet_eform(s),  # type: ignore[operator]
+                _BUILDERS.megnet_gap(s),  # type: ignore[operator]
+                formula,
+                len(s),
+            )
+        )
+    return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _relax_task(task: tuple[str, str, str]) -> dict:
+    """Worker: CHGNet-relax one elemental structure on CPU."""
+    label, symbol, cif = task
+    from ml.crystal import Crystal
+    from ml.oracles.relax import relax_crystals
+
+    s = _parse(cif)
+    if s is None:
+        return {"label": label, "element": symbol, "energy": math.nan}
+    t0 = time.time()
+    res = relax_crystals(
+        [Crystal.from_structure(s)], fmax=RELAX_FMAX, steps=RELAX_STEPS, device="cpu"
+    )[0]
+    return {
+        "label": label,
+        "element": symbol,
+        "energy": res.energy_per_atom,
+        "converged": res.converged,
+        "steps": res.steps,
+        "n_atoms": len(s),
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def _read_splits(data_dir: Path, limit: int | None, datasets: set[str]) -> pd.DataFrame:
+    frames = []
+    for dataset, split, mp_labels in SPLITS:
+        if dataset not in datasets:
+            continue
+        path = data_dir / dataset / f"{split}.csv.gz"
+        df = pd.read_csv(path)
+        if limit:
+            df = df.head(limit)
+        frame = pd.DataFrame(
+            {
+                "dataset": dataset,
+                "split": split,
+                "material_id": df["material_id"].astype(str),
+                "cif": df["cif"],
+                "dft_eform": df["formation_energy_per_atom"] if mp_labels else np.nan,
+                "dft_gap": df["band_gap"] if mp_labels else np.nan,
+                "pretty_formula": df["pretty_formula"].astype(str),
+            }
+        )
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _elemental_tasks(table: pd.DataFrame) -> list[tuple[str, str, str]]:
+    from pymatgen.core import Composition, Lattice, Structure
+
+    tasks = []
+    for row in table.itertuples():
+        els = Composition(row.pretty_formula).elements
+        if len(els) == 1:
+            tasks.append((f"{row.dataset}/{row.split}/{row.material_id}", els[0].symbol, row.cif))
+    for symbol, sg, a in EXTRA_ELEMENTS:
+        s = Structure.from_spacegroup(sg, Lattice.cubic(a), [symbol], [[0, 0, 0]])
+        tasks.append((f"built/{sg}/{symbol}", symbol, s.to(fmt="cif")))
+    # Largest first so the relaxation pool finishes evenly.
+    tasks.sort(key=lambda t: -len(t[2]))
+    return tasks
+
+
+def _chunks(table: pd.DataFrame, size: int) -> Iterator[list[tuple[int, str]]]:
+    cifs = table["cif"].tolist()
+    for start in range(0, len(cifs), size):
+        yield [(i, cifs[i]) for i in range(start, min(start + size, len(cifs)))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default=None, help="torch device (default: settings)")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 5))
+    ap.add_argument("--relax-workers", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=256, help="structures per forward pass")
+    ap.add_argument("--chunk", type=int, default=32, help="structures per worker task")
+    ap.add_argument("--limit", type=int, default=None, help="first N rows of each split")
+    ap.add_argument("--datasets", default="mp20,mp2018,perov5")
+    ap.add_argument("--out-dir", type=Path, default=None, help="write here, not into the repo")
+    args = ap.parse_args(argv)
+
+    warnings.filterwarnings("ignore")
+    from ml.oracles.chgnet import ChgnetGraphBuilder
+    from ml.oracles.megnet import MegnetGraphBuilder, load_megnet
+    from ml.settings import get_ml_settings
+
+    settings = get_ml_settings()
+    device = args.device or settings.torch_device()
+    refs_path = args.out_dir / REFS_JSON.name if args.out_dir else REFS_JSON
+    table_path = args.out_dir / TABLE.name if args.out_dir else TABLE
+    refs_path.parent.mkdir(parents=True, exist_ok=True)
+    table_path.parent.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    table = _read_splits(Path(settings.data_dir), args.limit, set(args.datasets.split(",")))
+    tasks = _elemental_tasks(table)
+    print(f"{len(table)} structures, {len(tasks)} elemental relaxations, device {device}")
+
+    # Builders need only the models' element lists and cutoffs: read them on CPU before
+    # forking, so no CUDA context exists in the parent when the pools start.
+    eform_cpu = load_megnet("MEGNet-MP-2018.6.1-Eform", "cpu").model
+    gap_cpu = load_megnet("MEGNet-MP-2019.4.1-BandGap-mfi", "cpu").model
+    builders = Builders(
+        chgnet=ChgnetGraphBuilder(),
+        megnet_eform=MegnetGraphBuilder(tuple(eform_cpu.element_types), float(eform_cpu.cutoff)),
+        megnet_gap=MegnetGraphBuilder(tuple(gap_cpu.element_types), float(gap_cpu.cutoff)),
+    )
+    ctx = mp.get_context("fork")
+    relax_pool = ctx.Pool(args.relax_workers, initializer=_init_worker, initargs=(builders,))
+    relax_async = relax_pool.map_async(_relax_task, tasks, chunksize=1)
+    graph_pool = ctx.Pool(args.workers, initializer=_init_worker, initargs=(builders,))
+
+    from ml.oracles.registry import get_oracle
+
+    chg = get_oracle("chgnet-energy", device)
+    meg_e = get_oracle("megnet-eform", device)
+    meg_g = get_oracle("megnet-gap-pbe", device)
+
+    n = len(table)
+    energy = np.full(n, np.nan)
+    eform_meg = np.full(n, np.nan)
+    gap_meg = np.full(n, np.nan)
+    formula = [""] * n
+    n_atoms = np.zeros(n, dtype=np.int64)
+    buf: list[tuple] = []
+    done = 0
+
+    def flush() -> None:
+        rows = [b[0] for b in buf]
+        energy[rows] = chg.predict_graphs([b[1] for b in buf], batch_size=args.batch_size)  # type: ignore[attr-defined]
+        eform_meg[rows] = meg_e.predict_graphs([b[2] for b in buf], batch_size=args.batch_size)  # type: ignore[attr-defined]
+        gap_meg[rows] = meg_g.predict_graphs([b[3] for b in buf], batch_size=args.batch_size)  # type: ignore[attr-defined]
+        buf.clear()
+
+    for blob in graph_pool.imap(_build_chunk, _chunks(table, args.chunk)):
+        for item in pickle.loads(blob):
+            formula[item[0]] = item[4]
+            n_atoms[item[0]] = item[5]
+            buf.append(item)
+        if len(buf) >= args.batch_size:
+            before = done
+            done += len(buf)
+            flush()
+            if done // 5000 != before // 5000:
+                print(f"  scored {done}/{n} in {time.time() - t0:.0f} s", flush=True)
+    if buf:
+        done += len(buf)
+        flush()
+    graph_pool.close()
+    t_score = time.time() - t0
+    print(f"scored {n} structures in {t_score:.1f} s ({n / t_score:.1f} structures/s overall)")
+
+    relaxed = relax_async.get()
+    relax_pool.close()
+    print(f"relaxed {len(relaxed)} elemental structures by {time.time() - t0:.1f} s")
+
+    refs: dict[str, float] = {}
+    sources: dict[str, dict] = {}
+    for r in relaxed:
+        if not math.isfinite(r["energy"]):
+            continue
+        el = r["element"]
+        if el not in refs or r["energy"] < refs[el]:
+            refs[el] = float(r["energy"])
+            sources[el] = r
+    refs = dict(sorted(refs.items()))
+    with refs_path.open("w") as fh:
+        json.dump({k: round(v, 6) for k, v in refs.items()}, fh, indent=1)
+    with (refs_path.parent / "elemental_refs_sources.json").open("w") as fh:
+        json.dump({k: sources[k] for k in refs}, fh, indent=1)
+    failed = [r["label"] for r in relaxed if not math.isfinite(r["energy"])]
+    unconv = [r["label"] for r in relaxed if math.isfinite(r["energy"]) and not r["converged"]]
+    print(f"elemental refs for {len(refs)} elements; failed {failed}; not converged {unconv}")
+
+    from ml.oracles.references import formation_energy
+
+    eform_chg = np.array(
+        [
+            formation_energy(f, float(e), refs) if f else math.nan
+            for f, e in zip(formula, energy, strict=True)
+        ]
+    )
+    out = pd.DataFrame(
+        {
+            "dataset": table["dataset"],
+            "split": table["split"],
+            "material_id": table["material_id"],
+            "formula": formula,
+            "n_atoms": n_atoms,
+            "chgnet_energy_per_atom": np.round(energy, 6),
+            "chgnet_eform": np.round(eform_chg, 6),
+            "megnet_eform": np.round(eform_meg, 6),
+            "megnet_gap_pbe": np.round(gap_meg, 6),
+            "dft_eform": table["dft_eform"],
+            "dft_gap": table["dft_gap"],
+        }
+    )
+    out.to_csv(table_path, index=False, compression="gzip")
+    print(f"wrote {table_path} ({len(out)} rows) and {refs_path} in {time.time() - t0:.1f} s")
+    for col in ("chgnet_energy_per_atom", "chgnet_eform", "megnet_eform", "megnet_gap_pbe"):
+        print(f"  {col}: {int(out[col].isna().sum())} unscored")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The candidate pipeline end to end on a few small crystals (real oracles: slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml.crystal import Crystal
+from ml.data import reference_crystals, reference_formula_index
+from ml.methods.base import Candidate
+from ml.pipeline import (
+    evaluate_candidates,
+    fingerprint,
+    oracle_plan,
+    rank_candidates,
+    summarize,
+)
+from ml.request import Constraints, DesignRequest, ElementConstraints, Objective
+
+
+def test_oracle_plan_defaults_and_fidelity() -> None:
+    plain = DesignRequest(method="x")
+    assert oracle_plan(plain) == {
+        "formation_energy": "chgnet-eform",
+        "band_gap": "megnet-gap-pbe",
+        "density": "density",
+    }
+    hse = DesignRequest(
+        method="x",
+        objectives=[
+            Objective(property="band_gap", goal="target", value=2.0, fidelity="hse"),
+            Objective(property="hhi", goal="minimize"),
+            Objective(property="energy_above_hull", goal="below", value=0.1),
+        ],
+    )
+    plan = oracle_plan(hse)
+    assert plan["band_gap"] == "megnet-gap-hse"
+    assert plan["band_gap_pbe"] == "megnet-gap-pbe"
+    assert plan["hhi"] == "hhi"
+    assert "energy_above_hull" not in plan
+
+
+def test_fingerprint_ignores_float_noise_and_wrapping() -> None:
+    c = Crystal(np.eye(3) * 4.0, [[0.0, 0.5, 0.25], [0.5, 0.5, 0.5]], [11, 17])
+    noisy = Crystal(c.lattice + 1e-9, c.frac_coords + np.array([1.0, -1e-10, 0.0]), c.numbers)
+    assert fingerprint(c) == fingerprint(noisy)
+    moved = Crystal(c.lattice, c.frac_coords + np.array([0.01, 0, 0]), c.numbers)
+    assert fingerprint(c) != fingerprint(moved)
+
+
+def _supercell_permuted(c: Crystal) -> Crystal:
+    frac = np.concatenate([c.frac_coords * [0.5, 1, 1] + [0.5, 0, 0], c.frac_coords * [0.5, 1, 1]])
+    lattice = c.lattice * np.array([[2.0], [1.0], [1.0]])
+    return Crystal(lattice, frac, np.concatenate([c.numbers, c.numbers]))
+
+
+@pytest.mark.slow
+def test_pipeline_flags_scores_and_ranks() -> None:
+    [(_, nacl)] = reference_crystals(reference_formula_index()["NaCl"])
+    kbr_cscl = Crystal(np.eye(3) * 4.0, [[0, 0, 0], [0.5, 0.5, 0.5]], [19, 35])
+    too_close = Crystal(np.eye(3) * 5.0, [[0, 0, 0], [0.06, 0, 0]], [11, 17])
+    lead_oxide = Crystal(
+        np.array([[0, 2.5, 2.5], [2.5, 0, 2.5], [2.5, 2.5, 0]]), [[0, 0, 0], [0.5] * 3], [82, 8]
+    )
+    request = DesignRequest(
+        method="test",
+        objectives=[
+            Objective(property="band_gap", goal="above", value=1.0),
+            Objective(property="formation_energy", goal="below", value=-1.0),
+        ],
+        constraints=Constraints(elements=ElementConstraints(excluded=["Pb"]), charge_neutral=True),
+        relax=False,
+    )
+    candidates = [
+        Candidate(nacl, method_score=0.5),
+        Candidate(_supercell_permuted(nacl), method_score=0.1),
+        Candidate(kbr_cscl),
+        Candidate(too_close),
+        Candidate(lead_oxide),
+    ]
+    out = evaluate_candidates(candidates, request, device="cpu")
+    assert len(out) == 5
+    first, dup, kbr, invalid, pbo = out
+
+    assert not any(invalid.flags.values()) and invalid.scores == {}
+    assert "apart" in invalid.meta["invalid_reason"]
+    assert pbo.flags["valid"] and not pbo.flags["constraints"] and pbo.scores == {}
+    assert pbo.meta["violations"] == ["elements"]
+
+    for sc in (first, dup, kbr):
+        assert sc.flags["valid"] and sc.flags["constraints"] and sc.flags["charge_neutral"]
+        assert {"formation_energy", "band_gap", "density", "energy_above_hull"} <= set(sc.scores)
+        assert sc.relaxed is None
+    fe = first.scores["formation_energy"]
+    assert fe.oracle == "chgnet-eform" and fe.unit == "eV/atom"
+    assert fe.value is not None and -2.5 < fe.value < -1.7  # DFT (MP-20): -2.1 eV/atom
+    gap = first.scores["band_gap"]
+    assert gap.oracle == "megnet-gap-pbe" and gap.value is not None and gap.value > 3.0
+    density = first.scores["density"].value
+    assert density == pytest.approx(nacl.to_structure().density, rel=1e-6)
+    # The MP ground state at its DFT geometry sits on (or within noise of) the CHGNet hull.
+    assert first.energy_above_hull is not None and first.energy_above_hull < 0.1
+    assert first.flags["metastable"]
+    assert first.space_group == 225
+
+    assert first.flags["unique"] and not dup.flags["unique"] and kbr.flags["unique"]
+    assert not first.flags["novel"] and not dup.flags["novel"]
+    assert dup.scores["formation_energy"].value == pytest.approx(fe.value, abs=2e-3)
+    assert first.flags["hit"] and first.objective_loss == 0.0
+    assert first.fingerprint != dup.fingerprint
+
+    ranked = rank_candidates(out)
+    assert [sc.rank for sc in ranked] == [1, 2, 3, 4, 5]
+    assert ranked[-1] is invalid and ranked[-2] is pbo
+    hits = [sc for sc in ranked if sc.flags["hit"]]
+    assert all(sc.flags["hit"] for sc in ranked[: len(hits)])
+    # Both NaCl copies are hits with zero loss: the lower method score goes first.
+    assert dup.rank is not None and first.rank is not None and dup.rank < first.rank
+
+    summary = summarize(out, request)
+    assert summary["n_candidates"] == 5
+    assert summary["n_valid"] == 4
+    assert summary["n_constraints_ok"] == 3
+    assert summary["n_unique"] == 2
+    assert summary["hit_rate"] == pytest.approx(len(hits) / 5)
+    assert summary["best"]["formation_energy"]["value"] <= fe.value
+
+    again = evaluate_candidates([Candidate(nacl)], request, previous=[nacl], device="cpu")
+    assert not again[0].flags["unique"]

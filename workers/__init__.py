@@ -1,0 +1,1 @@
+"""Celery app, the design task and the job runner it calls."""

@@ -1,0 +1,63 @@
+"""The Celery application: Redis broker in production, design tasks on queue ``gpu``.
+
+Reliability settings: a task message is acknowledged only after the job finished
+(``acks_late``), a worker takes one message at a time (prefetch 1), and a message whose
+worker process died is handed back to the broker (``reject_on_worker_lost``). A job is also
+protected independently of the broker: the runner heartbeats the job row and the sweeper
+re-enqueues jobs whose heartbeat went stale (see ``workers/sweeper.py``).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from app.settings import Settings, get_settings
+
+GPU_QUEUE = "gpu"
+RUN_JOB_TASK = "matdesign.run_job"
+
+celery_app = Celery("matdesign", include=["workers.tasks"])
+
+
+def configure_celery(settings: Settings) -> Celery:
+    # The embedded default never talks to a broker (jobs run through Task.apply on worker
+    # threads), so an in-memory transport keeps Celery from trying to connect anywhere.
+    broker = "memory://" if settings.embedded else settings.broker_url
+    # Celery's own limits stay above the runner's cooperative limit: the runner fails the
+    # job with a readable error first; these catch a step that never returns (prefork only).
+    soft = int(settings.job_time_limit_s) + 120
+    celery_app.conf.update(
+        broker_url=broker,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_pool=settings.worker_pool,
+        task_default_queue=GPU_QUEUE,
+        task_routes={RUN_JOB_TASK: {"queue": GPU_QUEUE}},
+        task_soft_time_limit=soft,
+        task_time_limit=soft + 120,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_send_task_events=True,  # for flower
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+    return celery_app
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: object) -> None:
+    # A forked pool process must not share the parent's database connections.
+    from app.db import forget_databases
+
+    forget_databases()
+
+
+configure_celery(get_settings())

@@ -1,0 +1,165 @@
+"""Claiming a job and holding it: a claim token, a heartbeat, and the cancel flag.
+
+A job is claimed with one conditional UPDATE (queued, or running with a stale heartbeat), so
+duplicate queue messages are harmless: only one worker wins. Every later write of the runner
+names the claim token; a worker whose job was taken over (its heartbeat went stale and the
+sweeper re-queued the job) finds its writes refused and stops (:class:`LostClaim`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+
+from app.db import Database, utcnow
+from app.models import CANCELLING, QUEUED, RUNNING, Job
+from app.settings import Settings
+from ml.methods.base import Cancelled
+
+log = logging.getLogger(__name__)
+
+
+class LostClaim(Exception):
+    """Another worker owns the job now; this one must stop without writing."""
+
+
+class JobTimeLimit(Exception):
+    """The job ran past ``job_time_limit_s``."""
+
+
+@dataclass
+class Claimed:
+    job: Job
+    claim: str
+
+
+def claim_job(db: Database, settings: Settings, job_id: str, worker: str) -> Claimed | None:
+    """Take the job if it is queued or its worker died; None when someone else has it."""
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.heartbeat_stale_after_s)
+    token = str(uuid.uuid4())
+    with db.session() as s:
+        taken = s.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                or_(
+                    Job.status == QUEUED,
+                    (Job.status == RUNNING)
+                    & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
+                ),
+            )
+            .values(
+                status=RUNNING,
+                claim=token,
+                worker=worker[:255],
+                heartbeat_at=now,
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now),
+                error=None,
+            )
+        ).rowcount
+        if not taken:
+            return None
+        job = s.scalars(select(Job).where(Job.id == job_id)).one()
+    return Claimed(job=job, claim=token)
+
+
+class JobLease:
+    """The running job's lease: heartbeat thread, guarded writes and the cancel check."""
+
+    def __init__(self, db: Database, settings: Settings, job_id: str, claim: str) -> None:
+        self.db = db
+        self.settings = settings
+        self.job_id = job_id
+        self.claim = claim
+        self.deadline = time.monotonic() + settings.job_time_limit_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._status_checked = 0.0
+        self._status: str = RUNNING
+
+    # --- guarded writes -------------------------------------------------------------------
+    def write(self, **values: Any) -> str:
+        """Update the job row (plus heartbeat) if still ours; returns its status."""
+        with self.db.session() as s:
+            status = self.write_in(s, **values)
+        return status
+
+    def write_in(self, session: Any, **values: Any) -> str:
+        """As :meth:`write`, inside the caller's transaction (atomic with its other writes)."""
+        done = session.execute(
+            update(Job)
+            .where(Job.id == self.job_id, Job.claim == self.claim)
+            .values(heartbeat_at=utcnow(), **values)
+        ).rowcount
+        if not done:
+            self.lost.set()
+            raise LostClaim(self.job_id)
+        status = session.scalar(select(Job.status).where(Job.id == self.job_id))
+        self._status = status
+        self._status_checked = time.monotonic()
+        return status
+
+    # --- heartbeat ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._beat, name=f"heartbeat-{self.job_id[:8]}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval_s):
+            try:
+                self.write()
+            except LostClaim:
+                log.warning("job %s: lease lost, stopping", self.job_id)
+                return
+            except Exception:  # a database hiccup: try again at the next beat
+                log.exception("job %s: heartbeat failed", self.job_id)
+
+    # --- cooperative checks ---------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Raise if the job must stop: lease lost, cancel requested, or time limit passed."""
+        if self.lost.is_set():
+            raise LostClaim(self.job_id)
+        if time.monotonic() > self.deadline:
+            raise JobTimeLimit(f"job ran longer than {self.settings.job_time_limit_s:g} s")
+        if self.cancel_requested():
+            raise Cancelled()
+
+    def cancel_requested(self) -> bool:
+        """Whether the job was asked to stop (reads the row at most every poll interval)."""
+        now = time.monotonic()
+        if now - self._status_checked >= self.settings.cancel_poll_interval_s:
+            with self.db.session() as s:
+                row = s.execute(select(Job.status, Job.claim).where(Job.id == self.job_id)).first()
+            self._status_checked = now
+            if row is None or row.claim != self.claim:
+                self.lost.set()
+                raise LostClaim(self.job_id)
+            self._status = row.status
+        return self._status == CANCELLING
+
+    def should_cancel(self) -> bool:
+        """For ``MethodContext.should_cancel``: true on cancel, lease loss or time limit (the
+        runner tells them apart afterwards)."""
+        if self.lost.is_set() or time.monotonic() > self.deadline:
+            return True
+        try:
+            return self.cancel_requested()
+        except LostClaim:
+            return True

@@ -1,0 +1,132 @@
+"""The sweeper: finds jobs that no worker will finish and hands them back to the queue.
+
+- running (or cancelling) jobs whose heartbeat went stale: their worker died. Running ones are
+  re-queued (the runner resumes them; stored structures are not duplicated), cancelling ones
+  become cancelled, and a job that already used ``max_attempts`` fails.
+- queued jobs whose message may have been lost (enqueue failed after the commit, broker
+  restarted, embedded server restarted): re-enqueued after ``requeue_queued_after_s``, then
+  after twice as long, and so on. A duplicate message is harmless: the claim is atomic.
+
+Every change is a conditional UPDATE, so several sweepers (API replicas) can run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from app.db import Database, utcnow
+from app.models import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, Job
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str], None]
+
+
+def sweep(db: Database, settings: Settings, enqueue: Enqueue) -> dict[str, int]:
+    """One pass; returns counts of what it did."""
+    now = utcnow()
+    stale_before = now - timedelta(seconds=settings.heartbeat_stale_after_s)
+    counts = {"requeued_stale": 0, "cancelled_stale": 0, "failed_stale": 0, "requeued_lost": 0}
+    to_enqueue: list[str] = []
+    with db.session() as s:
+        stale = s.execute(
+            select(Job.id, Job.status, Job.attempts, Job.heartbeat_at).where(
+                Job.status.in_([RUNNING, CANCELLING]), Job.heartbeat_at < stale_before
+            )
+        ).all()
+    for job_id, status, attempts, beat in stale:
+        same = (Job.id == job_id, Job.status == status, Job.heartbeat_at == beat)
+        with db.session() as s:
+            if status == CANCELLING:
+                values = {"status": CANCELLED, "finished_at": now, "claim": None}
+                key = "cancelled_stale"
+            elif attempts >= settings.max_attempts:
+                values = {
+                    "status": FAILED,
+                    "finished_at": now,
+                    "claim": None,
+                    "error": f"worker lost {attempts} times; giving up",
+                }
+                key = "failed_stale"
+            else:
+                values = {
+                    "status": QUEUED,
+                    "claim": None,
+                    "worker": None,
+                    "enqueued_at": now,
+                    "enqueue_count": Job.enqueue_count + 1,
+                }
+                key = "requeued_stale"
+            if s.execute(update(Job).where(*same).values(**values)).rowcount:
+                counts[key] += 1
+                if key == "requeued_stale":
+                    to_enqueue.append(job_id)
+
+    base = settings.requeue_queued_after_s
+    with db.session() as s:
+        waiting = s.execute(
+            select(Job.id, Job.enqueued_at, Job.enqueue_count).where(
+                Job.status == QUEUED, Job.enqueued_at < now - timedelta(seconds=base)
+            )
+        ).all()
+    for job_id, enqueued_at, n in waiting:
+        # Exponential back-off: a long but healthy backlog is not flooded with duplicates.
+        wait = base * 2 ** min(max(n - 1, 0), 6)
+        if enqueued_at > now - timedelta(seconds=wait):
+            continue
+        with db.session() as s:
+            moved = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == QUEUED, Job.enqueued_at == enqueued_at)
+                .values(enqueued_at=now, enqueue_count=Job.enqueue_count + 1)
+            ).rowcount
+        if moved:
+            counts["requeued_lost"] += 1
+            to_enqueue.append(job_id)
+
+    for job_id in to_enqueue:
+        try:
+            enqueue(job_id)
+        except Exception:  # broker down: the job stays queued and is retried next pass
+            log.exception("sweeper could not enqueue job %s", job_id)
+    if any(counts.values()):
+        log.info("sweeper: %s", counts)
+    return counts
+
+
+def queued_job_ids(db: Database) -> list[str]:
+    with db.session() as s:
+        return list(s.scalars(select(Job.id).where(Job.status == QUEUED).order_by(Job.created_at)))
+
+
+class Sweeper:
+    """Runs :func:`sweep` every ``sweeper_interval_s`` on a daemon thread."""
+
+    def __init__(self, db: Database, settings: Settings, enqueue: Enqueue) -> None:
+        self.db = db
+        self.settings = settings
+        self.enqueue = enqueue
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.sweeper_interval_s):
+            try:
+                sweep(self.db, self.settings, self.enqueue)
+            except Exception:
+                log.exception("sweeper pass failed")
