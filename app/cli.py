@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from app.settings import get_settings
-    from workers.celery_app import GPU_QUEUE, configure_celery
+    from workers.celery_app import configure_celery
 
     settings = get_settings()
     if settings.embedded:
@@ -42,7 +42,7 @@ def _worker(args: argparse.Namespace) -> int:
     argv = [
         "worker",
         "--queues",
-        GPU_QUEUE,
+        settings.queue_name,
         "--concurrency",
         str(args.concurrency),
         "--pool",

@@ -31,7 +31,6 @@ Authentication: `X-API-Key` (a key sees only its own jobs)."""
 
 def _startup(svc: Services) -> object | None:
     """Migrate, start the embedded worker, recover queued jobs, start the sweeper."""
-    from workers.runtime import install_runtime
     from workers.sweeper import Sweeper, queued_job_ids, sweep
 
     if svc.settings.auto_migrate:
@@ -39,7 +38,6 @@ def _startup(svc: Services) -> object | None:
 
         upgrade(svc.settings.database_url)
     if svc.settings.embedded:
-        install_runtime(svc.settings, svc.db)
         svc.queue.start()
         # The in-process queue died with the last server: hand its queued jobs over again.
         for job_id in queued_job_ids(svc.db):
@@ -55,7 +53,7 @@ def _startup(svc: Services) -> object | None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     db = Database(settings.database_url)
-    svc = Services(settings=settings, db=db, queue=make_queue(settings))
+    svc = Services(settings=settings, db=db, queue=make_queue(settings, db))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -66,10 +64,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if sweeper is not None:
                 sweeper.stop()  # type: ignore[attr-defined]
             svc.queue.stop()
-            if settings.embedded:
-                from workers.runtime import clear_runtime
-
-                clear_runtime()
             db.dispose()
 
     app = FastAPI(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from app.db import Database
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,10 @@ class JobQueue(Protocol):
 
 
 class EmbeddedQueue:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, db: Database) -> None:
         from workers.embedded import EmbeddedWorker
 
-        self.worker = EmbeddedWorker(settings.embedded_workers)
+        self.worker = EmbeddedWorker(settings, db)
 
     def enqueue(self, job_id: str) -> None:
         self.worker.enqueue(job_id)
@@ -53,14 +54,13 @@ class CeleryQueue:
         self.app = configure_celery(settings)
 
     def enqueue(self, job_id: str) -> None:
-        from workers.celery_app import GPU_QUEUE
         from workers.tasks import run_design_job
 
         # Bounded retries: a broker outage must not hang the request; the job row is already
         # committed and the sweeper enqueues it again later.
         run_design_job.apply_async(
             args=[job_id],
-            queue=GPU_QUEUE,
+            queue=self.settings.queue_name,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
@@ -88,8 +88,8 @@ class CeleryQueue:
         pass
 
 
-def make_queue(settings: Settings) -> JobQueue:
-    return EmbeddedQueue(settings) if settings.embedded else CeleryQueue(settings)
+def make_queue(settings: Settings, db: Database) -> JobQueue:
+    return EmbeddedQueue(settings, db) if settings.embedded else CeleryQueue(settings)
 
 
 def enqueue_quietly(q: JobQueue, job_id: str) -> bool:

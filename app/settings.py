@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     requeue_queued_after_s: float = Field(default=300.0, gt=0)
 
     # --- Celery -------------------------------------------------------------------------
+    # Design tasks go to this queue ("gpu"); a separate name isolates deployments (and test
+    # sessions) that share one Redis.
+    queue_name: str = "gpu"
     worker_pool: str = "prefork"
     broker_visibility_timeout_s: int = Field(default=7200, ge=60)
     readyz_worker_timeout_s: float = Field(default=1.0, gt=0)

@@ -15,7 +15,7 @@ The data types and signatures are fixed (the service codes against them). Steps 
 3. CHGNet relaxation when ``request.relax`` (FIRE, fmax 0.1 eV/A, 300 steps), batched over the
    candidates that passed 1-2. A failed relaxation (NaN energy, or a relaxed cell that is no
    longer valid) leaves ``relaxed`` None and ``meta["relax_error"]``; the proposed crystal is
-   scored instead.
+   scored instead. ``space_group`` is that of the relaxed crystal when there is one.
 4. oracle scores on the relaxed crystal (else the proposed one), each oracle called once on the
    whole batch: the default oracle of every objective property, plus always
    ``formation_energy`` (chgnet-eform), ``band_gap`` (megnet-gap-pbe), ``density`` and
@@ -105,7 +105,7 @@ _FLAG_NAMES = (
 )
 # Primitive cells of crystals already seen (``previous`` recurs batch after batch), by
 # fingerprint; bounded so a long job cannot grow it without limit.
-_PREPARED: OrderedDict[str, PreparedStructure] = OrderedDict()
+_PREPARED: OrderedDict[str, PreparedStructure | None] = OrderedDict()
 _PREPARED_MAX = 50_000
 _LOCK = threading.Lock()
 
@@ -123,14 +123,18 @@ def fingerprint(crystal: Crystal) -> str:
     return h.hexdigest()
 
 
-def _prepared(crystal: Crystal, key: str | None = None) -> PreparedStructure:
-    key = key or fingerprint(crystal)
+def _prepared(crystal: Crystal) -> PreparedStructure | None:
+    """Primitive cell for matching, cached by fingerprint; None for a crystal pymatgen cannot
+    even build (e.g. an invalid one passed in ``previous``)."""
+    key = fingerprint(crystal)
     with _LOCK:
-        hit = _PREPARED.get(key)
-        if hit is not None:
+        if key in _PREPARED:
             _PREPARED.move_to_end(key)
-            return hit
-    prepared = PreparedStructure(crystal)
+            return _PREPARED[key]
+    try:
+        prepared: PreparedStructure | None = PreparedStructure(crystal)
+    except Exception:
+        prepared = None
     with _LOCK:
         _PREPARED[key] = prepared
         while len(_PREPARED) > _PREPARED_MAX:
@@ -167,7 +171,7 @@ def _reference_hull() -> Any:
 
 
 def _hull_version(hull: Any) -> str:
-    return str(getattr(hull, "version", "reference hull"))
+    return str(getattr(hull, "version", "reference hull ml/evaluation/data/reference_energies"))
 
 
 def _safe_formula(crystal: Crystal) -> str:
@@ -218,6 +222,7 @@ def evaluate_candidates(
 
     ``previous`` holds the crystals already kept by the same job (uniqueness is judged against
     them and against earlier candidates of this batch). Ranks are not assigned here.
+    Uniqueness compares final crystals, so pass each kept candidate's ``relaxed or crystal``.
     """
     from ml.oracles.registry import get_oracle
 
@@ -303,8 +308,8 @@ def evaluate_candidates(
         )
 
     # Evaluation flags on the final crystals.
-    prepared = [_prepared(c) for c in final]
-    previous_prepared = [_prepared(c) for c in previous]
+    prepared = [_prepared(c) or PreparedStructure(c) for c in final]  # final ones are valid
+    previous_prepared = [p for p in map(_prepared, previous) if p is not None]
     unique = unique_flags(prepared, previous_prepared)
     refs = get_reference_set()
     for k, i in enumerate(eligible):

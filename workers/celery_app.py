@@ -14,7 +14,6 @@ from celery.signals import worker_process_init
 
 from app.settings import Settings, get_settings
 
-GPU_QUEUE = "gpu"
 RUN_JOB_TASK = "matdesign.run_job"
 
 celery_app = Celery("matdesign", include=["workers.tasks"])
@@ -38,8 +37,8 @@ def configure_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
         worker_pool=settings.worker_pool,
-        task_default_queue=GPU_QUEUE,
-        task_routes={RUN_JOB_TASK: {"queue": GPU_QUEUE}},
+        task_default_queue=settings.queue_name,
+        task_routes={RUN_JOB_TASK: {"queue": settings.queue_name}},
         task_soft_time_limit=soft,
         task_time_limit=soft + 120,
         broker_connection_retry_on_startup=True,

@@ -13,16 +13,24 @@ import logging
 import queue
 import threading
 
+from app.db import Database
+from app.settings import Settings
+
 log = logging.getLogger(__name__)
 
 _STOP = object()
 
 
 class EmbeddedWorker:
-    def __init__(self, threads: int = 1) -> None:
-        self.n_threads = threads
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.n_threads = settings.embedded_workers
         self._queue: queue.Queue[object] = queue.Queue()
         self._threads: list[threading.Thread] = []
+        # Set on shutdown: a running job stops at its next checkpoint without finishing, and
+        # the sweeper of the next start resumes it.
+        self.stopping = threading.Event()
         self._pending: set[str] = set()
         self._lock = threading.Lock()
 
@@ -32,7 +40,8 @@ class EmbeddedWorker:
             t.start()
             self._threads.append(t)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
         for _ in self._threads:
             self._queue.put(_STOP)
         for t in self._threads:
@@ -49,8 +58,10 @@ class EmbeddedWorker:
         self._queue.put(job_id)
 
     def _loop(self) -> None:
+        from workers.runtime import bind_thread
         from workers.tasks import run_design_job
 
+        bind_thread(self.settings, self.db, self.stopping)
         while True:
             item = self._queue.get()
             if item is _STOP:

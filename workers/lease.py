@@ -22,12 +22,17 @@ from app.db import Database, utcnow
 from app.models import CANCELLING, QUEUED, RUNNING, Job
 from app.settings import Settings
 from ml.methods.base import Cancelled
+from workers.runtime import interrupted
 
 log = logging.getLogger(__name__)
 
 
 class LostClaim(Exception):
     """Another worker owns the job now; this one must stop without writing."""
+
+
+class Interrupted(LostClaim):
+    """The server is shutting down: stop without finishing; the job is resumed later."""
 
 
 class JobTimeLimit(Exception):
@@ -133,9 +138,11 @@ class JobLease:
 
     # --- cooperative checks ---------------------------------------------------------------
     def checkpoint(self) -> None:
-        """Raise if the job must stop: lease lost, cancel requested, or time limit passed."""
+        """Raise if the job must stop: lease lost, shutdown, cancel requested, or time limit."""
         if self.lost.is_set():
             raise LostClaim(self.job_id)
+        if interrupted():
+            raise Interrupted(self.job_id)
         if time.monotonic() > self.deadline:
             raise JobTimeLimit(f"job ran longer than {self.settings.job_time_limit_s:g} s")
         if self.cancel_requested():
@@ -157,7 +164,7 @@ class JobLease:
     def should_cancel(self) -> bool:
         """For ``MethodContext.should_cancel``: true on cancel, lease loss or time limit (the
         runner tells them apart afterwards)."""
-        if self.lost.is_set() or time.monotonic() > self.deadline:
+        if self.lost.is_set() or interrupted() or time.monotonic() > self.deadline:
             return True
         try:
             return self.cancel_requested()

@@ -23,7 +23,8 @@ from ml.methods.base import Cancelled, Candidate, MethodContext, Progress, Reque
 from ml.methods.registry import get_method
 from ml.request import DesignRequest
 from ml.settings import get_ml_settings
-from workers.lease import JobLease, JobTimeLimit, LostClaim, claim_job
+from workers.lease import Interrupted, JobLease, JobTimeLimit, LostClaim, claim_job
+from workers.runtime import interrupted
 from workers.store import StructureStore, clean_json
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,9 @@ def execute_job(job_id: str, db: Database, settings: Settings, *, worker: str) -
     lease.start()
     try:
         return _run(job.request, job, lease, db, settings)
+    except Interrupted:
+        log.warning("job %s interrupted by shutdown; it will be resumed", job_id)
+        return "interrupted"
     except LostClaim:
         log.warning("job %s was taken over by another worker", job_id)
         return "lost"
@@ -120,7 +124,10 @@ def _run(
             raise RequestError("method", f"method {request.method!r} is not installed") from None
         method_info = {"name": method.name, "version": method.version}
         params = method.validate(request)
-        previous = store.crystals()  # non-empty when resuming after a dead worker
+        # Non-empty when resuming after a dead worker: the method regenerates the same
+        # candidates (same seed), and those already stored are skipped, not re-evaluated.
+        previous = store.crystals()
+        stored = store.fingerprints()
         kept = len(previous)
         reporter.report("starting", 0, request.num_candidates, None, force=True)
         ctx = MethodContext(device=device, should_cancel=lease.should_cancel)
@@ -131,8 +138,9 @@ def _run(
                 if isinstance(event, Progress):
                     reporter.report(event.phase, event.step, event.total, event.best)
                     continue
+                fresh = [c for c in event if pipeline.fingerprint(c.crystal) not in stored]
                 kept = _evaluate_and_store(
-                    list(event), request, previous, store, reporter, timer, device, kept
+                    fresh, request, previous, store, reporter, timer, device, kept
                 )
                 if kept >= request.num_candidates:
                     break
@@ -152,6 +160,8 @@ def _run(
     except Cancelled:
         if lease.lost.is_set():
             raise LostClaim(job.id) from None
+        if interrupted():
+            raise Interrupted(job.id) from None
         if time.monotonic() > lease.deadline:
             return _fail(lease, f"time limit: job ran longer than {settings.job_time_limit_s:g} s")
         # Keep what was found so far, ranked, with a summary of it.
@@ -206,11 +216,10 @@ def _evaluate_and_store(
             "best": best,
         }
     )
-    store.add(scored, progress)
-    reporter.current = progress
+    _, reporter.current = store.add(scored, progress)
     previous.extend(s.crystal for s in scored)
     timer.add("storage_s", time.perf_counter() - t)
-    return store.count()
+    return int(reporter.current["stored"])
 
 
 def _finish(

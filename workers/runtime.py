@@ -1,8 +1,8 @@
-"""Which settings and database the task code uses in this process.
+"""Which settings and database the task code uses on the current thread.
 
-A Celery worker process uses the environment's settings. ``matdesign serve`` on the embedded
-default installs the settings and database of its app, so the task code run by its worker
-threads writes to the same database the API reads.
+A Celery worker process uses the environment's settings. The worker threads of an embedded
+server (``matdesign serve``) are bound to the settings and database of their app, so the same
+task code writes where that API reads (and two apps in one process stay apart).
 """
 
 from __future__ import annotations
@@ -12,25 +12,23 @@ import threading
 from app.db import Database, get_database
 from app.settings import Settings, get_settings
 
-_LOCK = threading.Lock()
-_RUNTIME: tuple[Settings, Database] | None = None
+_LOCAL = threading.local()
 
 
-def install_runtime(settings: Settings, db: Database) -> None:
-    global _RUNTIME
-    with _LOCK:
-        _RUNTIME = (settings, db)
+def bind_thread(settings: Settings, db: Database, stopping: threading.Event | None = None) -> None:
+    _LOCAL.runtime = (settings, db)
+    _LOCAL.stopping = stopping
 
 
-def clear_runtime() -> None:
-    global _RUNTIME
-    with _LOCK:
-        _RUNTIME = None
+def interrupted() -> bool:
+    """Whether this thread's server is shutting down (the job is left for a resume)."""
+    stopping = getattr(_LOCAL, "stopping", None)
+    return bool(stopping is not None and stopping.is_set())
 
 
 def current_runtime() -> tuple[Settings, Database]:
-    with _LOCK:
-        if _RUNTIME is not None:
-            return _RUNTIME
+    bound = getattr(_LOCAL, "runtime", None)
+    if bound is not None:
+        return bound  # type: ignore[no-any-return]
     settings = get_settings()
     return settings, get_database(settings)

@@ -99,9 +99,11 @@ class StructureStore:
             )
             return [crystal_from_json(d) for d in rows]
 
-    def add(self, scored: Sequence[ScoredCandidate], progress: dict[str, Any]) -> int:
+    def add(
+        self, scored: Sequence[ScoredCandidate], progress: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         """Store the batch's new candidates and the job's progress in one transaction;
-        returns how many rows were new."""
+        returns how many rows were new and the progress written (with ``stored``)."""
         with self.db.session() as s:
             # Lease first: a worker that lost the job writes nothing.
             self.lease.write_in(s)
@@ -127,8 +129,9 @@ class StructureStore:
                 new += 1
                 s.add(self._row(sc, fp, seq, now))
             # Keep the stored count in the progress the API shows.
-            self.lease.write_in(s, progress={**progress, "stored": seq})
-        return new
+            progress = {**progress, "stored": seq}
+            self.lease.write_in(s, progress=progress)
+        return new, progress
 
     def _row(self, sc: ScoredCandidate, fp: str, seq: int, now: Any) -> Structure:
         row = Structure(

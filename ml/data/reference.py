@@ -26,6 +26,7 @@ class ReferenceEntry:
     split: str
     row: int
     material_id: str
+    n_atoms: int
 
 
 _LOCK = threading.Lock()
@@ -52,8 +53,9 @@ def reference_formula_index(
                 continue
             table = read_table(dataset, split, root)
             ids = table["material_id"].astype(str).to_numpy()
+            sizes = table["n_atoms"].to_numpy()
             for row, formula in enumerate(table["pretty_formula"].astype(str).to_numpy()):
-                entry = ReferenceEntry(dataset, split, row, str(ids[row]))
+                entry = ReferenceEntry(dataset, split, row, str(ids[row]), int(sizes[row]))
                 index.setdefault(reduced_formula(formula), []).append(entry)
         _INDEX[key] = index
         return index

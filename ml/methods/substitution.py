@@ -52,6 +52,8 @@ _SPLITS: dict[str, tuple[str, ...]] = {
     "mp2018": ("extra",),
     "perov5": ("val", "test"),
 }
+# Further splits whose formulas count as known materials (all 27,136 MP-20 train formulas).
+_KNOWN_ONLY: dict[str, tuple[str, ...]] = {"mp20": ("train_index", "test")}
 
 
 class SubstitutionParams(MethodParams):
@@ -71,6 +73,11 @@ class SubstitutionParams(MethodParams):
     )
     max_per_formula: int = Field(
         default=2, ge=1, le=1000, description="At most this many candidates per new formula."
+    )
+    skip_known: bool = Field(
+        default=True,
+        description="Skip substitutions whose formula already occurs in the reference data "
+        "(they rediscover known materials).",
     )
     temperature: float = Field(
         default=0.0,
@@ -115,24 +122,46 @@ def _probability_model() -> object:
 
 @lru_cache(maxsize=200_000)
 def _ions_of(formula: str) -> tuple[tuple[str, int], ...] | None:
-    """The most likely integer oxidation states of a formula's elements, or None."""
-    comp = Composition(formula)
-    if len(comp) < 2:
+    """One ion per element that balances the charge of ``formula``, or None.
+
+    Among the charge-balanced assignments of ions known to the substitution model, the one
+    whose ions are most common in its ICSD statistics (largest product of their marginal
+    frequencies) is taken: the same idea as pymatgen's ``oxi_state_guesses``, at a fraction
+    of its cost, which matters when thousands of references are scanned per job.
+    """
+    counts = _counts(formula)
+    if len(counts) < 2:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            guesses = comp.oxi_state_guesses(max_sites=-20)
-        except Exception:  # pymatgen gives up on some exotic formulas
+    by_element = _ions_by_element()
+    options = []
+    for el in sorted(counts):
+        ions = by_element.get(el)
+        if not ions:
             return None
-    if not guesses:
+        options.append([(el, q, logpx) for q, logpx in ions])
+    if math.prod(len(o) for o in options) > 20_000:
         return None
-    ions = []
-    for el, oxi in guesses[0].items():
-        if oxi == 0 or not float(oxi).is_integer():
-            return None  # mixed valence or metallic: no single ion to substitute
-        ions.append((str(el), int(oxi)))
-    return tuple(sorted(ions))
+    best: tuple[float, tuple[tuple[str, int], ...]] | None = None
+    for combo in itertools.product(*options):
+        if abs(sum(counts[el] * q for el, q, _ in combo)) > 1e-6:
+            continue
+        score = sum(lp for _, _, lp in combo)
+        if best is None or score > best[0]:
+            best = (score, tuple((el, q) for el, q, _ in combo))
+    return best[1] if best else None
+
+
+@cache
+def _ions_by_element() -> dict[str, list[tuple[int, float]]]:
+    """Element -> [(oxidation state, log marginal frequency)] of the model's ions."""
+    model = _probability_model()
+    out: dict[str, list[tuple[int, float]]] = {}
+    for sp in model.species:  # type: ignore[attr-defined]
+        q = int(sp.oxi_state)
+        if q == 0:
+            continue
+        out.setdefault(sp.symbol, []).append((q, math.log(model.get_px(sp))))  # type: ignore[attr-defined]
+    return {el: sorted(v) for el, v in out.items()}
 
 
 def _target_species(usable: list[str]) -> list[Species]:
@@ -145,6 +174,7 @@ def _target_species(usable: list[str]) -> list[Species]:
     )
 
 
+@lru_cache(maxsize=200_000)
 def _counts(formula: str) -> dict[str, float]:
     return {str(el): amt for el, amt in Composition(formula).reduced_composition.items()}
 
@@ -190,9 +220,11 @@ class SubstitutionMethod(DesignMethod):
         assert isinstance(params, SubstitutionParams)
         rng = np.random.default_rng(request.seed)
         templates = request.constraints.templates
-        references = self._references(request, params, rng)
+        references, known = self._references(request, params, rng)
         yield Progress("scanning references", 0, len(references))
-        proposals = yield from self._propose(request, params, references, ctx)
+        proposals = yield from self._propose(
+            request, params, references, known if params.skip_known else set(), ctx
+        )
         chosen = self._choose(proposals, request, params, rng)
         total = request.num_candidates
         yield Progress("substituting", 0, total)
@@ -209,7 +241,8 @@ class SubstitutionMethod(DesignMethod):
             batch.append(
                 Candidate(
                     crystal=crystal,
-                    method_score=proposal.probability,
+                    # A loss, as the ranking expects: lower is more probable.
+                    method_score=-math.log10(proposal.probability),
                     meta={
                         "reference": proposal.reference.material_id,
                         "reference_formula": proposal.reference.formula,
@@ -245,7 +278,9 @@ class SubstitutionMethod(DesignMethod):
     # --- references ---------------------------------------------------------------------
     def _references(
         self, request: DesignRequest, params: SubstitutionParams, rng: np.random.Generator
-    ) -> list[_Reference]:
+    ) -> tuple[list[_Reference], set[str]]:
+        """References that fit the request (a seeded sample of at most ``max_references``)
+        and the reduced formulas of every data-set entry (to recognise known materials)."""
         c = request.constraints
         if c.templates:
             refs = []
@@ -256,13 +291,14 @@ class SubstitutionMethod(DesignMethod):
                         f"template/{i}", f"template-{i}", crystal.formula, crystal.num_atoms, None
                     )
                 )
-            return refs
+            return refs, set()
 
         from ml.data.records import load_table, reduced_formula
 
         n_usable = len(c.elements.usable())
         space_groups = set(c.space_groups) if c.space_groups else None
         refs = []
+        known: set[str] = set()
         for dataset in params.datasets:
             for split in _SPLITS[dataset]:
                 table = load_table(dataset, split)
@@ -273,6 +309,7 @@ class SubstitutionMethod(DesignMethod):
                 )
                 ids = table["material_id"].astype(str).to_numpy()
                 formulas = table["pretty_formula"].astype(str).to_numpy()
+                known.update(reduced_formula(f) for f in formulas)
                 sizes = table["n_atoms"].to_numpy()
                 for row in np.flatnonzero(sizes <= c.max_atoms):
                     sg = int(sgs[row]) if sgs is not None and sgs[row] == sgs[row] else None
@@ -288,10 +325,15 @@ class SubstitutionMethod(DesignMethod):
                             f"{dataset}/{split}/{row}", ids[row], formula, int(sizes[row]), sg
                         )
                     )
+        if params.skip_known:
+            for dataset in params.datasets:
+                for split in _KNOWN_ONLY.get(dataset, ()):
+                    formulas = load_table(dataset, split)["pretty_formula"].astype(str)
+                    known.update(reduced_formula(f) for f in formulas)
         if len(refs) > params.max_references:
             pick = np.sort(rng.choice(len(refs), size=params.max_references, replace=False))
             refs = [refs[i] for i in pick]
-        return refs
+        return refs, known
 
     # --- proposals ----------------------------------------------------------------------
     def _propose(
@@ -299,6 +341,7 @@ class SubstitutionMethod(DesignMethod):
         request: DesignRequest,
         params: SubstitutionParams,
         references: list[_Reference],
+        known_formulas: set[str],
         ctx: MethodContext,
     ) -> Iterator[MethodEvent]:
         """Every allowed, charge-balanced exchange on every reference (a generator that
@@ -306,10 +349,12 @@ class SubstitutionMethod(DesignMethod):
         c = request.constraints
         model = _probability_model()
         targets = _target_species(c.elements.usable())
+        known = model.species  # type: ignore[attr-defined]
         required = set(c.elements.required)
         wanted = Composition(c.composition).reduced_formula if c.composition else None
         seen: set[tuple[object, ...]] = set()
         proposals: list[_Proposal] = []
+        replacements: dict[tuple[str, int], list[tuple[float, Species]]] = {}
         last = time.monotonic()
         for i, ref in enumerate(references):
             if i % 50 == 0:
@@ -318,21 +363,23 @@ class SubstitutionMethod(DesignMethod):
                     last = time.monotonic()
                     yield Progress("scanning references", i, len(references))
             ions = _ions_of(ref.formula)
-            if ions is None:
-                continue
+            if ions is None or any(Species(el, q) not in known for el, q in ions):
+                continue  # not ionic, or an ion the substitution model never saw
             counts = _counts(ref.formula)
             options = []
             for el, q in ions:
-                old = Species(el, q)
-                ranked = sorted(
-                    (
-                        (model.cond_prob(new, old), new)  # type: ignore[attr-defined]
-                        for new in targets
-                        if (new.oxi_state > 0) == (q > 0)
-                    ),
-                    key=lambda t: (-t[0], str(t[1])),
-                )
-                options.append(ranked[: params.species_per_ion])
+                if (el, q) not in replacements:
+                    old = Species(el, q)
+                    ranked = sorted(
+                        (
+                            (model.cond_prob(new, old), new)  # type: ignore[attr-defined]
+                            for new in targets
+                            if (new.oxi_state > 0) == (q > 0)
+                        ),
+                        key=lambda t: (-t[0], str(t[1])),
+                    )
+                    replacements[(el, q)] = ranked[: params.species_per_ion]
+                options.append(replacements[(el, q)])
             for combo in itertools.product(*options):
                 new_species = [s for _, s in combo]
                 symbols = [s.symbol for s in new_species]
@@ -352,12 +399,11 @@ class SubstitutionMethod(DesignMethod):
                 prob = math.prod(p for p, _ in combo)
                 if prob < params.min_probability:
                     continue
-                if wanted is not None:
-                    new_formula = Composition(
-                        {nel: counts[el] for (el, _), (nel, _) in zip(ions, new_ions, strict=True)}
-                    ).reduced_formula
-                    if new_formula != wanted:
-                        continue
+                new_formula = _formula_after(counts, ions, new_ions)
+                if wanted is not None and new_formula != wanted:
+                    continue
+                if new_formula in known_formulas:
+                    continue
                 key = (ref.formula, ref.space_group, new_ions)
                 if key in seen:
                     continue  # same structure type from another entry: one is enough
@@ -382,20 +428,16 @@ class SubstitutionMethod(DesignMethod):
             return []
         logp = np.log(np.array([p.probability for p in proposals]))
         noise = rng.gumbel(size=len(proposals))
-        if params.temperature > 0:
-            # Gumbel-top-k: a sample without replacement with weights p^(1/T).
-            keys = logp / params.temperature + noise
-        else:
-            keys = logp + 1e-9 * noise
+        # Gumbel-top-k: a sample without replacement with weights p^(1/T); T = 0 keeps the
+        # probability order (the noise only breaks ties).
+        t = params.temperature
+        keys = logp / t + noise if t > 0 else logp + 1e-9 * noise
         order = np.argsort(-keys, kind="stable")
         per_formula: dict[str, int] = {}
         out = []
         for i in order:
             p = proposals[int(i)]
-            counts = _counts(p.reference.formula)
-            formula = Composition(
-                {nel: counts[el] for (el, _), (nel, _) in zip(p.ions, p.new_ions, strict=True)}
-            ).reduced_formula
+            formula = _formula_after(_counts(p.reference.formula), p.ions, p.new_ions)
             if per_formula.get(formula, 0) >= params.max_per_formula:
                 continue
             per_formula[formula] = per_formula.get(formula, 0) + 1
@@ -439,6 +481,16 @@ class SubstitutionMethod(DesignMethod):
                 new = structure.copy()
                 new.replace_species(mapping)
         return Crystal.from_structure(new)
+
+
+def _formula_after(
+    counts: dict[str, float],
+    ions: tuple[tuple[str, int], ...],
+    new_ions: tuple[tuple[str, int], ...],
+) -> str:
+    return Composition(
+        {nel: counts[el] for (el, _), (nel, _) in zip(ions, new_ions, strict=True)}
+    ).reduced_formula
 
 
 def _is_perovskite(formula: str) -> bool:

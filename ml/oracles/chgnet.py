@@ -97,7 +97,9 @@ class ChgnetEnergyOracle(Oracle):
             out[chunk] = pred["e"].reshape(-1).double().cpu().numpy()
         return out
 
-    def predict(self, structures: Sequence[Crystal | Structure], batch_size: int = 256) -> np.ndarray:
+    def predict(
+        self, structures: Sequence[Crystal | Structure], batch_size: int = 256
+    ) -> np.ndarray:
         return self.predict_graphs([self.builder(s) for s in structures], batch_size=batch_size)
 
 
@@ -113,10 +115,15 @@ class ChgnetEformOracle(ChgnetEnergyOracle):
     ) -> np.ndarray:
         comps = [as_structure(s).composition for s in structures]
         return np.array(
-            [formation_energy(c, float(e), self.refs) for c, e in zip(comps, energies, strict=True)],
+            [
+                formation_energy(c, float(e), self.refs)
+                for c, e in zip(comps, energies, strict=True)
+            ],
             dtype=np.float64,
         )
 
-    def predict(self, structures: Sequence[Crystal | Structure], batch_size: int = 256) -> np.ndarray:
+    def predict(
+        self, structures: Sequence[Crystal | Structure], batch_size: int = 256
+    ) -> np.ndarray:
         energies = super().predict(structures, batch_size=batch_size)
         return self.eform_from_energies(structures, energies)

@@ -22,7 +22,9 @@ class _ExactOracle(Oracle):
     def value(self, structure: Structure) -> float:
         raise NotImplementedError
 
-    def predict(self, structures: Sequence[Crystal | Structure], batch_size: int = 256) -> np.ndarray:
+    def predict(
+        self, structures: Sequence[Crystal | Structure], batch_size: int = 256
+    ) -> np.ndarray:
         out = np.full(len(structures), np.nan, dtype=np.float64)
         for i, item in enumerate(structures):
             try:

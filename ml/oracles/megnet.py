@@ -118,5 +118,7 @@ class MegnetOracle(Oracle):
             out[chunk] = pred.reshape(-1).double().cpu().numpy()
         return out
 
-    def predict(self, structures: Sequence[Crystal | Structure], batch_size: int = 256) -> np.ndarray:
+    def predict(
+        self, structures: Sequence[Crystal | Structure], batch_size: int = 256
+    ) -> np.ndarray:
         return self.predict_graphs([self.builder(s) for s in structures], batch_size=batch_size)

@@ -125,5 +125,8 @@ def test_pipeline_flags_scores_and_ranks() -> None:
     assert summary["hit_rate"] == pytest.approx(len(hits) / 5)
     assert summary["best"]["formation_energy"]["value"] <= fe.value
 
-    again = evaluate_candidates([Candidate(nacl)], request, previous=[nacl], device="cpu")
+    # ``previous`` may hold anything the job kept, even a crystal pymatgen cannot build.
+    junk = Crystal(np.eye(3) * 5.0, [[0, 0, 0]], [0])
+    again = evaluate_candidates([Candidate(nacl)], request, previous=[junk, nacl], device="cpu")
     assert not again[0].flags["unique"]
+    assert evaluate_candidates([], request, device="cpu") == []

@@ -183,7 +183,7 @@ def test_es_moves_downhill_on_quadratic() -> None:
     before = g(z0)
     opt.step()
     assert float((g(opt.latents) < before).float().mean()) > 0.9
-    z, trace = optimise_latents(
+    _z, trace = optimise_latents(
         g, z0, OptimiserSettings(steps=200, lr=0.05, weight_decay=0.0, log_every=50), gen
     )
     assert trace.mean_objective[-1] < 0.1 * trace.mean_objective[0]
@@ -194,9 +194,13 @@ def test_weight_decay_pulls_latents_to_origin() -> None:
         return torch.zeros(z.shape[:-1])
 
     z0 = torch.full((4, 6), 3.0)
-    s = OptimiserSettings(steps=100, lr=0.01, weight_decay=0.5)
-    z, _ = optimise_latents(flat, z0, s, torch.Generator().manual_seed(0))
-    assert float(z.abs().max()) < 3.0 * (1 - 0.01 * 0.5) ** 90
+    runs = {}
+    for wd in (0.0, 0.5):
+        s = OptimiserSettings(steps=100, lr=0.01, weight_decay=wd)
+        runs[wd], _ = optimise_latents(flat, z0, s, torch.Generator().manual_seed(0))
+    # Same ES steps (same noise), plus the decay z -> (1 - lr * wd) z every step.
+    shrink = float(runs[0.5].abs().mean()) / float(runs[0.0].abs().mean())
+    assert shrink < 0.9
 
 
 def test_objective_goals() -> None:
@@ -273,7 +277,7 @@ def test_decoded_crystals_are_valid_structures(model: CliqueFlowmer) -> None:
         assert isinstance(s, Structure) and len(s) == c.num_atoms >= 1
         assert np.isfinite(c.lattice).all() and s.volume > 0
         assert (c.frac_coords >= 0).all() and (c.frac_coords < 1).all()
-        assert 30 <= min(s.lattice.angles) and max(s.lattice.angles) <= 150
+        assert min(s.lattice.angles) >= 30 and max(s.lattice.angles) <= 150
         Crystal.from_cif(c.to_cif())  # writes and parses as CIF
 
 

@@ -1,0 +1,422 @@
+"""CliqueFlowmer paper protocol (docs/methods.md §1; paper Table 1 and Figure 4).
+
+N seeds from MP-20 test are encoded, optimised for T steps of rank-based antithetic ES with
+AdamW in the latent space, decoded (beam search, Euler + CFG) and judged by the ORACLES on
+the decoded structures (not by the latent predictor):
+
+- mean oracle value of the seeds, of all candidates and of the top-k % by predicted value;
+- validity of all candidates; uniqueness and novelty on a random subset and on the top set;
+  S.U.N. on a smaller subset (CHGNet relaxation, bounded FIRE steps, reference hull);
+- ES vs back-propagation on a few seeds: predicted objective along the run and oracle value
+  of the decoded latents at a few steps (the paper: back-propagation diverges);
+- wall time per stage.
+
+    python benchmarks/cliqueflowmer_paper.py --checkpoint ml/weights/cliqueflowmer_eform.pt \\
+        --n-seeds 10000 --steps 2000 --out results.json
+
+Stages run in order and the JSON is rewritten after each, so a deadline (``--deadline``
+seconds) that stops the run early still leaves every finished figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ml.crystal import Crystal
+from ml.methods.cliqueflowmer.checkpoint import load_checkpoint
+from ml.methods.cliqueflowmer.data import REFERENCE_TABLE, load_split, regularised_gap
+from ml.methods.cliqueflowmer.decoding import decode_latents
+from ml.methods.cliqueflowmer.metrics import autocast, encode_packed
+from ml.methods.cliqueflowmer.optimizer import (
+    LatentOptimiser,
+    OptimiserSettings,
+)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+class Scorer:
+    """Oracle values of crystals; graphs are built in a process pool, scored in batches."""
+
+    def __init__(self, device: str, pool: ProcessPoolExecutor | None) -> None:
+        self.device = device
+        self.pool = pool
+
+    def _graphs(self, builder: Any, crystals: list[Crystal]) -> list[Any]:
+        if self.pool is None:
+            return [builder(c) for c in crystals]
+        return list(self.pool.map(builder, crystals, chunksize=16))
+
+    def eform(self, crystals: list[Crystal]) -> np.ndarray:
+        from ml.oracles.registry import get_oracle
+
+        oracle = get_oracle("chgnet-eform", self.device)
+        energies = oracle.predict_graphs(self._graphs(oracle.graph_builder(), crystals))  # type: ignore[attr-defined]
+        return oracle.eform_from_energies(crystals, energies)  # type: ignore[attr-defined]
+
+    def gap(self, crystals: list[Crystal]) -> np.ndarray:
+        from ml.oracles.registry import get_oracle
+
+        oracle = get_oracle("megnet-gap-pbe", self.device)
+        return oracle.predict_graphs(self._graphs(oracle.graph_builder(), crystals))  # type: ignore[attr-defined]
+
+    def score(self, prop: str, crystals: list[Crystal]) -> dict[str, np.ndarray]:
+        """``objective`` (what the checkpoint optimises) plus the raw oracle values."""
+        eform = self.eform(crystals)
+        if prop == "formation_energy":
+            return {"objective": eform, "eform": eform}
+        gap = self.gap(crystals)
+        return {"objective": regularised_gap(gap, eform), "gap": gap, "eform": eform}
+
+
+def nanmean(x: np.ndarray) -> float | None:
+    x = np.asarray(x, dtype=float)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else None
+
+
+def summary(values: dict[str, np.ndarray], idx: np.ndarray | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        v = v if idx is None else v[idx]
+        out[k] = nanmean(v)
+    first = next(iter(values.values()))
+    n = len(first) if idx is None else len(idx)
+    scored = np.isfinite(first if idx is None else first[idx])
+    out["n"] = int(n)
+    out["n_scored"] = int(scored.sum())
+    return out
+
+
+def _validity(c: Crystal) -> bool:
+    from ml.evaluation.validity import is_valid
+
+    try:
+        return bool(is_valid(c))
+    except Exception:
+        return False
+
+
+def _novel_chunk(crystals: list[Crystal]) -> list[bool]:
+    from ml.evaluation.novelty import novel_flags
+
+    return novel_flags(crystals)
+
+
+def novelty(crystals: list[Crystal], pool: ProcessPoolExecutor | None) -> list[bool]:
+    if pool is None:
+        return _novel_chunk(crystals)
+    chunks = [crystals[i : i + 32] for i in range(0, len(crystals), 32)]
+    return [f for part in pool.map(_novel_chunk, chunks) for f in part]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--n-seeds", type=int, default=10_000)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--pairs", type=int, default=16)
+    p.add_argument("--sigma", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=0.5)
+    p.add_argument("--top-percent", type=float, default=10.0)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--euler-steps", type=int, default=100)
+    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--eval-subset", type=int, default=1000)
+    p.add_argument("--sun-subset", type=int, default=40)
+    p.add_argument("--relax-steps", type=int, default=150)
+    p.add_argument("--compare-seeds", type=int, default=100)
+    p.add_argument("--compare-steps", type=int, default=1000)
+    p.add_argument("--compare-points", type=int, nargs="+", default=[0, 250, 500, 1000])
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deadline", type=float, default=float("inf"), help="seconds for all")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--save-candidates", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    t0 = time.time()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    pool = ProcessPoolExecutor(args.workers, initializer=_init_worker) if args.workers > 1 else None
+    scorer = Scorer(device, pool)
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    timings: dict[str, float] = {}
+    results["timings_s"] = timings
+
+    def save() -> None:
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1))
+
+    def left() -> float:
+        return args.deadline - (time.time() - t0)
+
+    def stage(name: str, start: float) -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        timings[name] = round(time.time() - start, 2)
+        print(f"[{name}] {timings[name]} s", flush=True)
+        save()
+
+    # ---------------------------------------------------------------- seeds
+    s = time.time()
+    model, info = load_checkpoint(args.checkpoint, device)
+    prop = info["property"]
+    results.update(
+        property=prop,
+        target=info.get("target"),
+        checkpoint=str(args.checkpoint),
+        checkpoint_meta=info.get("meta", {}),
+    )
+    test = load_split("test")
+    rng = np.random.default_rng(args.seed)
+    n = min(args.n_seeds, len(test))
+    seed_idx = np.sort(rng.permutation(len(test))[:n])
+    seeds = test.subset(seed_idx)
+    results["n_seeds"] = n
+    if n < args.n_seeds:
+        results["note_seeds"] = f"MP-20 test holds {len(test)} materials: N = {n}"
+    seed_crystals = [seeds.crystal(i) for i in range(n)]
+    stage("load", s)
+
+    s = time.time()
+    seed_values: dict[str, np.ndarray]
+    if REFERENCE_TABLE.is_file():
+        import pandas as pd
+
+        ref = pd.read_csv(REFERENCE_TABLE)
+        ref = ref[(ref["dataset"] == "mp20") & (ref["split"] == "test")]
+        ref = ref.drop_duplicates("material_id").set_index("material_id")
+        ref = ref.reindex(seeds.ids.astype(str))
+        eform = ref["chgnet_eform"].to_numpy(dtype=float)
+        gap = ref["megnet_gap_pbe"].to_numpy(dtype=float)
+        seed_values = {"objective": eform, "eform": eform}
+        if prop == "band_gap":
+            seed_values = {"objective": regularised_gap(gap, eform), "gap": gap, "eform": eform}
+        results["seed_values_from"] = "reference table (same oracles)"
+    else:
+        seed_values = scorer.score(prop, seed_crystals)
+        results["seed_values_from"] = "oracles on the seeds"
+    results["seeds"] = summary(seed_values)
+    stage("seed_oracles", s)
+
+    # ---------------------------------------------------------------- optimise
+    s = time.time()
+    z0, _ = encode_packed(model, seeds, device)
+    stage("encode", s)
+
+    def g(z: torch.Tensor) -> torch.Tensor:
+        return model.predict(z)
+
+    s = time.time()
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    settings = OptimiserSettings(
+        steps=args.steps,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        method="es",
+        pairs=args.pairs,
+        sigma=args.sigma,
+    )
+    opt = LatentOptimiser(g, z0, settings, gen)
+    trace = [(0, *opt.evaluate())]
+    for step in range(1, args.steps + 1):
+        opt.step()
+        if step % 250 == 0 or step == args.steps:
+            trace.append((step, *opt.evaluate()))
+    z = opt.latents
+    results["es_trace_predicted"] = [
+        {"step": a, "mean": round(b, 4), "best": round(c, 4)} for a, b, c in trace
+    ]
+    with torch.no_grad():
+        pred = model.predict(z).cpu().numpy()
+        pred0 = model.predict(z0).cpu().numpy()
+    results["predicted"] = {"seeds": float(pred0.mean()), "optimised": float(pred.mean())}
+    results["latent_norm"] = {
+        "seeds": float(z0.norm(dim=-1).mean()),
+        "optimised": float(z.norm(dim=-1).mean()),
+    }
+    k = max(1, round(n * args.top_percent / 100))
+    top = np.argsort(pred)[:k]
+    results["predicted"]["top"] = float(pred[top].mean())
+    stage("optimise", s)
+
+    # ---------------------------------------------------------------- decode and score
+    s = time.time()
+    with autocast(device):
+        cands = decode_latents(
+            model,
+            z,
+            beam_width=args.beam,
+            steps=args.euler_steps,
+            guidance=args.guidance,
+            generator=torch.Generator(device=device).manual_seed(args.seed + 1),
+        )
+    stage("decode", s)
+
+    s = time.time()
+    values = scorer.score(prop, cands)
+    results["candidates"] = summary(values)
+    results["top"] = summary(values, top)
+    results["top"]["percent"] = args.top_percent
+    stage("candidate_oracles", s)
+
+    if args.save_candidates is not None:
+        a = max(c.num_atoms for c in cands)
+        frac = np.zeros((n, a, 3), dtype=np.float32)
+        nums = np.zeros((n, a), dtype=np.int16)
+        for i, c in enumerate(cands):
+            frac[i, : c.num_atoms], nums[i, : c.num_atoms] = c.frac_coords, c.numbers
+        np.savez_compressed(
+            args.save_candidates,
+            lattice=np.stack([c.lattice for c in cands]).astype(np.float32),
+            frac=frac,
+            numbers=nums,
+            predicted=pred.astype(np.float32),
+            seed_ids=seeds.ids,
+            **{f"oracle_{k}": v.astype(np.float32) for k, v in values.items()},
+        )
+
+    # ---------------------------------------------------------------- validity, U, N
+    s = time.time()
+    valid = np.array(
+        list(pool.map(_validity, cands, chunksize=32)) if pool else [_validity(c) for c in cands]
+    )
+    results["validity_rate"] = float(valid.mean())
+    results["candidates_valid"] = summary(values, np.flatnonzero(valid))
+    results["top"]["validity_rate"] = float(valid[top].mean())
+    stage("validity", s)
+
+    from ml.evaluation.uniqueness import unique_flags
+
+    sub = np.sort(np.random.default_rng(args.seed + 2).permutation(n)[: args.eval_subset])
+    flags: dict[str, dict[str, Any]] = {}
+    for name, idx in (("subset", sub), ("top", top)):
+        if left() < 60:
+            results[f"skipped_un_{name}"] = "deadline"
+            continue
+        s = time.time()
+        crystals = [cands[i] for i in idx]
+        uniq = np.array(unique_flags(crystals))
+        nov = np.array(novelty(crystals, pool))
+        flags[name] = {"idx": idx, "unique": uniq, "novel": nov, "valid": valid[idx]}
+        results[f"un_{name}"] = {
+            "n": len(idx),
+            "unique_rate": float(uniq.mean()),
+            "novel_rate": float(nov.mean()),
+            "valid_unique_novel_rate": float((uniq & nov & valid[idx]).mean()),
+        }
+        stage(f"unique_novel_{name}", s)
+
+    # ---------------------------------------------------------------- ES vs back-propagation
+    if left() > 90:
+        s = time.time()
+        m = min(args.compare_seeds, n)
+        comp: dict[str, Any] = {}
+        points = sorted(set(args.compare_points) | {0})
+        for method in ("es", "backprop"):
+            cfg = OptimiserSettings(
+                steps=args.compare_steps,
+                lr=args.lr,
+                weight_decay=args.weight_decay,
+                method=method,
+                pairs=args.pairs,
+                sigma=args.sigma,
+            )
+            o = LatentOptimiser(g, z0[:m], cfg, torch.Generator(device=device).manual_seed(7))
+            curve, oracle_curve = [], []
+            for step in range(0, args.compare_steps + 1):
+                if step > 0:
+                    o.step()
+                if step % 50 == 0:
+                    curve.append({"step": step, "predicted": round(o.evaluate()[0], 4)})
+                if step in points:
+                    with autocast(device):
+                        dec = decode_latents(
+                            model,
+                            o.latents,
+                            beam_width=args.beam,
+                            steps=args.euler_steps,
+                            guidance=args.guidance,
+                            generator=torch.Generator(device=device).manual_seed(11),
+                        )
+                    vals = scorer.score(prop, dec)
+                    oracle_curve.append(
+                        {
+                            "step": step,
+                            "oracle": nanmean(vals["objective"]),
+                            "predicted": round(o.evaluate()[0], 4),
+                        }
+                    )
+            comp[method] = {"predicted_curve": curve, "oracle_curve": oracle_curve}
+        results["es_vs_backprop"] = {"n_seeds": m, **comp}
+        stage("es_vs_backprop", s)
+    else:
+        results["skipped_es_vs_backprop"] = "deadline"
+
+    # ---------------------------------------------------------------- S.U.N. on a subset
+    if "subset" in flags and left() > 60 and REFERENCE_TABLE.is_file():
+        s = time.time()
+        from ml.evaluation.hull import ReferenceHull
+        from ml.evaluation.metrics import stability_flags
+        from ml.oracles.relax import relax_crystals
+
+        f = flags["subset"]
+        pick = np.arange(min(args.sun_subset, len(f["idx"])))
+        todo = [int(i) for i in pick if f["valid"][i] and f["unique"][i] and f["novel"][i]]
+        hull = ReferenceHull.load()
+        stable = np.zeros(len(pick), dtype=bool)
+        meta = np.zeros(len(pick), dtype=bool)
+        relaxed = 0
+        for i in todo:
+            if left() < 20:
+                break
+            r = relax_crystals([cands[f["idx"][i]]], steps=args.relax_steps, device=device)[0]
+            relaxed += 1
+            comp_ = r.crystal.to_structure().composition
+            eh = (
+                hull.e_above_hull(comp_, r.energy_per_atom)
+                if math.isfinite(r.energy_per_atom)
+                else None
+            )
+            stable[i], meta[i] = stability_flags(eh)
+        results["sun_subset"] = {
+            "n": len(pick),
+            "valid_unique_novel": len(todo),
+            "relaxed": relaxed,
+            "relax_steps": args.relax_steps,
+            "sun_rate": float(stable.mean()),
+            "msun_rate": float(meta.mean()),
+        }
+        stage("sun_subset", s)
+    elif "subset" in flags:
+        results["skipped_sun"] = "deadline or no reference table"
+
+    results["total_s"] = round(time.time() - t0, 1)
+    save()
+    print(json.dumps({k: v for k, v in results.items() if k not in ("args",)}, indent=1))
+    if pool is not None:
+        pool.shutdown(cancel_futures=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()

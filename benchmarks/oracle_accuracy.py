@@ -1,0 +1,105 @@
+"""Oracle accuracy on all 9,046 MP-20 test structures, and the hull sanity fraction.
+
+- MAE and R^2 of chgnet-eform and megnet-eform vs the DFT formation energy, and of
+  megnet-gap-pbe vs the DFT band gap; the number of structures each oracle left unscored.
+- The fraction of MP-20 test structures (DFT-relaxed Materials Project entries, mostly on or
+  near the DFT hull) whose static CHGNet energy lies within 0.1 eV/atom of the CHGNet reference
+  hull built WITHOUT the test split.
+
+By default predictions are read from the reference table (``reference_energies.csv.gz``, made
+on a GPU by ``ml/tools/build_reference_tables.py`` with the same oracles); ``--recompute`` runs
+the oracles again on the test CIFs on ``--device``.
+
+    python benchmarks/oracle_accuracy.py
+    python benchmarks/oracle_accuracy.py --recompute --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ml.evaluation.hull import ReferenceHull, load_reference_table
+
+PAIRS = [
+    ("chgnet-eform", "chgnet_eform", "dft_eform", "eV/atom"),
+    ("megnet-eform", "megnet_eform", "dft_eform", "eV/atom"),
+    ("megnet-gap-pbe", "megnet_gap_pbe", "dft_gap", "eV"),
+]
+
+
+def mae_r2(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, int]:
+    ok = np.isfinite(pred) & np.isfinite(true)
+    p, t = pred[ok], true[ok]
+    mae = float(np.mean(np.abs(p - t)))
+    r2 = 1.0 - float(np.sum((p - t) ** 2)) / float(np.sum((t - t.mean()) ** 2))
+    return mae, r2, int((~np.isfinite(pred)).sum())
+
+
+def recompute(test: pd.DataFrame, device: str | None, batch_size: int) -> pd.DataFrame:
+    from ml.crystal import Crystal
+    from ml.oracles.registry import get_oracle
+
+    data_dir = Path(__import__("ml.settings").settings.get_ml_settings().data_dir)
+    src = pd.read_csv(data_dir / "mp20" / "test.csv.gz")
+    cifs = dict(zip(src["material_id"].astype(str), src["cif"], strict=True))
+    crystals = [Crystal.from_cif(cifs[m]) for m in test["material_id"]]
+    out = test.copy()
+    energy = get_oracle("chgnet-energy", device).predict(crystals, batch_size=batch_size)
+    eform = get_oracle("chgnet-eform", device)
+    out["chgnet_energy_per_atom"] = energy
+    out["chgnet_eform"] = eform.eform_from_energies(crystals, energy)  # type: ignore[attr-defined]
+    for name, col, _, _ in PAIRS[1:]:
+        out[col] = get_oracle(name, device).predict(crystals, batch_size=batch_size)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="oracle accuracy on MP-20 test")
+    ap.add_argument("--recompute", action="store_true", help="run the oracles, not the table")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--threshold", type=float, default=0.1, help="eV/atom above hull")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    table = load_reference_table()
+    test = table[(table["dataset"] == "mp20") & (table["split"] == "test")].reset_index(drop=True)
+    source = "reference table (GPU, build_reference_tables.py)"
+    if args.recompute:
+        test = recompute(test, args.device, args.batch_size)
+        source = f"recomputed on {args.device or 'settings device'}"
+    print(f"MP-20 test: {len(test)} structures; predictions from {source}")
+    print(f"{'oracle':<16}{'MAE':>9}{'R^2':>8}{'unscored':>10}  target")
+    for name, col, target, unit in PAIRS:
+        mae, r2, missing = mae_r2(test[col].to_numpy(float), test[target].to_numpy(float))
+        print(f"{name:<16}{mae:>9.4f}{r2:>8.4f}{missing:>10}  {target} ({unit})")
+
+    t = time.perf_counter()
+    hull = ReferenceHull.load(exclude_splits=[("mp20", "test")])
+    e_hull = []
+    for formula, energy in zip(test["formula"], test["chgnet_energy_per_atom"], strict=True):
+        value = hull.e_above_hull(formula, float(energy)) if isinstance(formula, str) else None
+        e_hull.append(math.nan if value is None else value)
+    eh = np.array(e_hull)
+    scored = np.isfinite(eh)
+    within = int((eh[scored] <= args.threshold).sum())
+    print(
+        f"hull without mp20/test: {within}/{len(eh)} = {within / len(eh):.4f} of MP-20 test "
+        f"within {args.threshold} eV/atom ({within / max(scored.sum(), 1):.4f} of "
+        f"{int(scored.sum())} with a hull); median E_hull {np.median(eh[scored]):.4f}, "
+        f"below hull (<0) {int((eh[scored] < 0).sum())}; {time.perf_counter() - t:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

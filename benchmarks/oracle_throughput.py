@@ -1,0 +1,134 @@
+"""Oracle throughput: structures/s one-by-one vs batched, and CHGNet relaxations/s.
+
+Structures are the first N of the MP-20 test split. "one-by-one" calls ``predict([s])`` per
+structure; "batched" calls ``predict(all, batch_size)`` (graph building in this process, then
+many graphs per forward pass); "forward only" scores pre-built graphs, the ceiling a parallel
+graph builder can reach. Relaxations start from the structure with its lattice scaled by 1.05.
+
+    OMP_NUM_THREADS=2 python benchmarks/oracle_throughput.py --device cpu --n 64 --relax-n 4
+    python benchmarks/oracle_throughput.py --device cuda --n 1024 --relax-n 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ml.crystal import Crystal
+from ml.oracles.registry import get_oracle
+from ml.oracles.relax import relax_crystals
+from ml.settings import get_ml_settings
+
+ORACLES = [
+    "chgnet-energy",
+    "chgnet-eform",
+    "megnet-eform",
+    "megnet-gap-pbe",
+    "density",
+    "tolerance-factor",
+    "hhi",
+]
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, torch threads {torch.get_num_threads()}"
+
+
+def load_structures(n: int) -> list[Crystal]:
+    path = Path(get_ml_settings().data_dir) / "mp20" / "test.csv.gz"
+    df = pd.read_csv(path, nrows=n)
+    return [Crystal.from_cif(c) for c in df["cif"]]
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="oracle throughput")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--n", type=int, default=64, help="structures for batched timing")
+    ap.add_argument("--n-single", type=int, default=None, help="structures for one-by-one")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--relax-n", type=int, default=4)
+    ap.add_argument("--oracles", default=",".join(ORACLES))
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    device = args.device or get_ml_settings().torch_device()
+    crystals = load_structures(args.n)
+    n_single = min(args.n_single or min(args.n, 64), len(crystals))
+    atoms = sum(c.num_atoms for c in crystals) / len(crystals)
+    print(f"device: {device_name(device)}")
+    print(
+        f"{len(crystals)} MP-20 test structures (mean {atoms:.1f} atoms), batch {args.batch_size}"
+    )
+    print(
+        f"{'oracle':<18}{'one-by-one/s':>14}{'batched/s':>12}{'forward-only/s':>16}{'max|diff|':>12}"
+    )
+    for name in args.oracles.split(","):
+        oracle = get_oracle(name, device)
+        oracle.predict(crystals[:4])  # warm-up: lazy imports, CUDA kernels
+        t = time.perf_counter()
+        single = np.array([oracle.predict_one(c) for c in crystals[:n_single]])
+        t_single = time.perf_counter() - t
+        t = time.perf_counter()
+        batched = oracle.predict(crystals, batch_size=args.batch_size)
+        t_batch = time.perf_counter() - t
+        forward = ""
+        if hasattr(oracle, "predict_graphs"):
+            graphs = [oracle.graph_builder()(c) for c in crystals]  # type: ignore[attr-defined]
+            t = time.perf_counter()
+            oracle.predict_graphs(graphs, batch_size=args.batch_size)  # type: ignore[attr-defined]
+            forward = f"{rate(len(crystals), time.perf_counter() - t):.0f}"
+        diff = np.nanmax(np.abs(single - batched[:n_single])) if n_single else float("nan")
+        print(
+            f"{name:<18}{rate(n_single, t_single):>14.1f}{rate(len(crystals), t_batch):>12.1f}"
+            f"{forward:>16}{diff:>12.2e}",
+            flush=True,
+        )
+
+    if args.relax_n:
+        starts = []
+        for c in crystals[: args.relax_n]:
+            s = c.copy()
+            s.lattice = s.lattice * 1.05
+            starts.append(s)
+        relax_crystals(starts[:1], device=device)  # warm-up
+        t = time.perf_counter()
+        res = relax_crystals(starts, fmax=0.1, steps=300, device=device)
+        dt = time.perf_counter() - t
+        steps = np.mean([r.steps for r in res])
+        conv = sum(r.converged for r in res)
+        print(
+            f"CHGNet relaxation (FIRE, fmax 0.1, <=300 steps, lattice x1.05 start): "
+            f"{rate(len(res), dt):.2f} relaxations/s, {steps:.0f} steps mean, "
+            f"{conv}/{len(res)} converged, {steps * len(res) / dt:.1f} steps/s"
+        )
+
+
+if __name__ == "__main__":
+    main()

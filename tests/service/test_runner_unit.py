@@ -1,0 +1,335 @@
+"""The job runner, lease and sweeper with a fake method and a fake scoring step.
+
+Focused unit tests on SQLite: the fake method makes tiny rock-salt cells and the fake
+``evaluate_candidates`` scores them without models. Ranking and summaries are the real
+pipeline functions. The end-to-end tests (test_embedded_flow, test_integration) use the real
+method and pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select, update
+
+from app.db import Database, utcnow
+from app.jobs import submit_job
+from app.migrate import upgrade
+from app.models import Job, Structure
+from app.settings import Settings
+from ml import pipeline
+from ml.crystal import Crystal
+from ml.methods.base import Candidate, DesignMethod, MethodContext, MethodParams, Progress
+from ml.request import DesignRequest
+from workers import runner
+from workers.lease import JobLease, claim_job
+from workers.runner import ProgressReporter, execute_job
+from workers.sweeper import sweep
+
+
+class Crash(BaseException):
+    """Stands for the worker process dying: nothing in the runner catches it."""
+
+
+class FakeParams(MethodParams):
+    batch: int = 2
+    crash_after: int | None = None  # batches
+    fail: bool = False
+
+
+class FakeMethod(DesignMethod):
+    name = "fake"
+    version = "0.1"
+    Params = FakeParams
+    hook: Any = None  # called with the batch index before each batch
+
+    def run(
+        self, request: DesignRequest, params: MethodParams, ctx: MethodContext
+    ) -> Iterator[Any]:
+        assert isinstance(params, FakeParams)
+        n = request.num_candidates
+        for b in range(0, n, params.batch):
+            ctx.check_cancelled()
+            if params.fail:
+                raise ValueError("boom")
+            if params.crash_after is not None and b // params.batch == params.crash_after:
+                raise Crash()
+            if FakeMethod.hook is not None:
+                FakeMethod.hook(b // params.batch)
+            yield Progress("making", b, n)
+            yield [
+                Candidate(
+                    crystal=_rocksalt(4.0 + 0.05 * i + 0.001 * request.seed), method_score=float(i)
+                )
+                for i in range(b, min(b + params.batch, n))
+            ]
+
+
+def _rocksalt(a: float) -> Crystal:
+    return Crystal(np.eye(3) * a, [[0, 0, 0], [0.5, 0.5, 0.5]], [11, 17])
+
+
+class FakeScoring:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, candidates: Any, request: DesignRequest, **_: Any) -> list[Any]:
+        out = []
+        for c in candidates:
+            fp = pipeline.fingerprint(c.crystal)
+            self.seen.append(fp)
+            gap = float(c.crystal.lattice[0, 0] - 3.0)
+            scores = {"band_gap": pipeline.OracleScore(gap, "eV", "fake-gap", "0")}
+            hit = request.hit({"band_gap": gap})
+            out.append(
+                pipeline.ScoredCandidate(
+                    crystal=c.crystal,
+                    relaxed=None,
+                    formula="NaCl",
+                    n_atoms=2,
+                    space_group=221,
+                    scores=scores,
+                    flags={
+                        "valid": True,
+                        "unique": True,
+                        "novel": False,
+                        "stable": False,
+                        "metastable": False,
+                        "charge_neutral": True,
+                        "hit": hit,
+                    },
+                    energy_above_hull=None,
+                    method_score=c.method_score,
+                    objective_loss=request.objective_loss({"band_gap": gap}),
+                    fingerprint=fp,
+                )
+            )
+        return out
+
+
+@pytest.fixture
+def settings(tmp_path: Any) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path}/unit.db",
+        heartbeat_interval_s=0.2,
+        heartbeat_stale_after_s=2.0,
+        progress_interval_s=0.0,
+        cancel_poll_interval_s=0.0,
+        requeue_queued_after_s=10.0,
+    )
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    upgrade(settings.database_url)
+    database = Database(settings.database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def scoring(monkeypatch: pytest.MonkeyPatch) -> FakeScoring:
+    fake = FakeScoring()
+    monkeypatch.setattr(runner, "get_method", lambda name: FakeMethod())
+    monkeypatch.setattr(runner.pipeline, "evaluate_candidates", fake)
+    FakeMethod.hook = None
+    return fake
+
+
+def _submit(db: Database, n: int = 6, **params: Any) -> str:
+    request = DesignRequest.model_validate(
+        {
+            "method": "fake",
+            "objectives": [
+                {"property": "band_gap", "goal": "target", "value": 1.1, "tolerance": 0.01}
+            ],
+            "num_candidates": n,
+            "params": params,
+        }
+    )
+    job, _ = submit_job(db, "anonymous", request, None)
+    return job.id
+
+
+def _job(db: Database, job_id: str) -> Job:
+    with db.session() as s:
+        return s.get(Job, job_id)
+
+
+def _rows(db: Database, job_id: str) -> list[Structure]:
+    with db.session() as s:
+        return list(s.scalars(select(Structure).where(Structure.job_id == job_id)))
+
+
+def _age_heartbeat(db: Database, job_id: str, seconds: float) -> None:
+    with db.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(heartbeat_at=utcnow() - timedelta(seconds=seconds))
+        )
+
+
+def test_job_succeeds_ranked_with_summary(db: Database, settings: Settings, scoring: Any) -> None:
+    job_id = _submit(db, n=6)
+    assert execute_job(job_id, db, settings, worker="t") == "succeeded"
+    job = _job(db, job_id)
+    rows = _rows(db, job_id)
+    assert job.status == "succeeded" and job.finished_at is not None and job.error is None
+    assert sorted(r.rank for r in rows) == [1, 2, 3, 4, 5, 6]
+    # a = 4.1 gives a gap of 1.1 (the target): the hit ranks first.
+    best = min(rows, key=lambda r: r.rank)
+    assert best.hit and best.crystal["lattice"][0][0] == pytest.approx(4.1)
+    s = job.summary
+    assert s["n_candidates"] == 6 and s["n_hits"] == sum(r.hit for r in rows) >= 1
+    assert s["versions"]["method"] == {"name": "fake", "version": "0.1"}
+    assert s["versions"]["oracles"]["band_gap"] == {"oracle": "fake-gap", "version": "0"}
+    assert s["seed"] == 0 and s["timings"]["total_s"] > 0
+    assert job.progress["phase"] == "done" and job.progress["stored"] == 6
+
+
+def test_resume_after_worker_death_stores_no_duplicates(
+    db: Database, settings: Settings, scoring: FakeScoring
+) -> None:
+    job_id = _submit(db, n=6, batch=2, crash_after=2)
+    with pytest.raises(Crash):
+        execute_job(job_id, db, settings, worker="first")
+    assert _job(db, job_id).status == "running" and len(_rows(db, job_id)) == 4
+    first_ids = {r.id for r in _rows(db, job_id)}
+    # A live heartbeat keeps other workers away; once stale, the job can be taken over.
+    assert execute_job(job_id, db, settings, worker="second") == "skipped"
+    _age_heartbeat(db, job_id, 60)
+    with db.session() as s:  # the second attempt does not crash
+        job = s.get(Job, job_id)
+        job.request = {**job.request, "params": {"batch": 2}}
+    assert execute_job(job_id, db, settings, worker="second") == "succeeded"
+    rows = _rows(db, job_id)
+    assert len(rows) == 6 and len({r.fingerprint for r in rows}) == 6
+    assert first_ids <= {r.id for r in rows}  # earlier rows kept, not rewritten
+    assert len(scoring.seen) == 6  # stored candidates were not scored again
+    job = _job(db, job_id)
+    assert job.status == "succeeded" and job.attempts == 2
+
+
+def test_cancel_between_steps_keeps_partial_results(
+    db: Database, settings: Settings, scoring: Any
+) -> None:
+    job_id = _submit(db, n=8, batch=2)
+
+    def cancel_at(batch: int) -> None:
+        if batch == 2:
+            with db.session() as s:
+                s.execute(update(Job).where(Job.id == job_id).values(status="cancelling"))
+
+    FakeMethod.hook = cancel_at
+    assert execute_job(job_id, db, settings, worker="t") == "cancelled"
+    job = _job(db, job_id)
+    rows = _rows(db, job_id)
+    assert job.status == "cancelled" and len(rows) == 4
+    assert sorted(r.rank for r in rows) == [1, 2, 3, 4]
+    assert job.summary["n_candidates"] == 4
+
+
+def test_method_error_fails_job_readably(db: Database, settings: Settings, scoring: Any) -> None:
+    job_id = _submit(db, fail=True)
+    assert execute_job(job_id, db, settings, worker="t") == "failed"
+    job = _job(db, job_id)
+    assert job.status == "failed" and job.error == "ValueError: boom"
+
+
+def test_time_limit_fails_job(db: Database, settings: Settings, scoring: Any) -> None:
+    job_id = _submit(db, n=4)
+    limited = settings.model_copy(update={"job_time_limit_s": 1e-6})
+    assert execute_job(job_id, db, limited, worker="t") == "failed"
+    assert "time limit" in _job(db, job_id).error
+
+
+def test_worker_that_lost_its_claim_writes_nothing(
+    db: Database, settings: Settings, scoring: Any
+) -> None:
+    job_id = _submit(db, n=6, batch=2)
+
+    def steal(batch: int) -> None:
+        if batch == 1:
+            with db.session() as s:
+                s.execute(update(Job).where(Job.id == job_id).values(claim="someone-else"))
+
+    FakeMethod.hook = steal
+    assert execute_job(job_id, db, settings, worker="t") == "lost"
+    job = _job(db, job_id)
+    assert job.status == "running" and job.claim == "someone-else"
+    assert len(_rows(db, job_id)) == 2  # only the batch stored before the takeover
+
+
+def test_claim_is_exclusive(db: Database, settings: Settings) -> None:
+    job_id = _submit(db)
+    assert claim_job(db, settings, job_id, "a") is not None
+    assert claim_job(db, settings, job_id, "b") is None
+
+
+def test_progress_writes_are_rate_limited(db: Database, settings: Settings) -> None:
+    job_id = _submit(db)
+    claimed = claim_job(db, settings, job_id, "t")
+    assert claimed is not None
+    lease = JobLease(db, settings, job_id, claimed.claim)
+    writes: list[dict[str, Any]] = []
+    lease.write = lambda **values: writes.append(values) or "running"  # type: ignore[method-assign]
+    reporter = ProgressReporter(lease, interval=3600)
+    for step in range(100):
+        reporter.report("scanning", step, 100, None)
+    reporter.report("substituting", 0, 10, None)
+    assert len(writes) == 2  # the first report, then the phase change
+    assert reporter.current["step"] == 0 and reporter.current["phase"] == "substituting"
+
+
+def test_sweeper_requeues_cancels_and_fails_dead_jobs(db: Database, settings: Settings) -> None:
+    running, cancelling, exhausted, alive = (_submit(db) for _ in range(4))
+    for job_id, status, attempts in [
+        (running, "running", 1),
+        (cancelling, "cancelling", 1),
+        (exhausted, "running", settings.max_attempts),
+        (alive, "running", 1),
+    ]:
+        with db.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(status=status, attempts=attempts, claim="x", heartbeat_at=utcnow())
+            )
+    for job_id in (running, cancelling, exhausted):
+        _age_heartbeat(db, job_id, 60)
+    enqueued: list[str] = []
+    counts = sweep(db, settings, enqueued.append)
+    assert counts["requeued_stale"] == 1 and enqueued == [running]
+    assert _job(db, running).status == "queued" and _job(db, running).claim is None
+    assert _job(db, cancelling).status == "cancelled"
+    assert _job(db, exhausted).status == "failed" and "giving up" in _job(db, exhausted).error
+    assert _job(db, alive).status == "running"
+
+
+def test_sweeper_reenqueues_lost_messages_with_backoff(db: Database, settings: Settings) -> None:
+    job_id = _submit(db)
+    enqueued: list[str] = []
+    assert sweep(db, settings, enqueued.append)["requeued_lost"] == 0  # just submitted
+
+    def age_enqueue(seconds: float) -> None:
+        with db.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(enqueued_at=utcnow() - timedelta(seconds=seconds))
+            )
+
+    age_enqueue(11)  # past requeue_queued_after_s = 10
+    assert sweep(db, settings, enqueued.append)["requeued_lost"] == 1
+    assert enqueued == [job_id] and _job(db, job_id).enqueue_count == 2
+    age_enqueue(11)  # the second re-enqueue waits twice as long (20 s)
+    assert sweep(db, settings, enqueued.append)["requeued_lost"] == 0
+    age_enqueue(21)
+    assert sweep(db, settings, enqueued.append)["requeued_lost"] == 1
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 1
