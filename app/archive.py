@@ -10,7 +10,8 @@ import tempfile
 import zipfile
 from typing import IO, Any
 
-from app.models import Job, Structure
+from app.jobs import StructureView
+from app.models import Job
 from app.serialize import job_out
 
 _FLAG_COLUMNS = ("valid", "charge_neutral", "unique", "novel", "stable", "metastable", "hit")
@@ -20,13 +21,13 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-def cif_name(row: Structure, relaxed: bool = False) -> str:
+def cif_name(row: StructureView, relaxed: bool = False) -> str:
     rank = f"{row.rank:05d}" if row.rank is not None else f"u{row.seq:05d}"
     suffix = "_relaxed" if relaxed else ""
     return f"cifs/{rank}_{_safe(row.formula)}_{row.id[:8]}{suffix}.cif"
 
 
-def structures_csv(rows: list[Structure]) -> str:
+def structures_csv(rows: list[StructureView]) -> str:
     properties = sorted({sc.property for row in rows for sc in row.scores})
     out = io.StringIO()
     w = csv.writer(out)
@@ -63,7 +64,7 @@ def structures_csv(rows: list[Structure]) -> str:
     return out.getvalue()
 
 
-def _unit(rows: list[Structure], prop: str) -> str:
+def _unit(rows: list[StructureView], prop: str) -> str:
     for row in rows:
         for sc in row.scores:
             if sc.property == prop:
@@ -75,7 +76,7 @@ def _num(v: float | None) -> str:
     return "" if v is None else repr(float(v))
 
 
-def write_archive(job: Job, rows: list[Structure]) -> IO[bytes]:
+def write_archive(job: Job, rows: list[StructureView]) -> IO[bytes]:
     """The zip in a spooled temporary file (kept in memory up to 32 MiB), rewound."""
     # Not a with-block: the caller streams the file and closes it.
     buf = tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024)  # noqa: SIM115

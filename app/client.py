@@ -39,9 +39,13 @@ class Client:
         base_url: str = "http://127.0.0.1:8000",
         api_key: str | None = None,
         timeout: float = 60.0,
+        http: httpx.Client | None = None,
     ) -> None:
+        """``http``: an httpx-compatible client to use instead (e.g. a test client)."""
         headers = {"X-API-Key": api_key} if api_key else {}
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.http = http or httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout
+        )
 
     def close(self) -> None:
         self.http.close()

@@ -7,17 +7,27 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session
 
 from app.db import Database, utcnow
 from app.errors import Conflict, FieldError, NotFound, loc_from_dotted
-from app.models import CANCELLED, CANCELLING, FINISHED_STATES, QUEUED, RUNNING, Job, Structure
+from app.models import (
+    CANCELLED,
+    CANCELLING,
+    FINISHED_STATES,
+    QUEUED,
+    RUNNING,
+    Job,
+    OracleScore,
+    Structure,
+)
 from app.settings import Settings
 from ml.methods.base import RequestError
 from ml.methods.registry import get_method, method_names
@@ -187,6 +197,76 @@ def list_jobs(
     return jobs, next_cursor
 
 
+@dataclass
+class ScoreView:
+    property: str
+    value: float | None
+    unit: str
+    oracle: str
+    version: str
+
+
+@dataclass
+class StructureView:
+    """What the API returns of a stored structure (read with Core queries: the hot read path
+    skips ORM objects and the coordinate arrays kept for re-ranking)."""
+
+    id: str
+    job_id: str
+    seq: int
+    rank: int | None
+    formula: str
+    n_atoms: int
+    space_group: int | None
+    cif: str
+    relaxed_cif: str | None
+    flags: dict[str, bool]
+    energy_above_hull: float | None
+    method_score: float | None
+    predicted: dict[str, Any]
+    meta: dict[str, Any]
+    scores: list[ScoreView] = field(default_factory=list)
+
+
+_VIEW_COLUMNS = (
+    Structure.id,
+    Structure.job_id,
+    Structure.seq,
+    Structure.rank,
+    Structure.formula,
+    Structure.n_atoms,
+    Structure.space_group,
+    Structure.cif,
+    Structure.relaxed_cif,
+    Structure.flags,
+    Structure.energy_above_hull,
+    Structure.method_score,
+    Structure.predicted,
+    Structure.meta,
+)
+
+
+def _views(s: Session, q: Select[Any]) -> list[StructureView]:
+    views = [StructureView(**row._asdict()) for row in s.execute(q)]
+    if views:
+        by_id = {v.id: v for v in views}
+        scores = s.execute(
+            select(
+                OracleScore.structure_id,
+                OracleScore.property,
+                OracleScore.value,
+                OracleScore.unit,
+                OracleScore.oracle,
+                OracleScore.version,
+            )
+            .where(OracleScore.structure_id.in_(list(by_id)))
+            .order_by(OracleScore.structure_id, OracleScore.property)
+        )
+        for sid, *rest in scores:
+            by_id[sid].scores.append(ScoreView(*rest))
+    return views
+
+
 def list_structures(
     db: Database,
     owner: str,
@@ -196,14 +276,12 @@ def list_structures(
     limit: int,
     cursor: str | None,
     hits_only: bool,
-) -> tuple[list[Structure], str | None]:
+) -> tuple[list[StructureView], str | None]:
     """Best rank first (unranked, i.e. still running, in arrival order after), or arrival order
     (``sort=created``); keyset pagination on (rank, seq)."""
     get_job(db, owner, job_id)
     rank_key = func.coalesce(Structure.rank, _UNRANKED)
-    q: Select[tuple[Structure]] = (
-        select(Structure).where(Structure.job_id == job_id).options(selectinload(Structure.scores))
-    )
+    q = select(*_VIEW_COLUMNS).where(Structure.job_id == job_id)
     if hits_only:
         q = q.where(Structure.hit.is_(True))
     if sort == "rank":
@@ -219,7 +297,7 @@ def list_structures(
             q = q.where(Structure.seq > last_seq)
         q = q.order_by(Structure.seq)
     with db.session() as s:
-        rows = list(s.scalars(q.limit(limit + 1)))
+        rows = _views(s, q.limit(limit + 1))
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
@@ -229,27 +307,27 @@ def list_structures(
     return rows, next_cursor
 
 
-def all_structures(db: Database, job_id: str) -> list[Structure]:
+def all_structures(db: Database, job_id: str) -> list[StructureView]:
+    q = (
+        select(*_VIEW_COLUMNS)
+        .where(Structure.job_id == job_id)
+        .order_by(func.coalesce(Structure.rank, _UNRANKED), Structure.seq)
+    )
     with db.session() as s:
-        q = (
-            select(Structure)
-            .where(Structure.job_id == job_id)
-            .options(selectinload(Structure.scores))
-            .order_by(func.coalesce(Structure.rank, _UNRANKED), Structure.seq)
-        )
-        return list(s.scalars(q))
+        return _views(s, q)
 
 
-def get_structure(db: Database, owner: str, structure_id: str) -> Structure:
+def get_structure(db: Database, owner: str, structure_id: str) -> StructureView:
+    q = (
+        select(*_VIEW_COLUMNS)
+        .join(Job, Job.id == Structure.job_id)
+        .where(Structure.id == structure_id, Job.owner == owner)
+    )
     with db.session() as s:
-        row = s.scalars(
-            select(Structure)
-            .where(Structure.id == structure_id)
-            .options(selectinload(Structure.scores), selectinload(Structure.job))
-        ).first()
-    if row is None or row.job.owner != owner:
+        rows = _views(s, q)
+    if not rows:
         raise NotFound(f"no structure {structure_id}")
-    return row
+    return rows[0]
 
 
 def job_counts(db: Database) -> dict[str, int]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.models import Job, Structure
+from app.jobs import StructureView
+from app.models import Job
 
 
 def job_out(job: Job) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def job_out(job: Job) -> dict[str, Any]:
     }
 
 
-def structure_out(row: Structure) -> dict[str, Any]:
+def structure_out(row: StructureView) -> dict[str, Any]:
     return {
         "id": row.id,
         "job_id": row.job_id,

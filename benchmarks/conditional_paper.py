@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
 import warnings
 from collections.abc import Sequence
@@ -64,7 +65,8 @@ def _valid(crystal: Crystal) -> bool:
 def parallel_map(fn: Any, items: Sequence[Any], workers: int) -> list[Any]:
     if workers <= 1:
         return [fn(x) for x in items]
-    with ProcessPoolExecutor(workers) as pool:
+    # spawn, not fork: forking after torch/CHGNet started their threads can deadlock.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(fn, items, chunksize=8))
 
 

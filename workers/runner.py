@@ -217,7 +217,8 @@ def _evaluate_and_store(
         }
     )
     _, reporter.current = store.add(scored, progress)
-    previous.extend(s.crystal for s in scored)
+    # Uniqueness is judged on the final (relaxed when relaxed) crystals.
+    previous.extend(s.relaxed or s.crystal for s in scored)
     timer.add("storage_s", time.perf_counter() - t)
     return int(reporter.current["stored"])
 

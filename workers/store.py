@@ -90,14 +90,15 @@ class StructureStore:
             )
 
     def crystals(self) -> list[Crystal]:
-        """Crystals already kept for this job (earlier batches or an earlier attempt)."""
+        """Final crystals (relaxed when relaxed) already kept for this job, by an earlier
+        batch or an earlier attempt."""
         with self.db.session() as s:
-            rows = s.scalars(
-                select(Structure.crystal)
+            rows = s.execute(
+                select(Structure.crystal, Structure.relaxed)
                 .where(Structure.job_id == self.job_id)
                 .order_by(Structure.seq)
             )
-            return [crystal_from_json(d) for d in rows]
+            return [crystal_from_json(relaxed or crystal) for crystal, relaxed in rows]
 
     def add(
         self, scored: Sequence[ScoredCandidate], progress: dict[str, Any]

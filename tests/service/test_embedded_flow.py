@@ -128,3 +128,19 @@ def test_readyz_and_score_endpoint(client: TestClient, finished_job: dict[str, A
         eform = scored["scores"]["chgnet-eform"]["value"]
         # Same oracle, same (unrelaxed) crystal: the job's stored score.
         assert eform == pytest.approx(stored["scores"]["formation_energy"]["value"], abs=1e-4)
+
+
+def test_python_client(client: TestClient, finished_job: dict[str, Any], tmp_path: Any) -> None:
+    from app.client import ApiError, Client
+
+    c = Client(http=client)  # type: ignore[arg-type]
+    job_id = finished_job["id"]
+    assert c.wait(job_id, timeout=5)["status"] == "succeeded"
+    assert job_id in [j["id"] for j in c.jobs(status="succeeded")]
+    structures = list(c.structures(job_id, page_size=1))
+    assert len(structures) == finished_job["summary"]["n_candidates"]
+    path = c.download_archive(job_id, tmp_path / "job.zip")
+    assert "summary.json" in zipfile.ZipFile(path).namelist()
+    with pytest.raises(ApiError) as err:
+        c.submit({**SMALL_JOB, "method": "nope"})
+    assert err.value.status_code == 422 and "body.method" in str(err.value)

@@ -43,10 +43,15 @@ def clique_index(cfg: CliqueFlowmerConfig) -> torch.Tensor:
     return rows + torch.arange(cfg.d_clique)[None, :]
 
 
+POSITION_FREQS = 4
+
+
 def position_features(frac: torch.Tensor) -> torch.Tensor:
-    """[x, sin 2 pi x, cos 2 pi x]: positions as the MLP sees them (periodic-aware)."""
-    ang = 2 * math.pi * frac
-    return torch.cat([frac, torch.sin(ang), torch.cos(ang)], dim=-1)
+    """Fourier features sin/cos(2 pi k x), k = 1..4, per coordinate (24 values per atom):
+    periodic, so a position and its periodic images look the same to the model."""
+    k = torch.arange(1, POSITION_FREQS + 1, device=frac.device, dtype=frac.dtype)
+    ang = 2 * math.pi * frac[..., None] * k
+    return torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1).flatten(-2)
 
 
 def atom_tokens(numbers: torch.Tensor) -> torch.Tensor:
@@ -95,7 +100,7 @@ class CliqueFlowmer(nn.Module):
         # Encoder.
         self.enc_len = mlp(3, h, d, cfg.n_mlp)
         self.enc_ang = mlp(3, h, d, cfg.n_mlp)
-        self.enc_pos = mlp(9, h, d, cfg.n_mlp)
+        self.enc_pos = mlp(6 * POSITION_FREQS, h, d, cfg.n_mlp)
         self.enc_atom = nn.Embedding(VOCAB, d)
         # AdaLN conditioning of the non-atom tokens: registers, lengths, angles.
         self.enc_role = nn.Embedding(r + 2, d)
@@ -120,7 +125,7 @@ class CliqueFlowmer(nn.Module):
         # Geometry decoder (flow).
         self.geo_len = mlp(3, h, d, cfg.n_mlp)
         self.geo_ang = mlp(3, h, d, cfg.n_mlp)
-        self.geo_pos = mlp(9, h, d, cfg.n_mlp)
+        self.geo_pos = mlp(6 * POSITION_FREQS, h, d, cfg.n_mlp)
         self.geo_atom = nn.Embedding(VOCAB, d)
         self.geo_role = nn.Embedding(r + 2, d)
         self.geo_registers = nn.Parameter(torch.randn(r, d) * 0.02)

@@ -11,7 +11,13 @@ import torch
 
 from ml.methods.smoacs.neighbors import NeighborList, build_neighbor_list, edge_lengths
 from ml.methods.smoacs.objectives import LossTerm, density, tolerance_factor
-from ml.methods.smoacs.population import LEARNABLE, Population, SoftTypes, TypeTables
+from ml.methods.smoacs.population import (
+    LEARNABLE,
+    Population,
+    SoftTypes,
+    TypeTables,
+    initial_logits,
+)
 from ml.methods.smoacs.predictors import SoftMEGNet
 
 __all__ = ["EngineConfig", "Predictors", "SmoacsEngine", "StepReport", "FinalResult"]
@@ -51,6 +57,11 @@ class EngineConfig:
     min_distance: float
     geometry_weight: float
     progress_every: int
+    # From this step on the forward pass sees the discrete (argmax) structure and gradients
+    # pass straight through the soft distribution; the best discrete state is kept.
+    straight_through_start: int
+    keep_best: bool
+    logit_noise: float = 0.0
 
 
 @dataclass
@@ -201,9 +212,14 @@ class SmoacsEngine:
             if step > 0 and step % cfg.graph_update_every == 0:
                 nl = self._neighbors(pop)
             leaves = _make_leaves(pop)
-            soft = pop.soft_types(self.tables, self.temperature(step))
-            preds, geometry = self.predict(pop, soft, nl, keys)
+            discrete = step >= cfg.straight_through_start
+            types = pop.soft_types(self.tables, self.temperature(step))
+            if discrete:
+                types = _straight_through(types, pop.hard_types(self.tables, repair=False)[1])
+            preds, geometry = self.predict(pop, types, nl, keys)
             loss = self.objective_loss(preds) + geometry
+            if discrete and cfg.keep_best:
+                pop.record_best(loss.detach())
             # A non-finite candidate must not stall the others: its terms get no gradient.
             finite = torch.isfinite(loss)
             total = torch.where(finite, loss, torch.zeros_like(loss)).sum()
@@ -222,6 +238,8 @@ class SmoacsEngine:
                     float(lf.mean()) if len(lf) else math.inf,
                 )
             self.last_loss = loss.detach()
+        if cfg.keep_best:
+            pop.restore_best()
         yield pop
 
     @torch.no_grad()
@@ -281,6 +299,19 @@ class SmoacsEngine:
 _EXACT = ("density", "tolerance_factor")
 
 
+def _straight_through(soft: SoftTypes, hard: SoftTypes) -> SoftTypes:
+    """Values of ``hard``, gradients of ``soft``."""
+
+    def st(h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return h + (s - s.detach())
+
+    return SoftTypes(
+        st(hard.types, soft.types),
+        st(hard.per_pattern, soft.per_pattern),
+        st(hard.pattern_probs, soft.pattern_probs),
+    )
+
+
 def _make_leaves(pop: Population) -> dict[str, torch.Tensor]:
     leaves = {}
     for name, level in LEARNABLE.items():
@@ -303,7 +334,7 @@ def mutate(
     Kept: candidates that already meet every objective, and the best ``top_rate`` fraction of
     the others. Each remaining candidate is, with probability ``replace_prob``, replaced by a
     random kept one; the copy gets Gaussian noise on coordinates and scaled lattice variables,
-    fresh uniform element logits, its source's oxidation patterns, and a fresh Adam state.
+    fresh (uniform) element logits, its source's oxidation patterns, and a fresh Adam state.
     """
     b = pop.num_candidates
     loss_cpu = torch.nan_to_num(loss.cpu(), nan=math.inf)
@@ -342,7 +373,7 @@ def mutate(
     new.cand["length"] = new.cand["length"] + noise((b, 3)) * rep[:, None]
     angle_ok = (rep & ~new.cand["angles_fixed"])[:, None]
     new.cand["angle"] = new.cand["angle"] + noise((b, 3)) * angle_ok
-    fresh = torch.rand(tuple(new.site["logits"].shape), generator=generator).to(dev)
+    fresh = initial_logits(tuple(new.site["logits"].shape), cfg.logit_noise, generator).to(dev)
     new.site["logits"] = torch.where(rep_site[:, None], fresh, new.site["logits"])
     for name, level in LEARNABLE.items():
         store = new._level(level)
@@ -350,6 +381,7 @@ def mutate(
         store[f"{name}_m"] = store[f"{name}_m"].masked_fill(mask, 0.0)
         store[f"{name}_v"] = store[f"{name}_v"].masked_fill(mask, 0.0)
     new.cand["steps"] = new.cand["steps"].masked_fill(rep, 0.0)
+    new.cand["best_loss"] = new.cand["best_loss"].masked_fill(rep, math.inf)
     for i in torch.nonzero(replaced).flatten().tolist():
         new.meta[i] = {**new.meta[i], "mutated_from": int(source[i])}
     new.project()

@@ -142,7 +142,11 @@ class SmoacsMethod(DesignMethod):
             count = min(params.batch_size, n_total - bi * params.batch_size)
             templates = build_templates(request, params, tables, count, rng)
             pop = Population.from_templates(
-                templates, generator, device, random_geometry=params.init_geometry == "random"
+                templates,
+                generator,
+                device,
+                random_geometry=params.init_geometry == "random",
+                logit_noise=params.logit_init_noise,
             )
             final_pop = pop
             for event in engine.optimize(pop, generator, ctx.check_cancelled):
@@ -189,6 +193,9 @@ def _engine_config(params: SmoacsParams) -> EngineConfig:
         min_distance=params.min_distance,
         geometry_weight=params.geometry_weight,
         progress_every=params.progress_every,
+        straight_through_start=params.straight_through_start(),
+        keep_best=params.keep_best,
+        logit_noise=params.logit_init_noise,
     )
 
 

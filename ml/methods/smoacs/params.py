@@ -27,7 +27,13 @@ class SmoacsParams(MethodParams):
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     temperature_start: float = Field(default=1.0, gt=0, le=100.0)
     temperature_end: float = Field(default=0.01, gt=0, le=100.0)
-    temperature_schedule: Literal["linear", "exponential"] = "linear"
+    temperature_schedule: Literal["linear", "exponential"] = "exponential"
+    # Element logits start equal (a uniform distribution) plus this much U(0, 1) noise.
+    logit_init_noise: float = Field(default=0.0, ge=0, le=10.0)
+    # From this fraction of the run on, the forward pass sees the argmax structure with
+    # straight-through gradients, and each candidate's best discrete state is kept.
+    straight_through_from: float = Field(default=0.5, ge=0, le=1.0)
+    keep_best: bool = True
     # Mutation: fractions of the run after which the worst candidates are replaced.
     mutation_at: list[float] = Field(default_factory=lambda: [0.5, 0.75], max_length=20)
     mutation_top_rate: float = Field(default=0.1, gt=0, le=1.0)
@@ -65,6 +71,9 @@ class SmoacsParams(MethodParams):
             if not 0 < lo < hi:
                 raise ValueError(f"{name}: need 0 < low < high, got ({lo}, {hi})")
         return self
+
+    def straight_through_start(self) -> int:
+        return round(self.straight_through_from * self.steps)
 
     def mutation_steps(self) -> tuple[int, ...]:
         return tuple(sorted({max(1, round(f * self.steps)) for f in self.mutation_at}))

@@ -80,9 +80,11 @@ class Population:
         generator: torch.Generator,
         device: str | torch.device,
         random_geometry: bool = False,
+        logit_noise: float = 0.0,
     ) -> Population:
         """Initial variables: template geometry (or random: lengths U(2, 10) Å within the
-        bounds, angles U(60, 120) deg, coordinates U(0, 1)) and uniform U(0, 1) logits."""
+        bounds, angles U(60, 120) deg, coordinates U(0, 1)); equal element and pattern logits
+        (uniform distributions) plus ``logit_noise`` * U(0, 1)."""
         b = len(templates)
         p_max = max(t.num_patterns for t in templates)
         lengths = np.stack([t.crystal.lengths for t in templates])
@@ -133,13 +135,13 @@ class Population:
             "frac": f32(frac),
             "frac_ref": f32(np.concatenate([t.crystal.frac_coords for t in templates])),
             "frac_bound": f32(np.concatenate([t.frac_bound for t in templates])),
-            "logits": torch.rand((s, NUM_ELEMENTS), generator=generator).to(device),
+            "logits": initial_logits((s, NUM_ELEMENTS), logit_noise, generator).to(device),
             "ox_idx": _ox_index(i64(ox)),
             "role": i64(np.concatenate([t.role for t in templates])),
             "site_group": i64(site_group),
         }
         group = {
-            "pattern": torch.rand((g, p_max), generator=generator).to(device),
+            "pattern": initial_logits((g, p_max), logit_noise, generator).to(device),
             "pattern_valid": torch.tensor(valid, dtype=torch.bool, device=device),
         }
         meta = [{"source": t.source, **t.meta} for t in templates]
@@ -148,11 +150,39 @@ class Population:
         return pop
 
     def init_optimizer_state(self) -> None:
-        """Zero Adam moments for every learnable tensor (stored beside it, same layout)."""
+        """Zero Adam moments for every learnable tensor (stored beside it, same layout), and
+        an empty best-so-far snapshot (``best_<name>``, ``best_loss``)."""
         for name, level in LEARNABLE.items():
             store = self._level(level)
             store[f"{name}_m"] = torch.zeros_like(store[name])
             store[f"{name}_v"] = torch.zeros_like(store[name])
+            store[f"best_{name}"] = store[name].detach().clone()
+        self.cand["best_loss"] = torch.full_like(self.cand["length_ref"], math.inf)
+
+    def level_mask(self, per_candidate: torch.Tensor, level: str) -> torch.Tensor:
+        """A (B,) candidate mask broadcast to the rows of ``level`` (cand, site or group)."""
+        if level == "cand":
+            return per_candidate
+        return per_candidate[self.site_batch if level == "site" else self.group_batch]
+
+    @torch.no_grad()
+    def record_best(self, loss: torch.Tensor) -> None:
+        """Snapshot the variables of candidates whose (discrete) loss beats their best."""
+        better = torch.isfinite(loss) & (loss < self.cand["best_loss"])
+        self.cand["best_loss"] = torch.where(better, loss, self.cand["best_loss"])
+        for name, level in LEARNABLE.items():
+            store = self._level(level)
+            mask = self.level_mask(better, level)[:, None]
+            store[f"best_{name}"] = torch.where(mask, store[name].detach(), store[f"best_{name}"])
+
+    @torch.no_grad()
+    def restore_best(self) -> None:
+        """Put every candidate that has a snapshot back to it."""
+        has = torch.isfinite(self.cand["best_loss"])
+        for name, level in LEARNABLE.items():
+            store = self._level(level)
+            mask = self.level_mask(has, level)[:, None]
+            store[name] = torch.where(mask, store[f"best_{name}"], store[name].detach())
 
     # ---- layout ---------------------------------------------------------------------------
     def _level(self, level: str) -> dict[str, torch.Tensor]:
@@ -201,12 +231,14 @@ class Population:
         w = self.group["pattern"].masked_fill(~self.group["pattern_valid"], -math.inf)
         return w.argmax(-1)[self.site["site_group"]]
 
-    def hard_types(self, tables: TypeTables) -> tuple[torch.Tensor, SoftTypes]:
+    def hard_types(
+        self, tables: TypeTables, repair: bool = True
+    ) -> tuple[torch.Tensor, SoftTypes]:
         """Argmax elements (S,) (vocabulary indices) and their one-hot :class:`SoftTypes`.
 
-        Elements come from the chosen pattern's mask only. Where one element would sit on
-        sites of opposite oxidation sign (the project's neutrality check forbids that), the
-        later site takes its best element of a compatible sign.
+        Elements come from the chosen pattern's mask only. With ``repair``, where one element
+        would sit on sites of opposite oxidation sign (the project's neutrality check forbids
+        that), the less confident site takes its best element of a compatible sign.
         """
         masks = tables.masks(self.site["role"], self.site["ox_idx"])
         chosen = self.chosen_patterns()
@@ -215,9 +247,12 @@ class Population:
         site_mask = masks[ar, chosen]  # (S, K)
         logits = self.site["logits"].detach().masked_fill(~site_mask, -math.inf)
         ox_idx = self.site["ox_idx"][ar, chosen]
-        elements = _sign_consistent_argmax(
-            logits, ox_idx, self.cand["num_sites"], self.site_batch
-        )
+        if repair:
+            elements = _sign_consistent_argmax(
+                logits, ox_idx, self.cand["num_sites"], self.site_batch
+            )
+        else:
+            elements = logits.argmax(-1)
         one_hot = torch.nn.functional.one_hot(elements, NUM_ELEMENTS).float()
         p = self.site["ox_idx"].shape[1]
         probs = torch.nn.functional.one_hot(chosen, p).float()
@@ -280,6 +315,14 @@ class Population:
             .wrapped()
             for i in range(self.num_candidates)
         ]
+
+
+def initial_logits(
+    shape: tuple[int, ...], noise: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Equal logits (a uniform distribution) plus ``noise`` * U(0, 1), drawn on the CPU so the
+    start does not depend on the device."""
+    return 0.5 + noise * torch.rand(shape, generator=generator)
 
 
 def _build_z() -> dict[str, int]:
