@@ -25,14 +25,14 @@ pipeline() {  # $1 property, $2 short name, $3 benchmark CPU workers
   local ckpt=$CKPT_DIR/cliqueflowmer_$name.pt
   python -m ml.methods.cliqueflowmer.train --property "$prop" --labels "$LABELS" \
     --out "$ckpt" --work-dir "$RUN_DIR/$name" --time-budget "$TRAIN_S" \
-    --batch-size 512 --lr 4e-4 --log-every 250 $TRAIN_ARGS > "$RES/train_$name.log" 2>&1
+    --batch-size 512 --lr 5e-4 --log-every 250 $TRAIN_ARGS > "$RES/train_$name.log" 2>&1
   cp "$ckpt" "$OUT/" && cp "$RUN_DIR/$name/history.json" "$RES/history_$name.json"
   local left=$(( TOTAL_S - ($(date +%s) - START) ))
   python benchmarks/cliqueflowmer_reconstruction.py --checkpoint "$ckpt" --n 500 \
     --guidance 0 2 4 --workers 2 --out "$RES/recon_$name.json" $RECON_ARGS \
     > "$RES/recon_$name.log" 2>&1 &
   python benchmarks/cliqueflowmer_paper.py --checkpoint "$ckpt" --n-seeds 10000 --steps 2000 \
-    --workers "$workers" --eval-subset 1000 --sun-subset 24 --relax-steps 100 \
+    --workers "$workers" --eval-subset 500 --sun-subset 20 --relax-steps 100 \
     --deadline "$(( left - 15 ))" --out "$RES/paper_$name.json" \
     --save-candidates "$RES/candidates_$name.npz" $PAPER_ARGS > "$RES/paper_$name.log" 2>&1 &
   wait

@@ -21,6 +21,7 @@ seconds) that stops the run early still leaves every finished figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -62,26 +63,50 @@ class Scorer:
             return [builder(c) for c in crystals]
         return list(self.pool.map(builder, crystals, chunksize=16))
 
+    @staticmethod
+    def _predict(oracle: Any, graphs: list[Any]) -> np.ndarray:
+        """Batched scores; when a batch fails, score one by one so a bad structure is NaN."""
+        try:
+            return oracle.predict_graphs(graphs)
+        except Exception:
+            out = np.full(len(graphs), np.nan)
+            for i, gr in enumerate(graphs):
+                with contextlib.suppress(Exception):  # unscorable: stays NaN
+                    out[i] = oracle.predict_graphs([gr])[0]
+            return out
+
     def eform(self, crystals: list[Crystal]) -> np.ndarray:
         from ml.oracles.registry import get_oracle
 
         oracle = get_oracle("chgnet-eform", self.device)
-        energies = oracle.predict_graphs(self._graphs(oracle.graph_builder(), crystals))  # type: ignore[attr-defined]
+        energies = self._predict(oracle, self._graphs(oracle.graph_builder(), crystals))  # type: ignore[attr-defined]
         return oracle.eform_from_energies(crystals, energies)  # type: ignore[attr-defined]
 
     def gap(self, crystals: list[Crystal]) -> np.ndarray:
         from ml.oracles.registry import get_oracle
 
         oracle = get_oracle("megnet-gap-pbe", self.device)
-        return oracle.predict_graphs(self._graphs(oracle.graph_builder(), crystals))  # type: ignore[attr-defined]
+        return self._predict(oracle, self._graphs(oracle.graph_builder(), crystals))  # type: ignore[attr-defined]
 
-    def score(self, prop: str, crystals: list[Crystal]) -> dict[str, np.ndarray]:
-        """``objective`` (what the checkpoint optimises) plus the raw oracle values."""
-        eform = self.eform(crystals)
+    def score(
+        self, prop: str, crystals: list[Crystal], valid: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """``objective`` (what the checkpoint optimises) plus the raw oracle values; only
+        structurally valid crystals are scored (the rest are NaN: a broken cell has no
+        meaningful energy, and very dense ones would make huge graphs)."""
+        keep = np.arange(len(crystals)) if valid is None else np.flatnonzero(valid)
+        sub = [crystals[i] for i in keep]
+        raw = {"eform": self.eform(sub)}
+        if prop == "band_gap":
+            raw["gap"] = self.gap(sub)
+        out = {}
+        for k, v in raw.items():
+            full = np.full(len(crystals), np.nan)
+            full[keep] = v
+            out[k] = full
         if prop == "formation_energy":
-            return {"objective": eform, "eform": eform}
-        gap = self.gap(crystals)
-        return {"objective": regularised_gap(gap, eform), "gap": gap, "eform": eform}
+            return {"objective": out["eform"], **out}
+        return {"objective": regularised_gap(out["gap"], out["eform"]), **out}
 
 
 def nanmean(x: np.ndarray) -> float | None:
@@ -109,6 +134,12 @@ def _validity(c: Crystal) -> bool:
         return bool(is_valid(c))
     except Exception:
         return False
+
+
+def validity(crystals: list[Crystal], pool: ProcessPoolExecutor | None) -> np.ndarray:
+    if pool is None:
+        return np.array([_validity(c) for c in crystals], dtype=bool)
+    return np.array(list(pool.map(_validity, crystals, chunksize=32)), dtype=bool)
 
 
 def _novel_chunk(crystals: list[Crystal]) -> list[bool]:
@@ -273,7 +304,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stage("decode", s)
 
     s = time.time()
-    values = scorer.score(prop, cands)
+    valid = validity(cands, pool)
+    results["validity_rate"] = float(valid.mean())
+    results["top_validity_rate"] = float(valid[top].mean())
+    stage("validity", s)
+
+    s = time.time()
+    values = scorer.score(prop, cands, valid)
+    # Means over valid, scored candidates (n_scored says how many).
     results["candidates"] = summary(values)
     results["top"] = summary(values, top)
     results["top"]["percent"] = args.top_percent
@@ -294,37 +332,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seed_ids=seeds.ids,
             **{f"oracle_{k}": v.astype(np.float32) for k, v in values.items()},
         )
-
-    # ---------------------------------------------------------------- validity, U, N
-    s = time.time()
-    valid = np.array(
-        list(pool.map(_validity, cands, chunksize=32)) if pool else [_validity(c) for c in cands]
-    )
-    results["validity_rate"] = float(valid.mean())
-    results["candidates_valid"] = summary(values, np.flatnonzero(valid))
-    results["top"]["validity_rate"] = float(valid[top].mean())
-    stage("validity", s)
-
-    from ml.evaluation.uniqueness import unique_flags
-
-    sub = np.sort(np.random.default_rng(args.seed + 2).permutation(n)[: args.eval_subset])
-    flags: dict[str, dict[str, Any]] = {}
-    for name, idx in (("subset", sub), ("top", top)):
-        if left() < 60:
-            results[f"skipped_un_{name}"] = "deadline"
-            continue
-        s = time.time()
-        crystals = [cands[i] for i in idx]
-        uniq = np.array(unique_flags(crystals))
-        nov = np.array(novelty(crystals, pool))
-        flags[name] = {"idx": idx, "unique": uniq, "novel": nov, "valid": valid[idx]}
-        results[f"un_{name}"] = {
-            "n": len(idx),
-            "unique_rate": float(uniq.mean()),
-            "novel_rate": float(nov.mean()),
-            "valid_unique_novel_rate": float((uniq & nov & valid[idx]).mean()),
-        }
-        stage(f"unique_novel_{name}", s)
 
     # ---------------------------------------------------------------- ES vs back-propagation
     if left() > 90:
@@ -358,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             guidance=args.guidance,
                             generator=torch.Generator(device=device).manual_seed(11),
                         )
-                    vals = scorer.score(prop, dec)
+                    vals = scorer.score(prop, dec, validity(dec, pool))
                     oracle_curve.append(
                         {
                             "step": step,
@@ -371,6 +378,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stage("es_vs_backprop", s)
     else:
         results["skipped_es_vs_backprop"] = "deadline"
+
+    # ---------------------------------------------------------------- uniqueness, novelty
+    from ml.evaluation.uniqueness import unique_flags
+
+    sub = np.sort(np.random.default_rng(args.seed + 2).permutation(n)[: args.eval_subset])
+    flags: dict[str, dict[str, Any]] = {}
+    top_sub = np.sort(np.random.default_rng(args.seed + 3).permutation(top)[: args.eval_subset])
+    for name, idx in (("subset", sub), ("top", top_sub)):
+        if left() < 60:
+            results[f"skipped_un_{name}"] = "deadline"
+            continue
+        s = time.time()
+        # Only valid crystals take part (a broken cell is neither unique nor novel).
+        ok = idx[valid[idx]]
+        crystals = [cands[i] for i in ok]
+        uniq = np.zeros(len(idx), dtype=bool)
+        nov = np.zeros(len(idx), dtype=bool)
+        uniq[valid[idx]] = unique_flags(crystals)
+        nov[valid[idx]] = novelty(crystals, pool)
+        flags[name] = {"idx": idx, "unique": uniq, "novel": nov, "valid": valid[idx]}
+        results[f"un_{name}"] = {
+            "n": len(idx),
+            "unique_rate": float(uniq.mean()),
+            "novel_rate": float(nov.mean()),
+            "valid_unique_novel_rate": float((uniq & nov & valid[idx]).mean()),
+        }
+        stage(f"unique_novel_{name}", s)
 
     # ---------------------------------------------------------------- S.U.N. on a subset
     if "subset" in flags and left() > 60 and REFERENCE_TABLE.is_file():

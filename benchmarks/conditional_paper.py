@@ -62,12 +62,18 @@ def _valid(crystal: Crystal) -> bool:
         return False
 
 
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
 def parallel_map(fn: Any, items: Sequence[Any], workers: int) -> list[Any]:
     if workers <= 1:
         return [fn(x) for x in items]
-    # spawn, not fork: forking after torch/CHGNet started their threads can deadlock.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(fn, items, chunksize=8))
+    if workers not in _POOLS:
+        # spawn, not fork: forking after torch/CHGNet started their threads can deadlock.
+        # One pool for the whole run: spawned workers take seconds to import torch.
+        ctx = multiprocessing.get_context("spawn")
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=ctx)
+    return list(_POOLS[workers].map(fn, items, chunksize=8))
 
 
 def chgnet_energies(crystals: Sequence[Crystal], device: str, workers: int) -> np.ndarray:
@@ -318,6 +324,8 @@ def main() -> None:
     print(json.dumps(results, indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    for pool in _POOLS.values():
+        pool.shutdown()
 
 
 if __name__ == "__main__":

@@ -190,6 +190,31 @@ def _chunks(table: pd.DataFrame, size: int) -> Iterator[list[tuple[int, str]]]:
         yield [(i, cifs[i]) for i in range(start, min(start + size, len(cifs)))]
 
 
+def rescore_megnet(table_path: Path, start: int, device: str, batch_size: int) -> None:
+    """Recompute the MEGNet columns of rows ``start..`` of an existing table, in place.
+
+    Rows are matched to the data sets by (dataset, split, material_id) order, as written by
+    ``main``. Used to repair a table whose MEGNet columns were made under cuDNN TF32.
+    """
+    from ml.oracles.registry import get_oracle
+    from ml.settings import get_ml_settings
+
+    table = pd.read_csv(table_path, keep_default_na=False, na_values=[""])
+    source = _read_splits(Path(get_ml_settings().data_dir), None, set(table["dataset"]))
+    if not (source["material_id"].to_numpy() == table["material_id"].astype(str).to_numpy()).all():
+        raise ValueError(f"{table_path} rows do not follow the data sets' order")
+    rows = np.arange(start, len(table))
+    structures = [_parse(source["cif"].iloc[i]) for i in rows]
+    for name, col in (("megnet-eform", "megnet_eform"), ("megnet-gap-pbe", "megnet_gap_pbe")):
+        oracle = get_oracle(name, device)
+        ok = [i for i, s in enumerate(structures) if s is not None]
+        values = np.full(len(rows), np.nan)
+        values[ok] = oracle.predict([structures[i] for i in ok], batch_size=batch_size)
+        table.loc[rows, col] = np.round(values, 6)
+    table.to_csv(table_path, index=False, compression="gzip")
+    print(f"rescored MEGNet columns of rows {start}..{len(table) - 1} of {table_path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default=None, help="torch device (default: settings)")
@@ -200,9 +225,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N rows of each split")
     ap.add_argument("--datasets", default="mp20,mp2018,perov5")
     ap.add_argument("--out-dir", type=Path, default=None, help="write here, not into the repo")
+    ap.add_argument(
+        "--rescore-megnet-from",
+        type=int,
+        default=None,
+        help="only recompute the MEGNet columns of the existing table from this row on",
+    )
     args = ap.parse_args(argv)
 
     warnings.filterwarnings("ignore")
+    if args.rescore_megnet_from is not None:
+        from ml.settings import get_ml_settings
+
+        rescore_megnet(
+            (args.out_dir / TABLE.name) if args.out_dir else TABLE,
+            args.rescore_megnet_from,
+            args.device or get_ml_settings().torch_device(),
+            args.batch_size,
+        )
+        return
     from ml.oracles.chgnet import ChgnetGraphBuilder
     from ml.oracles.megnet import MegnetGraphBuilder, load_megnet
     from ml.settings import get_ml_settings

@@ -28,6 +28,8 @@ def test_rates_count_all_candidates() -> None:
 def test_stability_thresholds() -> None:
     assert stability_flags(0.0) == (True, True)
     assert stability_flags(-0.01) == (True, True)
+    assert stability_flags(1e-16) == (True, True)  # float noise of a hull member
+    assert stability_flags(1e-4) == (False, True)
     assert stability_flags(0.05) == (False, True)
     assert stability_flags(0.1) == (False, True)
     assert stability_flags(0.1001) == (False, False)

@@ -16,15 +16,18 @@ from ml.methods.cliqueflowmer.geometry import (
 )
 from ml.methods.cliqueflowmer.model import CliqueFlowmer, FlowState
 
+# The oracles (CHGNet, MEGNet) know elements up to Pu; nothing heavier is ever emitted.
+MAX_DECODED_Z = 94
+
 
 def allowed_token_mask(elements: list[int] | None, device: torch.device | str) -> torch.Tensor:
-    """(VOCAB,) bool: which element tokens beam search may emit (all when ``elements`` None)."""
+    """(VOCAB,) bool: element tokens beam search may emit (Z 1..94 when ``elements`` None)."""
     allowed = torch.zeros(VOCAB, dtype=torch.bool, device=device)
     if elements is None:
-        allowed[token_of(1) : token_of(MAX_Z) + 1] = True
+        allowed[token_of(1) : token_of(MAX_DECODED_Z) + 1] = True
     else:
         for z in elements:
-            if 1 <= z <= MAX_Z:
+            if 1 <= z <= min(MAX_Z, MAX_DECODED_Z):
                 allowed[token_of(z)] = True
     return allowed
 

@@ -235,15 +235,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for p, e in zip(params, ema, strict=True):
             p.copy_(e)
     model.eval()
-    test = load_split("test", args.limit)
-    rng = np.random.default_rng(0)
-    pick = rng.permutation(len(test))[: args.eval_size]
-    test_sub = test.subset(np.sort(pick))
-    y_test = labels_for(test_sub, args.property, args.labels, ("test",))  # type: ignore[arg-type]
-    pred = predictor_metrics(model, test_sub, y_test, device)
-    comp = composition_accuracy(model, test_sub.subset(np.arange(min(500, len(test_sub)))), device)
     final = history[-1] if history else {}
-    meta = {
+    meta: dict[str, Any] = {
         "data": f"MP-20 {'+'.join(TRAIN_SPLITS)}: {n} materials, {int(known.sum())} labelled",
         "labels": args.labels,
         "steps": step,
@@ -254,11 +247,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_seconds": round(trained_s, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "final_losses": final,
-        "test_predictor": pred,
-        "test_composition_accuracy": comp,
         "command": "python -m ml.methods.cliqueflowmer.train "
         + " ".join(sys.argv[1:] if argv is None else argv),
     }
+    # Export first, so a failure in the checks below never loses the trained weights.
+    export_checkpoint(model, args.out, args.property, meta)
+    test = load_split("test", args.limit)
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(test))[: args.eval_size]
+    test_sub = test.subset(np.sort(pick))
+    y_test = labels_for(test_sub, args.property, args.labels, ("test",))  # type: ignore[arg-type]
+    meta["test_predictor"] = predictor_metrics(model, test_sub, y_test, device)
+    meta["test_composition_accuracy"] = composition_accuracy(
+        model, test_sub.subset(np.arange(min(500, len(test_sub)))), device
+    )
     size = export_checkpoint(model, args.out, args.property, meta)
     log_line(log_fh, {"event": "done", "checkpoint_bytes": size, **meta})
     with (args.work_dir / "history.json").open("w") as fh:

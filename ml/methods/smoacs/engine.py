@@ -215,7 +215,7 @@ class SmoacsEngine:
             discrete = step >= cfg.straight_through_start
             types = pop.soft_types(self.tables, self.temperature(step))
             if discrete:
-                types = _straight_through(types, pop.hard_types(self.tables, repair=False)[1])
+                types = _straight_through(types, pop.hard_types(self.tables)[1])
             preds, geometry = self.predict(pop, types, nl, keys)
             loss = self.objective_loss(preds) + geometry
             if discrete and cfg.keep_best:

@@ -367,37 +367,40 @@ def _sign_consistent_argmax(
 ) -> torch.Tensor:
     """Argmax element per site; an element keeps one oxidation sign within a candidate.
 
-    Sites are visited from the most to the least confident; a site whose best element is
-    already used with the opposite sign in its crystal takes its best compatible one (masks
-    still hold, so neutrality is unchanged). Unmasked sites (no oxidation) are unconstrained.
+    In a crystal where the plain argmax puts one element on sites of both signs, sites are
+    visited from the most to the least confident and a site whose best element is already used
+    with the opposite sign takes its best compatible one (masks still hold, so neutrality is
+    unchanged). Unmasked sites (no oxidation number) are unconstrained.
     """
     best = logits.argmax(-1)
-    sign = torch.sign((ox_idx + OX_MIN).where(ox_idx != _NO_MASK_ROW, torch.zeros_like(ox_idx)))
-    # Fast path: no element with both signs in a crystal.
+    ox = ox_idx + OX_MIN
+    sign = torch.where(ox_idx == _NO_MASK_ROW, torch.zeros_like(ox), torch.sign(ox))
     key = batch * NUM_ELEMENTS + best
     n_keys = len(num_sites) * NUM_ELEMENTS
     pos = torch.zeros(n_keys, device=logits.device).index_add_(0, key, (sign > 0).float())
     neg = torch.zeros(n_keys, device=logits.device).index_add_(0, key, (sign < 0).float())
-    if not bool(((pos > 0) & (neg > 0)).any()):
+    clash = ((pos > 0) & (neg > 0)).view(len(num_sites), NUM_ELEMENTS).any(-1)
+    if not bool(clash.any()):
         return best
-    lg = logits.cpu()
-    sg = sign.cpu().tolist()
-    bt = batch.cpu().tolist()
-    out = best.cpu().clone()
-    order = torch.argsort(-lg.max(-1).values).tolist()
-    used: dict[tuple[int, int], int] = {}
-    for i in order:
-        if sg[i] == 0:
-            continue
-        ranked = torch.argsort(-lg[i]).tolist()
-        for k in ranked:
-            if not math.isfinite(float(lg[i, k])):
-                break
-            if used.get((bt[i], k), sg[i]) == sg[i]:
-                out[i] = k
-                used[(bt[i], k)] = sg[i]
-                break
-    return out.to(logits.device)
+    out = best.clone()
+    first = torch.cumsum(num_sites, 0) - num_sites
+    for c in torch.nonzero(clash).flatten().tolist():
+        lo = int(first[c])
+        hi = lo + int(num_sites[c])
+        lg = logits[lo:hi].cpu()
+        sg = sign[lo:hi].cpu().tolist()
+        used: dict[int, int] = {}
+        for i in torch.argsort(-lg.max(-1).values, stable=True).tolist():
+            if sg[i] == 0:
+                continue
+            for k in torch.argsort(-lg[i], stable=True).tolist():
+                if not math.isfinite(float(lg[i, k])):
+                    break
+                if used.get(k, sg[i]) == sg[i]:
+                    out[lo + i] = k
+                    used[k] = sg[i]
+                    break
+    return out
 
 
 def elements_of(symbols: Sequence[str]) -> torch.Tensor:

@@ -1,0 +1,170 @@
+"""The ``conditional`` method: parameter validation, composition proposal, a CPU run with a tiny
+checkpoint, determinism and cancellation; the training CLI (tiny, resumable)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from pymatgen.core import Composition
+
+from ml.constraints import is_charge_neutral
+from ml.methods.base import Cancelled, Candidate, MethodContext, Progress, RequestError
+from ml.methods.conditional import method as method_mod
+from ml.methods.conditional.checkpoint import WEIGHTS_DIR, load_release, save_release
+from ml.methods.conditional.composition import CompositionStats, propose_compositions, prototype
+from ml.methods.conditional.method import ConditionalMethod
+from ml.methods.conditional.model import ConditionalFlowModel, ModelConfig
+from ml.methods.registry import get_method
+from ml.request import Constraints, DesignRequest
+
+STATS = CompositionStats.from_formulas(
+    [
+        *[("SrTiO3", 5), ("SrTiO3", 10), ("BaTiO3", 5), ("TiO2", 6), ("TiO2", 12), ("SrO", 2)],
+        *[("NaCl", 2), ("KCl", 2), ("MgO", 2), ("Al2O3", 10), ("Fe2O3", 10), ("LiFePO4", 28)],
+    ]
+)
+
+
+@pytest.fixture()
+def tiny_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    torch.manual_seed(0)
+    model = ConditionalFlowModel(ModelConfig(d_model=32, layers=2, heads=4))
+    path = tmp_path / "conditional-uniform.pt"
+    save_release(model, path, {"note": "test"})
+    monkeypatch.setattr(method_mod, "find_weights", lambda prior="uniform": path)
+    method_mod._load_model.cache_clear()
+    return path
+
+
+def request(**kw: object) -> DesignRequest:
+    base: dict[str, object] = {
+        "method": "conditional",
+        "objectives": [{"property": "formation_energy", "goal": "target", "value": -1.5}],
+        "constraints": {"composition": "Sr2Ti2O6", "space_groups": [221, 99]},
+        "num_candidates": 6,
+        "seed": 3,
+        "params": {"steps": 4, "guidance": 1.0, "samples_per_composition": 2},
+    }
+    base.update(kw)
+    return DesignRequest.model_validate(base)
+
+
+def run_all(req: DesignRequest, ctx: MethodContext | None = None) -> list[Candidate]:
+    m = ConditionalMethod()
+    params = m.validate(req)
+    events = list(m.run(req, params, ctx or MethodContext()))
+    assert any(isinstance(e, Progress) for e in events)
+    return [c for e in events if isinstance(e, list) for c in e]
+
+
+def test_registered_under_its_name() -> None:
+    assert isinstance(get_method("conditional"), ConditionalMethod)
+
+
+def test_params_are_validated() -> None:
+    m = ConditionalMethod()
+    with pytest.raises(ValidationError, match="guidance"):
+        m.validate(request(params={"guidance": -1}))
+    with pytest.raises(ValidationError, match="bogus"):
+        m.validate(request(params={"bogus": 1}))
+    with pytest.raises(ValidationError, match="prior"):
+        m.validate(request(params={"prior": "gaussian"}))
+    with pytest.raises(RequestError) as err:
+        m.validate(request(constraints={"composition": "Sr0.5TiO3"}))
+    assert err.value.field == "constraints.composition"
+
+
+def test_run_generates_the_requested_composition(tiny_weights: Path) -> None:
+    cands = run_all(request())
+    assert len(cands) == 6
+    for c in cands:
+        assert Counter(c.crystal.species) == Counter({"O": 6, "Sr": 2, "Ti": 2})
+        assert (c.crystal.frac_coords >= 0).all() and (c.crystal.frac_coords < 1).all()
+        assert c.predicted == {"formation_energy": -1.5}
+    assert {c.meta["space_group_condition"] for c in cands} == {221, 99}
+
+
+def test_same_seed_same_candidates(tiny_weights: Path) -> None:
+    a = run_all(request())
+    b = run_all(request())
+    c = run_all(request(seed=4))
+    for x, y in zip(a, b, strict=True):
+        assert (x.crystal.frac_coords == y.crystal.frac_coords).all()
+    pairs = zip(a, c, strict=True)
+    assert any((x.crystal.frac_coords != z.crystal.frac_coords).any() for x, z in pairs)
+
+
+def test_cancellation_is_checked(tiny_weights: Path) -> None:
+    with pytest.raises(Cancelled):
+        run_all(request(), MethodContext(should_cancel=lambda: True))
+
+
+def test_proposed_compositions_meet_the_constraints() -> None:
+    cons = Constraints(elements={"allowed": ["Sr", "Ti", "O"], "required": ["O"]}, max_atoms=10)
+    props = propose_compositions(cons, 12, STATS)
+    assert props, "no proposal"
+    formulas = {p.formula for p in props}
+    assert "SrTiO3" in formulas  # a training-set composition satisfying the constraints
+    assert [p.score for p in props] == sorted((p.score for p in props), reverse=True)
+    for p in props:
+        comp = Composition(p.formula)
+        assert {e.symbol for e in comp.elements} <= {"Sr", "Ti", "O"}
+        assert "O" in {e.symbol for e in comp.elements}
+        assert p.num_atoms <= 10 and is_charge_neutral(p.formula)
+    assert any(p.source == "enumerated" for p in props)
+    assert prototype(Composition("SrTiO3")) == "ABC3"
+
+
+def test_enumeration_covers_unseen_elements() -> None:
+    # No training formula has Ca and S: the neutral enumeration must still find CaS.
+    cons = Constraints(elements={"allowed": ["Ca", "S"]}, max_atoms=4)
+    props = propose_compositions(cons, 5, STATS)
+    assert "CaS" in {p.formula for p in props}
+    assert all(p.source == "enumerated" for p in props)
+
+
+def test_run_without_composition_proposes_one(
+    tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        method_mod, "propose_compositions", lambda c, n: propose_compositions(c, n, STATS)
+    )
+    req = request(
+        constraints={"elements": {"allowed": ["Na", "K", "Cl"]}, "max_atoms": 4},
+        num_candidates=4,
+    )
+    cands = run_all(req)
+    assert len(cands) == 4
+    for c in cands:
+        assert set(c.crystal.species) <= {"Na", "K", "Cl"} and c.crystal.num_atoms <= 4
+
+
+def test_training_cli_writes_and_resumes(tmp_path: Path) -> None:
+    from ml.methods.conditional.train import parse_args, train
+
+    out, state = tmp_path / "w.pt", tmp_path / "state.pt"
+    common = ["--limit", "12", "--d-model", "32", "--layers", "1", "--heads", "4"]
+    common += ["--batch-size", "8", "--out", str(out), "--state", str(state), "--log-every", "1"]
+    info = train(parse_args([*common, "--steps", "2"]))
+    assert info["steps"] == 2 and out.exists() and state.exists()
+    info = train(parse_args([*common, "--steps", "4"]))
+    assert info["steps"] == 4  # continued from step 2, not restarted
+    model, meta = load_release(out)
+    assert meta["steps"] == 4 and model.config.length_mu != (0.0, 0.0, 0.0)
+
+
+@pytest.mark.slow
+def test_released_weights_run_quickly_on_cpu() -> None:
+    """The shipped checkpoint serves a small job on CPU (what the API job test runs)."""
+    path = WEIGHTS_DIR / "conditional-uniform.pt"
+    if not path.exists():
+        pytest.skip("weights not trained yet")
+    method_mod._load_model.cache_clear()
+    req = request(num_candidates=4, params={"steps": 10, "guidance": 1.0})
+    cands = run_all(req)
+    assert len(cands) == 4
+    assert all(c.crystal.num_atoms == 10 for c in cands)
