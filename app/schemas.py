@@ -15,7 +15,8 @@ class JobProgress(BaseModel):
     phase: str
     step: int
     total: int
-    best: float | None = None
+    best: float | None = Field(default=None, description="Lowest objective loss so far.")
+    stored: int | None = Field(default=None, description="Structures stored so far.")
 
 
 class JobOut(BaseModel):

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -51,6 +53,12 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _build_graph(builder: Any, crystal: Crystal) -> bytes:
+    # Plain pickle bytes: returning tensors through the pool would pass one file descriptor
+    # per tensor storage (torch's shared-memory reduction) and exhaust the descriptors.
+    return pickle.dumps(builder(crystal))
+
+
 class Scorer:
     """Oracle values of crystals; graphs are built in a process pool, scored in batches."""
 
@@ -61,7 +69,8 @@ class Scorer:
     def _graphs(self, builder: Any, crystals: list[Crystal]) -> list[Any]:
         if self.pool is None:
             return [builder(c) for c in crystals]
-        return list(self.pool.map(builder, crystals, chunksize=16))
+        blobs = self.pool.map(functools.partial(_build_graph, builder), crystals, chunksize=16)
+        return [pickle.loads(b) for b in blobs]
 
     @staticmethod
     def _predict(oracle: Any, graphs: list[Any]) -> np.ndarray:

@@ -21,8 +21,9 @@ The data types and signatures are fixed (the service codes against them). Steps 
    ``formation_energy`` (chgnet-eform), ``band_gap`` (megnet-gap-pbe), ``density`` and
    ``energy_above_hull``. ``scores["band_gap"]`` is at the fidelity of the first band-gap
    objective; when that is not PBE, the PBE gap is also kept as ``scores["band_gap_pbe"]``.
-   E_hull uses the CHGNet energy per atom of the relaxed crystal (or the chgnet-energy oracle
-   when not relaxed) against :class:`ml.evaluation.hull.ReferenceHull`.
+   CHGNet runs once per crystal: its energy per atom (from the relaxation, else one batched
+   chgnet-energy call) gives both CHGNet-Eform (minus the elemental references) and E_hull
+   (against :class:`ml.evaluation.hull.ReferenceHull`).
 5. flags: ``valid``, ``charge_neutral`` (strict when the request asks for neutrality, else
    all-metal compositions pass too: see :mod:`ml.constraints`), ``unique`` (no match among
    ``previous`` and earlier kept candidates of the batch, judged on the final crystals),
@@ -276,24 +277,36 @@ def evaluate_candidates(
                 out[i].space_group = space_group_number(crystal)
     final = [out[i].relaxed or out[i].crystal for i in eligible]
 
-    # Oracle scores, each oracle once over the whole batch.
-    plan = oracle_plan(request)
-    values: dict[int, dict[str, float | None]] = {i: {} for i in eligible}
-    for key, name in plan.items():
-        oracle = get_oracle(name, device)
-        preds = oracle.predict(final)
-        for i, v in zip(eligible, preds, strict=True):
-            value = _nan_to_none(float(v))
-            values[i][key] = value
-            out[i].scores[key] = OracleScore(value, oracle.unit, oracle.name, oracle.version)
-
-    # Energy above hull: relaxed CHGNet energies, else the chgnet-energy oracle.
+    # CHGNet energy per atom of each final crystal: from the relaxation, else one batched
+    # chgnet-energy call. It feeds E_hull and (through the elemental references) CHGNet-Eform,
+    # so CHGNet runs once per crystal, not once per property.
     need_energy = [k for k, i in enumerate(eligible) if i not in energies]
     if need_energy:
         energy_oracle = get_oracle("chgnet-energy", device)
         preds = energy_oracle.predict([final[k] for k in need_energy])
         for k, v in zip(need_energy, preds, strict=True):
             energies[eligible[k]] = _nan_to_none(float(v))
+    energy_array = np.array(
+        [math.nan if energies.get(i) is None else energies[i] for i in eligible], dtype=np.float64
+    )
+
+    # Oracle scores, each oracle once over the whole batch.
+    plan = oracle_plan(request)
+    values: dict[int, dict[str, float | None]] = {i: {} for i in eligible}
+    for key, name in plan.items():
+        oracle = get_oracle(name, device)
+        if name == "chgnet-energy":
+            preds = energy_array
+        elif name == "chgnet-eform" and hasattr(oracle, "eform_from_energies"):
+            preds = oracle.eform_from_energies(final, energy_array)
+        else:
+            preds = oracle.predict(final)
+        for i, v in zip(eligible, preds, strict=True):
+            value = _nan_to_none(float(v))
+            values[i][key] = value
+            out[i].scores[key] = OracleScore(value, oracle.unit, oracle.name, oracle.version)
+
+    # Energy above hull from the same CHGNet energies.
     hull = _reference_hull()
     for k, i in enumerate(eligible):
         energy = energies.get(i)

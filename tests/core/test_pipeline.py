@@ -8,6 +8,7 @@ import pytest
 from ml.crystal import Crystal
 from ml.data import reference_crystals, reference_formula_index
 from ml.methods.base import Candidate
+from ml.oracles.registry import get_oracle
 from ml.pipeline import (
     evaluate_candidates,
     fingerprint,
@@ -94,6 +95,9 @@ def test_pipeline_flags_scores_and_ranks() -> None:
     fe = first.scores["formation_energy"]
     assert fe.oracle == "chgnet-eform" and fe.unit == "eV/atom"
     assert fe.value is not None and -2.5 < fe.value < -1.7  # DFT (MP-20): -2.1 eV/atom
+    # Derived from the shared CHGNet energy, it must equal the oracle's own prediction.
+    direct = get_oracle("chgnet-eform", "cpu").predict([nacl])[0]
+    assert fe.value == pytest.approx(direct, abs=1e-5)
     gap = first.scores["band_gap"]
     assert gap.oracle == "megnet-gap-pbe" and gap.value is not None and gap.value > 3.0
     density = first.scores["density"].value

@@ -94,7 +94,7 @@ def test_kill_9_worker_mid_job_new_worker_finishes_without_duplicates(
     wait_for(
         pg_client,
         job_id,
-        lambda j: j["status"] == "running" and (j["progress"] or {}).get("stored", 0) >= 2,
+        lambda j: j["status"] == "running" and ((j["progress"] or {}).get("stored") or 0) >= 2,
         timeout=240,
     )
     before = {s["id"]: s["cif"] for s in _all_structures(pg_client, job_id)}
