@@ -22,7 +22,18 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     where = "embedded worker" if settings.embedded else f"broker {settings.broker_url}"
     print(f"matdesign: database {settings.database_url}, {where}", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    if args.workers > 1:
+        # Several API processes, each building its app from the environment.
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+    else:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -123,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the HTTP API (with the embedded worker by default)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=_serve)
 

@@ -169,6 +169,7 @@ def main() -> int:
     ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--structures", type=int, default=100)
+    ap.add_argument("--api-processes", type=int, default=1, help="matdesign serve --workers")
     args = ap.parse_args()
 
     import psycopg
@@ -203,6 +204,8 @@ def main() -> int:
                 "127.0.0.1",
                 "--port",
                 str(port),
+                "--workers",
+                str(args.api_processes),
                 "--log-level",
                 "warning",
             ],
@@ -248,7 +251,8 @@ def main() -> int:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     print(
-        f"clients={args.clients} requests/client={args.requests} server: 1 uvicorn process, "
+        f"clients={args.clients} requests/client={args.requests} server: "
+        f"{args.api_processes} uvicorn process(es), "
         f"Postgres + Redis on loopback, cores={os.cpu_count()}"
     )
     print(f"{'endpoint':45s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'mean ms':>8s} errors")

@@ -151,10 +151,24 @@ def validity(crystals: list[Crystal], pool: ProcessPoolExecutor | None) -> np.nd
     return np.array(list(pool.map(_validity, crystals, chunksize=32)), dtype=bool)
 
 
+def missing_reference_splits() -> list[tuple[str, str]]:
+    """Reference splits whose files are absent here (a trimmed data copy on the GPU box);
+    novelty against the rest is an upper bound, re-scored against all with --rescore."""
+    from ml.data.sources import SOURCES
+    from ml.settings import get_ml_settings
+
+    root = get_ml_settings().data_dir
+    return [
+        key
+        for key, src in SOURCES.items()
+        if src.has_structures and not (root / src.relpath).is_file()
+    ]
+
+
 def _novel_chunk(crystals: list[Crystal]) -> list[bool]:
     from ml.evaluation.novelty import novel_flags
 
-    return novel_flags(crystals)
+    return novel_flags(crystals, exclude_splits=missing_reference_splits())
 
 
 def novelty(crystals: list[Crystal], pool: ProcessPoolExecutor | None) -> list[bool]:
@@ -164,9 +178,139 @@ def novelty(crystals: list[Crystal], pool: ProcessPoolExecutor | None) -> list[b
     return [f for part in pool.map(_novel_chunk, chunks) for f in part]
 
 
+def sun_stage(
+    f: dict[str, Any],
+    cands: list[Crystal] | dict[int, Crystal],
+    eform: np.ndarray,
+    sun_subset: int,
+    relax_steps: int,
+    device: str,
+    keep_going: Any = lambda: True,
+) -> dict[str, Any]:
+    """S.U.N. of the first ``sun_subset`` materials of the random subset: the valid, unique
+    and novel ones are relaxed (CHGNet FIRE, ``relax_steps`` at most) and their energy above
+    the reference hull decides stability."""
+    from ml.evaluation.hull import ReferenceHull
+    from ml.evaluation.metrics import stability_flags
+    from ml.oracles.registry import get_oracle
+    from ml.oracles.relax import relax_crystals
+
+    idx = np.asarray(f["idx"])
+    pick = np.arange(min(sun_subset, len(idx)))
+    todo = [int(i) for i in pick if f["valid"][i] and f["unique"][i] and f["novel"][i]]
+    hull = ReferenceHull.load()
+    eform_oracle = get_oracle("chgnet-eform", device)
+    stable = np.zeros(len(pick), dtype=bool)
+    meta = np.zeros(len(pick), dtype=bool)
+    before, after, e_hull = [], [], []
+    for i in todo:
+        if not keep_going():
+            break
+        r = relax_crystals([cands[int(idx[i])]], steps=relax_steps, device=device)[0]
+        # CHGNet-Eform before and after relaxation (how far from a minimum decoding lands).
+        before.append(float(eform[int(idx[i])]))
+        after.append(
+            float(eform_oracle.eform_from_energies([r.crystal], np.array([r.energy_per_atom]))[0])  # type: ignore[attr-defined]
+        )
+        comp = r.crystal.to_structure().composition
+        eh = (
+            hull.e_above_hull(comp, r.energy_per_atom) if math.isfinite(r.energy_per_atom) else None
+        )
+        stable[i], meta[i] = stability_flags(eh)
+        e_hull.append(np.nan if eh is None else eh)
+    eh_arr = np.array(e_hull, dtype=float)
+    return {
+        "flags_sun": {"stable": stable.tolist(), "metastable": meta.tolist()},
+        "sun_subset": {
+            "n": len(pick),
+            "valid_unique_novel": len(todo),
+            "relaxed": len(after),
+            "relax_steps": relax_steps,
+            "device": device,
+            "eform_unrelaxed_mean": nanmean(np.array(before, dtype=float)),
+            "eform_relaxed_mean": nanmean(np.array(after, dtype=float)),
+            "e_hull_median": float(np.nanmedian(eh_arr)) if np.isfinite(eh_arr).any() else None,
+            "sun_rate": float(stable.mean()),
+            "msun_rate": float(meta.mean()),
+        },
+    }
+
+
+def load_candidates(path: Path, idx: list[int]) -> list[Crystal]:
+    with np.load(path, allow_pickle=False) as z:
+        lat, frac, nums = z["lattice"], z["frac"], z["numbers"]
+    out = []
+    for i in idx:
+        n = int((nums[i] > 0).sum())
+        out.append(Crystal(lat[i].astype(float), frac[i, :n].astype(float), nums[i, :n]))
+    return out
+
+
+def rescore(
+    results_path: Path,
+    candidates_path: Path,
+    workers: int,
+    sun_subset: int = 0,
+    relax_steps: int = 100,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Novelty of a finished run again, against every reference split here; S.U.N. computed
+    here too when the run had none (``sun_subset`` materials, relaxed on ``device``)."""
+    results = json.loads(results_path.read_text())
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker) if workers > 1 else None
+    for name in ("subset", "top"):
+        f = results.get(f"flags_{name}")
+        if f is None:
+            continue
+        idx = np.array(f["idx"])
+        valid = np.array(f["valid"], dtype=bool)
+        uniq = np.array(f["unique"], dtype=bool)
+        crystals = load_candidates(candidates_path, [int(i) for i in idx[valid]])
+        nov = np.zeros(len(idx), dtype=bool)
+        nov[valid] = novelty(crystals, pool)
+        f["novel"] = nov.tolist()
+        results[f"un_{name}"].update(
+            novelty_reference_missing=[list(k) for k in missing_reference_splits()],
+            novel_rate=float(nov.mean()),
+            valid_unique_novel_rate=float((uniq & nov & valid).mean()),
+        )
+        if name == "subset" and "flags_sun" not in results and sun_subset > 0:
+            with np.load(candidates_path, allow_pickle=False) as z:
+                eform = z["oracle_eform"].astype(float)
+            k = min(sun_subset, len(idx))
+            cands = dict(
+                zip(
+                    (int(i) for i in idx[:k]),
+                    load_candidates(candidates_path, [int(i) for i in idx[:k]]),
+                    strict=True,
+                )
+            )
+            f_now = {"idx": idx, "valid": valid, "unique": uniq, "novel": nov}
+            results.update(sun_stage(f_now, cands, eform, sun_subset, relax_steps, device))
+        elif name == "subset" and "flags_sun" in results:
+            k = len(results["flags_sun"]["stable"])
+            st = np.array(results["flags_sun"]["stable"], dtype=bool)
+            ms = np.array(results["flags_sun"]["metastable"], dtype=bool)
+            un = uniq[:k] & nov[:k] & valid[:k]
+            results["sun_subset"].update(
+                sun_rate=float((st & un).mean()), msun_rate=float((ms & un).mean())
+            )
+    results["novelty_rescored"] = "against all reference splits (local CPU)"
+    results_path.write_text(json.dumps(results, indent=1))
+    if pool is not None:
+        pool.shutdown()
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument(
+        "--rescore",
+        type=Path,
+        default=None,
+        help="re-score novelty/S.U.N. of this results JSON (with --save-candidates NPZ)",
+    )
     p.add_argument("--n-seeds", type=int, default=10_000)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--pairs", type=int, default=16)
@@ -190,6 +334,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--save-candidates", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.rescore is not None:
+        return rescore(
+            args.rescore,
+            args.save_candidates,
+            args.workers,
+            args.sun_subset,
+            args.relax_steps,
+            args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        )
+    if args.checkpoint is None:
+        p.error("--checkpoint is required")
 
     t0 = time.time()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -407,7 +562,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         uniq[valid[idx]] = unique_flags(crystals)
         nov[valid[idx]] = novelty(crystals, pool)
         flags[name] = {"idx": idx, "unique": uniq, "novel": nov, "valid": valid[idx]}
+        results[f"flags_{name}"] = {k: v.tolist() for k, v in flags[name].items()}
         results[f"un_{name}"] = {
+            "novelty_reference_missing": [list(k) for k in missing_reference_splits()],
             "n": len(idx),
             "unique_rate": float(uniq.mean()),
             "novel_rate": float(nov.mean()),
@@ -418,37 +575,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ---------------------------------------------------------------- S.U.N. on a subset
     if "subset" in flags and left() > 60 and REFERENCE_TABLE.is_file():
         s = time.time()
-        from ml.evaluation.hull import ReferenceHull
-        from ml.evaluation.metrics import stability_flags
-        from ml.oracles.relax import relax_crystals
-
         f = flags["subset"]
-        pick = np.arange(min(args.sun_subset, len(f["idx"])))
-        todo = [int(i) for i in pick if f["valid"][i] and f["unique"][i] and f["novel"][i]]
-        hull = ReferenceHull.load()
-        stable = np.zeros(len(pick), dtype=bool)
-        meta = np.zeros(len(pick), dtype=bool)
-        relaxed = 0
-        for i in todo:
-            if left() < 20:
-                break
-            r = relax_crystals([cands[f["idx"][i]]], steps=args.relax_steps, device=device)[0]
-            relaxed += 1
-            comp_ = r.crystal.to_structure().composition
-            eh = (
-                hull.e_above_hull(comp_, r.energy_per_atom)
-                if math.isfinite(r.energy_per_atom)
-                else None
+        results.update(
+            sun_stage(
+                f,
+                cands,
+                values["eform"],
+                args.sun_subset,
+                args.relax_steps,
+                device,
+                lambda: left() > 20,
             )
-            stable[i], meta[i] = stability_flags(eh)
-        results["sun_subset"] = {
-            "n": len(pick),
-            "valid_unique_novel": len(todo),
-            "relaxed": relaxed,
-            "relax_steps": args.relax_steps,
-            "sun_rate": float(stable.mean()),
-            "msun_rate": float(meta.mean()),
-        }
+        )
         stage("sun_subset", s)
     elif "subset" in flags:
         results["skipped_sun"] = "deadline or no reference table"

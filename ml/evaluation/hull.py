@@ -10,6 +10,7 @@ built on first use and cached.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from itertools import combinations
 from pathlib import Path
@@ -38,24 +39,47 @@ def load_reference_table(path: Path | None = None) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
+_TOKEN = re.compile(r"([A-Z][a-z]?)(\d*\.?\d*)")
+Key = tuple[tuple[str, float], ...]
+
+
+def _fractions(amounts: dict[str, float]) -> Key:
+    """Atomic fractions, sorted: the same key for every multiple of a composition."""
+    total = sum(amounts.values())
+    return tuple(sorted((el, round(n / total, 10)) for el, n in amounts.items() if n > 0))
+
+
+def _formula_amounts(formula: str) -> dict[str, float]:
+    # Plain "Na4Cl4"-style formulas (the table's) parse without pymatgen: ~50x faster.
+    amounts: dict[str, float] = {}
+    for el, n in _TOKEN.findall(formula):
+        amounts[el] = amounts.get(el, 0.0) + (float(n) if n else 1.0)
+    return amounts
+
+
 class ReferenceHull:
     """Convex hulls of the reference set, one per chemical system, built lazily."""
 
-    def __init__(self, entries: Iterable[tuple[Composition, float]]):
-        # Only the lowest energy per reduced composition can lie on the hull.
-        best: dict[str, tuple[Composition, float]] = {}
+    def __init__(self, entries: Iterable[tuple[Composition | str, float]]):
+        # Only the lowest energy per composition can lie on the hull. Entries are kept as
+        # (atomic fractions, eV/atom) and become pymatgen entries only when a hull needs them.
+        self._by_system: dict[frozenset[str], dict[Key, float]] = {}
         for comp, e_atom in entries:
-            if not math.isfinite(e_atom) or comp.num_atoms == 0:
+            if not math.isfinite(e_atom):
                 continue
-            key = comp.reduced_formula
-            if key not in best or e_atom < best[key][1]:
-                best[key] = (comp.reduced_composition, e_atom)
-        self._by_system: dict[frozenset[str], list[PDEntry]] = {}
-        for comp, e_atom in best.values():
-            system = frozenset(el.symbol for el in comp.elements)
-            entry = PDEntry(comp, e_atom * comp.num_atoms)
-            self._by_system.setdefault(system, []).append(entry)
+            amounts = (
+                _formula_amounts(comp)
+                if isinstance(comp, str)
+                else {el: float(n) for el, n in comp.get_el_amt_dict().items()}
+            )
+            if not amounts or sum(amounts.values()) <= 0:
+                continue
+            key = _fractions(amounts)
+            bucket = self._by_system.setdefault(frozenset(el for el, _ in key), {})
+            if key not in bucket or e_atom < bucket[key]:
+                bucket[key] = e_atom
         self._elements = {next(iter(s)) for s in self._by_system if len(s) == 1}
+        self._entries: dict[frozenset[str], list[PDEntry]] = {}
         self._diagrams: dict[frozenset[str], PhaseDiagram] = {}
 
     @classmethod
@@ -78,18 +102,25 @@ class ReferenceHull:
                 for d, s in zip(table["dataset"], table["split"], strict=True)
             ]
             table = table[keep]
-        # Lowest energy per written formula first: parsing 55k formulas is the slow part.
         lowest = table.groupby("formula")["chgnet_energy_per_atom"].min()
-        entries: list[tuple[Composition, float]] = [
-            (Composition(f), float(e)) for f, e in lowest.items() if isinstance(f, str) and f
+        entries: list[tuple[Composition | str, float]] = [
+            (f, float(e)) for f, e in lowest.items() if isinstance(f, str) and f
         ]
         if include_elemental_refs:
-            entries += [(Composition(el), e) for el, e in load_elemental_refs().items()]
+            entries += list(load_elemental_refs().items())
         return cls(entries)
 
     @property
     def elements(self) -> set[str]:
         return set(self._elements)
+
+    def _system_entries(self, system: frozenset[str]) -> list[PDEntry]:
+        if system not in self._entries:
+            self._entries[system] = [
+                PDEntry(Composition(dict(key)), e_atom)  # one atom's worth: energy = eV/atom
+                for key, e_atom in self._by_system.get(system, {}).items()
+            ]
+        return self._entries[system]
 
     def _diagram(self, system: frozenset[str]) -> PhaseDiagram:
         if system not in self._diagrams:
@@ -97,7 +128,7 @@ class ReferenceHull:
             symbols = sorted(system)
             for k in range(1, len(symbols) + 1):
                 for sub in combinations(symbols, k):
-                    entries.extend(self._by_system.get(frozenset(sub), []))
+                    entries.extend(self._system_entries(frozenset(sub)))
             self._diagrams[system] = PhaseDiagram(entries, [Element(s) for s in symbols])
         return self._diagrams[system]
 

@@ -52,8 +52,6 @@ _SPLITS: dict[str, tuple[str, ...]] = {
     "mp2018": ("extra",),
     "perov5": ("val", "test"),
 }
-# Further splits whose formulas count as known materials (all 27,136 MP-20 train formulas).
-_KNOWN_ONLY: dict[str, tuple[str, ...]] = {"mp20": ("train_index", "test")}
 
 
 class SubstitutionParams(MethodParams):
@@ -77,7 +75,7 @@ class SubstitutionParams(MethodParams):
     skip_known: bool = Field(
         default=True,
         description="Skip substitutions whose formula already occurs in the reference data "
-        "(they rediscover known materials).",
+        "(any data set, not only the references: they would rediscover known materials).",
     )
     temperature: float = Field(
         default=0.0,
@@ -326,10 +324,13 @@ class SubstitutionMethod(DesignMethod):
                         )
                     )
         if params.skip_known:
-            for dataset in params.datasets:
-                for split in _KNOWN_ONLY.get(dataset, ()):
-                    formulas = load_table(dataset, split)["pretty_formula"].astype(str)
-                    known.update(reduced_formula(f) for f in formulas)
+            # Every formula of the novelty reference set (all data sets; the pipeline loads the
+            # same index) plus the MP-20 train materials whose coordinates are missing here.
+            from ml.data.reference import reference_formula_index
+
+            known.update(reference_formula_index())
+            formulas = load_table("mp20", "train_index")["pretty_formula"].astype(str)
+            known.update(reduced_formula(f) for f in formulas)
         if len(refs) > params.max_references:
             pick = np.sort(rng.choice(len(refs), size=params.max_references, replace=False))
             refs = [refs[i] for i in pick]

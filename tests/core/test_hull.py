@@ -86,8 +86,13 @@ def test_reference_table_is_complete_and_consistent() -> None:
         assert row.chgnet_eform == pytest.approx(row.chgnet_energy_per_atom - ref, abs=2e-6)
 
 
-def test_every_element_lies_on_its_own_reference() -> None:
-    hull = ReferenceHull.load()
+@pytest.fixture(scope="module")
+def reference_hull() -> ReferenceHull:
+    return ReferenceHull.load()
+
+
+def test_every_element_lies_on_its_own_reference(reference_hull: ReferenceHull) -> None:
+    hull = reference_hull
     refs = json.loads(ELEMENTAL_REFS_PATH.read_text())
     for el in ("O", "Eu", "Th", "Si"):
         assert hull.e_above_hull(el, refs[el]) == pytest.approx(0.0, abs=1e-6)
@@ -95,7 +100,9 @@ def test_every_element_lies_on_its_own_reference() -> None:
 
 
 @pytest.mark.slow
-def test_known_ground_state_on_hull_and_strained_copy_above() -> None:
+def test_known_ground_state_on_hull_and_strained_copy_above(
+    reference_hull: ReferenceHull,
+) -> None:
     from ml.oracles.registry import get_oracle
 
     # mp-22862, rock-salt NaCl (MP-20 val): on the DFT hull.
@@ -106,7 +113,7 @@ def test_known_ground_state_on_hull_and_strained_copy_above() -> None:
     strained.lattice = crystal.lattice * 1.1
     energy = get_oracle("chgnet-energy", "cpu").predict([crystal, strained])
     assert np.isfinite(energy).all()
-    hull = ReferenceHull.load()
+    hull = reference_hull
     on_hull = hull.e_above_hull(crystal.to_structure().composition, float(energy[0]))
     above = hull.e_above_hull(strained.to_structure().composition, float(energy[1]))
     assert on_hull is not None and abs(on_hull) < 0.02

@@ -180,10 +180,15 @@ class SmoacsEngine:
             return cfg.temperature_start * (cfg.temperature_end / cfg.temperature_start) ** frac
         return cfg.temperature_start + (cfg.temperature_end - cfg.temperature_start) * frac
 
-    def lr_scale(self, step: int) -> float:
+    def lr_scale(self, pop: Population, step: int) -> torch.Tensor:
+        """(B,) learning-rate factors: a cosine from each candidate's (re)start to the end, so
+        a mutated copy restarts at the full rate (a warm restart) while the others anneal."""
+        ones = torch.ones_like(pop.cand["steps"])
         if not self.config.cosine:
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * step / self.config.steps))
+            return ones
+        start = step - pop.cand["steps"] + 1  # step at which the candidate's Adam state began
+        span = (self.config.steps - start).clamp_min(1.0)
+        return 0.5 * (1.0 + torch.cos(math.pi * (step - start) / span))
 
     def _neighbors(self, pop: Population) -> NeighborList:
         cutoff = self.predictors.max_cutoff + self.config.skin
@@ -245,7 +250,7 @@ class SmoacsEngine:
     @torch.no_grad()
     def _adam_step(self, pop: Population, grads: dict[str, torch.Tensor | None], step: int) -> None:
         pop.cand["steps"] += 1
-        scale = self.lr_scale(step)
+        cand_scale = self.lr_scale(pop, step)
         index = {"cand": None, "site": pop.site_batch, "group": pop.group_batch}
         for name, level in LEARNABLE.items():
             g = grads.get(name)
@@ -257,6 +262,7 @@ class SmoacsEngine:
                 g = g.masked_fill(pop.cand["angles_fixed"][:, None], 0.0)
             idx = index[level]
             t = pop.cand["steps"] if idx is None else pop.cand["steps"][idx]
+            scale = (cand_scale if idx is None else cand_scale[idx])[:, None]
             m, v = store[f"{name}_m"], store[f"{name}_v"]
             m.mul_(_BETA1).add_(g, alpha=1 - _BETA1)
             v.mul_(_BETA2).addcmul_(g, g, value=1 - _BETA2)
