@@ -36,15 +36,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.constraints import is_charge_neutral  # noqa: E402
-from ml.crystal import Crystal  # noqa: E402
-from ml.evaluation.uniqueness import unique_flags  # noqa: E402
-from ml.evaluation.validity import is_valid  # noqa: E402
-from ml.methods.base import Candidate, MethodContext, Progress  # noqa: E402
-from ml.methods.registry import get_method  # noqa: E402
-from ml.methods.smoacs.templates import perovskite_template  # noqa: E402
-from ml.oracles.registry import get_oracle  # noqa: E402
-from ml.request import DesignRequest  # noqa: E402
+from ml.constraints import is_charge_neutral
+from ml.crystal import Crystal
+from ml.evaluation.uniqueness import unique_flags
+from ml.evaluation.validity import is_valid
+from ml.methods.base import Candidate, MethodContext, Progress
+from ml.methods.registry import get_method
+from ml.methods.smoacs.templates import perovskite_template
+from ml.oracles.registry import get_oracle
+from ml.request import DesignRequest
 
 ROWS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -97,9 +97,7 @@ def score(crystals: list[Crystal], device: str, chgnet: bool) -> dict[str, np.nd
     return out
 
 
-def rates(
-    cands: list[Candidate], scores: dict[str, np.ndarray], target: float
-) -> dict[str, float]:
+def rates(cands: list[Candidate], scores: dict[str, np.ndarray], target: float) -> dict[str, float]:
     crystals = [c.crystal for c in cands]
     gap = scores["gap_megnet"]
     a = np.abs(gap - target) <= GAP_TOL
@@ -223,8 +221,11 @@ def main() -> None:
     # Warm-up: load the models and compile kernels outside the timed runs.
     t0 = time.perf_counter()
     run_method(table1_request(2.0, 4, 2, 0, {}), args.device)
-    score([Crystal.from_params([4.0] * 3, [90.0] * 3, [[0, 0, 0], [0.5, 0.5, 0.5]], [11, 17])],
-          args.device, args.chgnet)
+    score(
+        [Crystal.from_params([4.0] * 3, [90.0] * 3, [[0, 0, 0], [0.5, 0.5, 0.5]], [11, 17])],
+        args.device,
+        args.chgnet,
+    )
     print(f"warm-up {time.perf_counter() - t0:.1f} s", flush=True)
 
     results = {"table1": table1(args)}

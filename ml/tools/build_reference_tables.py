@@ -18,6 +18,12 @@ CPU graph building runs in a process pool (CIF parsing + CHGNet and MEGNet graph
 with batched forward passes on the device; elemental relaxations run on CPU in a second pool
 at the same time.
 
+Provenance of the committed files (2026-11-23, H100): a full run (55,661 rows, 268 s) made
+the CHGNet columns; MEGNet columns then were under cuDNN TF32 (up to 0.1 eV off), so a second
+run with full-float32 MEGNet was kept for rows 0-47,213 (it hit its time limit while writing)
+and rows 47,214-55,660 were rescored on CPU with ``--rescore-megnet-from 47214``. CHGNet
+columns of the two runs agree to 2e-6 eV/atom.
+
     python -m ml.tools.build_reference_tables --device cuda --workers 11 --relax-workers 4
     python -m ml.tools.build_reference_tables --device cpu --limit 20 --out-dir /tmp/refs
 """

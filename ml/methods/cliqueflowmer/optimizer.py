@@ -152,13 +152,3 @@ def optimise_latents(
         if step % settings.log_every == 0 or step == settings.steps:
             log(step)
     return opt.latents, trace
-
-
-def top_k(
-    z: torch.Tensor, g: Callable[[torch.Tensor], torch.Tensor], percent: float
-) -> torch.Tensor:
-    """Indices of the best ``percent`` % latents by g (at least one), best first."""
-    with torch.no_grad():
-        vals = g(z).float()
-    k = max(1, round(z.shape[0] * percent / 100.0))
-    return vals.argsort()[:k]

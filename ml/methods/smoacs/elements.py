@@ -28,8 +28,8 @@ __all__ = [
     "element_index",
     "ionic_radius_table",
     "masses",
-    "oxidation_states",
     "ox_allowed_table",
+    "oxidation_states",
 ]
 
 _EXCLUDED = ("Po", "At", "Rn", "Fr", "Ra")

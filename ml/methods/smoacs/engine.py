@@ -20,7 +20,7 @@ from ml.methods.smoacs.population import (
 )
 from ml.methods.smoacs.predictors import SoftMEGNet
 
-__all__ = ["EngineConfig", "Predictors", "SmoacsEngine", "StepReport", "FinalResult"]
+__all__ = ["EngineConfig", "FinalResult", "Predictors", "SmoacsEngine", "StepReport"]
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 

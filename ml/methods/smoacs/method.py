@@ -20,7 +20,11 @@ from ml.methods.base import (
     RequestError,
 )
 from ml.methods.smoacs.engine import EngineConfig, FinalResult, Predictors, SmoacsEngine, StepReport
-from ml.methods.smoacs.objectives import DIFFERENTIABLE_PROPERTIES, prediction_key, terms_from_request
+from ml.methods.smoacs.objectives import (
+    DIFFERENTIABLE_PROPERTIES,
+    prediction_key,
+    terms_from_request,
+)
 from ml.methods.smoacs.params import SmoacsParams
 from ml.methods.smoacs.population import Population
 from ml.methods.smoacs.predictors import EFORM_MODEL, GAP_MODEL, load_soft_megnet
@@ -118,7 +122,10 @@ class SmoacsMethod(DesignMethod):
         perovskite = resolve_source(request, params) == "perovskite"
         tables = build_tables(request, device)
         terms = terms_from_request(
-            request, params.threshold_margin, params.tolerance_window if perovskite else None
+            request,
+            params.threshold_margin,
+            params.tolerance_window if perovskite else None,
+            params.tolerance_weight,
         )
         gap_key = next(
             (prediction_key(o) for o in request.objectives if o.property == "band_gap"),

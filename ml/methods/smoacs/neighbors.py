@@ -131,7 +131,6 @@ def _chunk_pairs(
     cutoff: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     device = wrapped.device
-    nb = stop - start
     local = torch.arange(n_max, device=device)
     first = offsets[start:stop]
     count = offsets[start + 1 : stop + 1] - first

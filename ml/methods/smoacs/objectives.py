@@ -91,6 +91,7 @@ def terms_from_request(
     request: DesignRequest,
     margin: float,
     tolerance_window: tuple[float, float] | None,
+    tolerance_weight: float = 1.0,
 ) -> list[LossTerm]:
     """Loss terms of the request; ``tolerance_window`` adds the perovskite tolerance term
     unless the request already has a tolerance-factor objective."""
@@ -112,7 +113,7 @@ def terms_from_request(
                 goal="window",
                 value=None,
                 tolerance=None,
-                weight=1.0,
+                weight=tolerance_weight,
                 margin=0.02,
                 window=tolerance_window,
             )

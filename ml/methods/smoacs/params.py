@@ -60,6 +60,8 @@ class SmoacsParams(MethodParams):
     perovskite_coord_bound: float = Field(default=0.15, gt=0, le=0.5)
     per_cell_patterns: bool = True
     tolerance_window: tuple[float, float] = (0.8, 1.0)
+    # Weight of the tolerance-factor window term (its hinge is small next to gap errors).
+    tolerance_weight: float = Field(default=5.0, gt=0, le=1000.0)
     # Boxes and extra terms.
     length_bounds: tuple[float, float] = (2.0, 10.0)
     threshold_margin: float = Field(default=0.1, ge=0, le=10.0)

@@ -24,14 +24,20 @@ import torch
 
 from ml.crystal import Crystal, lattice_from_params_torch
 from ml.methods.smoacs.elements import NUM_ELEMENTS, OX_MAX, OX_MIN, element_index
-from ml.methods.smoacs.templates import NO_MASK, ROLE_NONE, Template
+from ml.methods.smoacs.templates import NO_MASK, Template
 
 __all__ = ["ANGLE_MAX", "ANGLE_MIN", "LEARNABLE", "Population", "SoftTypes", "TypeTables"]
 
 ANGLE_MIN, ANGLE_MAX = 30.0, 150.0
 _NO_MASK_ROW = OX_MAX - OX_MIN + 1
 # Learnable tensors and the level (candidate, site, group) each lives on.
-LEARNABLE = {"length": "cand", "angle": "cand", "frac": "site", "logits": "site", "pattern": "group"}
+LEARNABLE = {
+    "length": "cand",
+    "angle": "cand",
+    "frac": "site",
+    "logits": "site",
+    "pattern": "group",
+}
 
 
 @dataclass
@@ -231,9 +237,7 @@ class Population:
         w = self.group["pattern"].masked_fill(~self.group["pattern_valid"], -math.inf)
         return w.argmax(-1)[self.site["site_group"]]
 
-    def hard_types(
-        self, tables: TypeTables, repair: bool = True
-    ) -> tuple[torch.Tensor, SoftTypes]:
+    def hard_types(self, tables: TypeTables, repair: bool = True) -> tuple[torch.Tensor, SoftTypes]:
         """Argmax elements (S,) (vocabulary indices) and their one-hot :class:`SoftTypes`.
 
         Elements come from the chosen pattern's mask only. With ``repair``, where one element
@@ -311,8 +315,9 @@ class Population:
         z = np.array([_Z[ELEMENTS[int(k)]] for k in elements.tolist()], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(self.cand["num_sites"].cpu().numpy())])
         return [
-            Crystal(lat[i], frac[offsets[i] : offsets[i + 1]], z[offsets[i] : offsets[i + 1]])
-            .wrapped()
+            Crystal(
+                lat[i], frac[offsets[i] : offsets[i + 1]], z[offsets[i] : offsets[i + 1]]
+            ).wrapped()
             for i in range(self.num_candidates)
         ]
 

@@ -19,7 +19,7 @@ from torch import nn
 from ml.methods.smoacs.elements import ELEMENTS
 from ml.methods.smoacs.neighbors import NeighborList
 
-__all__ = ["GAP_MODEL", "EFORM_MODEL", "SoftMEGNet", "load_soft_megnet"]
+__all__ = ["EFORM_MODEL", "GAP_MODEL", "SoftMEGNet", "load_soft_megnet"]
 
 GAP_MODEL = "MEGNet-MP-2019.4.1-BandGap-mfi"
 EFORM_MODEL = "MEGNet-MP-2018.6.1-Eform"

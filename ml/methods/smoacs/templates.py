@@ -37,11 +37,7 @@ NO_MASK = 99
 ROLE_NONE, ROLE_A, ROLE_B, ROLE_X = -1, 0, 1, 2
 # (A, B, X) oxidation numbers of neutral ABX3 cells with A in +1..+3, B in +2..+5, X in -1/-2.
 PEROVSKITE_PATTERNS: tuple[tuple[int, int, int], ...] = tuple(
-    (a, b, x)
-    for x in (-1, -2)
-    for a in (1, 2, 3)
-    for b in (2, 3, 4, 5)
-    if a + b + 3 * x == 0
+    (a, b, x) for x in (-1, -2) for a in (1, 2, 3) for b in (2, 3, 4, 5) if a + b + 3 * x == 0
 )
 
 
