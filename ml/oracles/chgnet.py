@@ -55,7 +55,8 @@ class ChgnetGraphBuilder:
         from chgnet.graph import CrystalGraphConverter
 
         structure = as_structure(item)
-        if len(structure) == 0:
+        # CHGNet's composition model covers Z <= 94; heavier atoms crash its forward pass.
+        if len(structure) == 0 or max(site.specie.Z for site in structure) > 94:
             return None
         # Our own converter set to "error": the model's shared one may have been switched
         # to "warn" by a relaxation calculator.
