@@ -74,12 +74,21 @@ class CeleryQueue:
         return True, "broker reachable"
 
     def workers_ok(self) -> tuple[bool, str]:
+        """At least one worker answers and consumes this server's queue (workers of other
+        queues on the same broker do not count)."""
+        timeout = self.settings.readyz_worker_timeout_s
         try:
-            replies = self.app.control.ping(timeout=self.settings.readyz_worker_timeout_s)
+            replies = self.app.control.inspect(timeout=timeout).active_queues() or {}
         except Exception as exc:
-            return False, f"worker ping failed: {exc}"
-        names = sorted(name for r in replies for name in r)
-        return bool(names), f"{len(names)} worker(s): {', '.join(names)}" if names else "no worker"
+            return False, f"worker inspection failed: {exc}"
+        mine = sorted(
+            name
+            for name, queues in replies.items()
+            if any(q.get("name") == self.settings.queue_name for q in queues or [])
+        )
+        if not mine:
+            return False, f"no worker consumes queue {self.settings.queue_name!r}"
+        return True, f"{len(mine)} worker(s) on {self.settings.queue_name!r}: {', '.join(mine)}"
 
     def start(self) -> None:
         pass

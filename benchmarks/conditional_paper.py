@@ -242,6 +242,10 @@ def main() -> None:
     p.add_argument("--steer-compositions", type=int, default=10)
     p.add_argument("--steer-samples", type=int, default=16)
     p.add_argument("--steer-guidance", type=float, nargs="+", default=[0.0, 2.0])
+    p.add_argument(
+        "--coord-anneal", type=float, nargs="+", default=[0.0], help="coordinate speed-up s"
+    )
+    p.add_argument("--steer-anneal", type=float, default=0.0)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=1)
@@ -264,14 +268,15 @@ def main() -> None:
     loaded = np.load(args.from_saved) if args.from_saved else None
     results: dict[str, Any] = {"n": len(idx), "seed": args.seed, "steps": args.steps}
     timings: dict[str, Any] = {}
-    runs: list[tuple[str, Path | None, float, str]] = []
+    runs: list[tuple[str, Path | None, float, float, str]] = []
     for prior, path in (("uniform", args.uniform), ("normal", args.normal)):
         if path is None and loaded is None:
             continue
-        for w in args.guidance if prior == "uniform" else [0.0]:
-            runs.append((prior, path, w, "paper"))
+        for a in args.coord_anneal:
+            for w in args.guidance if prior == "uniform" else [0.0]:
+                runs.append((prior, path, w, a, "paper"))
         if prior == "uniform":
-            runs += [(prior, path, w, "steer") for w in args.steer_guidance]
+            runs += [(prior, path, w, args.steer_anneal, "steer") for w in args.steer_guidance]
 
     models: dict[str, Any] = {}
 
@@ -286,8 +291,8 @@ def main() -> None:
             np.savez_compressed(args.save, **saved)
         return energies
 
-    for prior, path, w, kind in runs:
-        key = f"{kind}/{prior}/w{w:g}"
+    for prior, path, w, a, kind in runs:
+        key = f"{kind}/{prior}/w{w:g}" + (f"/a{a:g}" if a else "")
         if key + "/num_atoms" not in (loaded.files if loaded is not None else []):
             if loaded is not None:
                 continue
@@ -295,7 +300,7 @@ def main() -> None:
                 models[prior], info = load_release(path, args.device)  # type: ignore[arg-type]
                 results[f"model_{prior}"] = {k: v for k, v in info.items() if k != "history"}
             conds = paper_conditions(test, idx) if kind == "paper" else steer_conds
-            cfg = SampleConfig(steps=args.steps, guidance=w)
+            cfg = SampleConfig(steps=args.steps, guidance=w, coord_anneal=a)
             gen, wall = timed_generate(models[prior], conds, cfg, args.seed, args.batch)
             timings[key] = round(wall, 2)
             print(f"{key}: generated {len(gen)} in {wall:.2f} s on {args.device}", flush=True)

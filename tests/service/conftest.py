@@ -51,7 +51,7 @@ SMALL_JOB: dict[str, Any] = {
         {"property": "formation_energy", "goal": "below", "value": -0.5},
     ],
     "constraints": {
-        "elements": {"allowed": ["Ba", "Sr", "Ca", "Ti", "Zr", "O"]},
+        "elements": {"allowed": ["Ba", "Sr", "Ca", "Ti", "Zr", "O", "S"]},
         "max_atoms": 10,
     },
     "num_candidates": 4,

@@ -57,7 +57,7 @@ def test_job_succeeds_with_scored_parseable_structures(
     assert job["status"] == "succeeded", job["error"]
     assert job["started_at"] and job["finished_at"] and job["attempts"] == 1
     summary = job["summary"]
-    assert summary["n_candidates"] == SMALL_JOB["num_candidates"]
+    assert summary["n_candidates"] == SMALL_JOB["num_candidates"], summary
     assert summary["versions"]["method"]["name"] == "substitution"
     assert summary["versions"]["oracles"]["formation_energy"]["oracle"] == "chgnet-eform"
     assert summary["seed"] == 0 and summary["timings"]["total_s"] > 0

@@ -31,11 +31,19 @@ def _all_structures(client: TestClient, job_id: str) -> list[dict[str, Any]]:
     return client.get(f"/v1/jobs/{job_id}/structures?limit=500").json()["items"]
 
 
+def test_not_ready_without_a_worker(pg_client: TestClient) -> None:
+    r = pg_client.get("/readyz")
+    assert r.status_code == 503
+    checks = r.json()["checks"]
+    assert checks["database"]["ok"] and checks["broker"]["ok"] and not checks["workers"]["ok"]
+
+
 def test_flow_on_postgres_redis_and_celery_worker(
     pg_client: TestClient, worker: WorkerProcess
 ) -> None:
     ready = pg_client.get("/readyz").json()
     assert ready["status"] == "ready", ready
+    assert "w1@" in ready["checks"]["workers"]["detail"]
     assert ready["checks"]["database"]["detail"] == "postgresql"
     r = pg_client.post("/v1/jobs", json=SMALL_JOB)
     assert r.status_code == 202

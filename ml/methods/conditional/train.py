@@ -24,6 +24,7 @@ import torch
 
 from ml.methods.conditional.checkpoint import (
     WEIGHTS_DIR,
+    load_release,
     load_training_state,
     save_release,
     save_training_state,
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="release checkpoint (default ml/weights/...)")
     p.add_argument("--state", type=Path, help="resumable training state (default in cache)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing training state")
+    p.add_argument("--init", type=Path, help="start from a release checkpoint's weights")
     p.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget")
     p.add_argument("--steps", type=int, default=1_000_000, help="step budget")
     p.add_argument("--batch-size", type=int, default=256)
@@ -102,6 +104,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     noise_gen = torch.Generator(device=device).manual_seed(args.seed + 1)
 
     step, elapsed, history = 0, 0.0, []
+    prior_steps, prior_wall = 0, 0.0
+    if args.init is not None:
+        init_model, init_info = load_release(args.init, device)
+        if init_model.config.to_dict() != config.to_dict():
+            raise SystemExit(f"{args.init} has another config than this run")
+        model.load_state_dict(init_model.state_dict())
+        ema.load_state_dict(init_model.state_dict())
+        prior_steps = int(init_info.get("total_steps", init_info.get("steps", 0)))
+        prior_wall = float(init_info.get("total_wall_s", init_info.get("wall_s", 0.0)))
+        print(f"initialised from {args.init} ({prior_steps} earlier steps)", flush=True)
     if state_path.exists() and not args.fresh:
         st = load_training_state(state_path)
         if st["config"] != config.to_dict():
@@ -184,6 +196,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": round(step * args.batch_size / len(data), 1),
         "batch_size": args.batch_size,
         "wall_s": round(wall, 1),
+        "init_from": str(args.init) if args.init else None,
+        "total_steps": prior_steps + step,
+        "total_wall_s": round(prior_wall + wall, 1),
         "device": torch.cuda.get_device_name() if use_amp else str(device),
         "final_loss": history[-1][2:] if history else None,
         "history": history,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ml.crystal import Crystal, lattice_from_params_torch
+from ml.crystal import Crystal, lattice_from_params, lattice_from_params_torch
 from ml.methods.smoacs.elements import NUM_ELEMENTS, OX_MAX, OX_MIN, element_index
 from ml.methods.smoacs.templates import NO_MASK, Template
 
@@ -88,21 +88,28 @@ class Population:
         random_geometry: bool = False,
         logit_noise: float = 0.0,
     ) -> Population:
-        """Initial variables: template geometry (or random: lengths U(2, 10) Å within the
-        bounds, angles U(60, 120) deg, coordinates U(0, 1)); equal element and pattern logits
-        (uniform distributions) plus ``logit_noise`` * U(0, 1)."""
+        """Initial variables: template geometry, or random geometry (the ablation): angles
+        U(60, 120) deg, length ratios U(0.6, 1.4) scaled to U(10, 25) Å^3 per atom (a plausible
+        density, so random cells are not absurdly dense), clipped to the bounds, coordinates
+        U(0, 1); equal element and pattern logits (uniform distributions) plus
+        ``logit_noise`` * U(0, 1)."""
         b = len(templates)
         p_max = max(t.num_patterns for t in templates)
         lengths = np.stack([t.crystal.lengths for t in templates])
         angles = np.stack([t.crystal.angles for t in templates])
         frac_t = [t.crystal.frac_coords for t in templates]
         if random_geometry:
-            u = torch.rand((b, 6), generator=generator, dtype=torch.float64).numpy()
+            u = torch.rand((b, 7), generator=generator, dtype=torch.float64).numpy()
             lo = np.array([t.length_bounds[0] for t in templates])[:, None]
             hi = np.array([t.length_bounds[1] for t in templates])[:, None]
-            lengths = np.clip(2.0 + 8.0 * u[:, :3], lo, hi)
             fixed = np.array([t.angles_fixed for t in templates])[:, None]
-            angles = np.where(fixed, angles, 60.0 + 60.0 * u[:, 3:])
+            angles = np.where(fixed, angles, 60.0 + 60.0 * u[:, 3:6])
+            ratios = 0.6 + 0.8 * u[:, :3]
+            shapes = [lattice_from_params(r, a) for r, a in zip(ratios, angles, strict=True)]
+            shape_volume = np.abs(np.linalg.det(np.stack(shapes)))
+            n_sites = np.array([t.num_sites for t in templates], dtype=float)
+            volume = n_sites * (10.0 + 15.0 * u[:, 6])
+            lengths = np.clip(ratios * np.cbrt(volume / shape_volume)[:, None], lo, hi)
             frac_t = [
                 torch.rand((t.num_sites, 3), generator=generator, dtype=torch.float64).numpy()
                 for t in templates

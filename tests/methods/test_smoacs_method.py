@@ -1,0 +1,186 @@
+"""The ``smoacs`` method end to end on tiny CPU runs (few candidates, few steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from pymatgen.core import Lattice, Structure
+
+from ml.constraints import is_charge_neutral
+from ml.crystal import Crystal
+from ml.methods.base import Cancelled, Candidate, MethodContext, Progress, RequestError
+from ml.methods.registry import get_method
+from ml.methods.smoacs.engine import SmoacsEngine
+from ml.methods.smoacs.method import _engine_config, _load_predictors
+from ml.methods.smoacs.objectives import terms_from_request
+from ml.methods.smoacs.params import SmoacsParams
+from ml.methods.smoacs.population import Population
+from ml.methods.smoacs.sources import build_tables, build_templates
+from ml.request import DesignRequest
+
+pytestmark = pytest.mark.slow
+
+ALLOWED = ["Li", "Na", "K", "Mg", "Ca", "Al", "Ga", "Si", "Zn", "O", "S", "F", "Cl"]
+TINY = {"steps": 8, "template_pool": 60, "progress_every": 4}
+
+
+def _request(**kw: object) -> DesignRequest:
+    base: dict[str, object] = {
+        "method": "smoacs",
+        "objectives": [
+            {"property": "band_gap", "goal": "target", "value": 2.0, "tolerance": 0.5},
+            {"property": "formation_energy", "goal": "below", "value": -0.5},
+        ],
+        "constraints": {"elements": {"allowed": ALLOWED}},
+        "num_candidates": 4,
+        "seed": 3,
+        "params": TINY,
+    }
+    base.update(kw)
+    return DesignRequest.model_validate(base)
+
+
+def _run(request: DesignRequest, ctx: MethodContext | None = None) -> tuple[list, list]:
+    method = get_method("smoacs")
+    params = method.validate(request)
+    progress: list[Progress] = []
+    cands: list[Candidate] = []
+    for event in method.run(request, params, ctx or MethodContext()):
+        if isinstance(event, Progress):
+            progress.append(event)
+        else:
+            cands.extend(event)
+    return progress, cands
+
+
+def test_candidates_are_neutral_and_use_only_allowed_elements() -> None:
+    progress, cands = _run(_request())
+    assert len(cands) == 4
+    assert any(p.phase == "optimize" for p in progress)
+    assert progress[-1].step == progress[-1].total == 8
+    for c in cands:
+        assert set(c.crystal.species) <= set(ALLOWED)
+        assert is_charge_neutral(c.crystal), c.crystal.formula
+        ox = c.meta["site_oxidation"]
+        assert len(ox) == c.crystal.num_atoms and sum(ox) == 0
+        assert {"band_gap", "formation_energy", "density"} <= set(c.predicted)
+        expected = abs(c.predicted["band_gap"] - 2.0) + max(
+            0.0, c.predicted["formation_energy"] + 0.6
+        )
+        assert c.method_score == pytest.approx(expected, abs=1e-4)
+
+
+def test_same_seed_same_candidates() -> None:
+    _, a = _run(_request(num_candidates=3))
+    _, b = _run(_request(num_candidates=3))
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.crystal.numbers, y.crystal.numbers)
+        assert np.allclose(x.crystal.lattice, y.crystal.lattice)
+        assert np.allclose(x.crystal.frac_coords, y.crystal.frac_coords)
+    _, c = _run(_request(num_candidates=3, seed=4))
+    assert any(
+        not np.array_equal(x.crystal.numbers, z.crystal.numbers) for x, z in zip(a, c, strict=True)
+    )
+
+
+def test_one_objective_run_lowers_the_loss() -> None:
+    request = DesignRequest(
+        method="smoacs",
+        objectives=[{"property": "formation_energy", "goal": "minimize"}],
+        num_candidates=3,
+        params={"steps": 25, "template_pool": 60, "keep_best": False, "mutation_at": []},
+    )
+    params = SmoacsParams.model_validate(request.params)
+    tables = build_tables(request, "cpu")
+    engine = SmoacsEngine(
+        terms_from_request(request, params.threshold_margin, None),
+        _load_predictors({"formation_energy"}, "cpu"),
+        tables,
+        _engine_config(params),
+    )
+    templates = build_templates(request, params, tables, 3, np.random.default_rng(0))
+
+    def population() -> Population:
+        return Population.from_templates(templates, torch.Generator().manual_seed(0), "cpu")
+
+    before = engine.finalize(population()).loss
+    pop = population()
+    for event in engine.optimize(pop, torch.Generator().manual_seed(0)):
+        if isinstance(event, Population):
+            pop = event
+    after = engine.finalize(pop).loss
+    assert torch.isfinite(before).all() and torch.isfinite(after).all()
+    assert float(after.mean()) < float(before.mean()) - 0.1
+
+
+def test_perovskite_mode_keeps_geometry_and_neutrality() -> None:
+    request = _request(
+        constraints={"crystal_family": "perovskite", "max_atoms": 40},
+        num_candidates=2,
+        params={**TINY, "supercell": 2},
+    )
+    _, cands = _run(request)
+    for c in cands:
+        assert c.crystal.num_atoms == 40
+        assert np.allclose(c.crystal.angles, 90.0, atol=1e-6)
+        assert is_charge_neutral(c.crystal)
+        assert 0.3 < c.predicted["tolerance_factor"] < 2.0
+        ox = np.array(c.meta["site_oxidation"]).reshape(8, 5)
+        assert np.all(ox.sum(axis=1) == 0)  # every unit cell neutral
+        assert np.all(ox[:, 0] > 0) and np.all(ox[:, 2:] < 0)
+
+
+def test_user_template_cif() -> None:
+    nacl = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0] * 3, [0.5] * 3]
+    )
+    cif = Crystal.from_structure(nacl).to_cif()
+    request = _request(
+        constraints={"elements": {"allowed": ALLOWED}, "templates": [cif]}, num_candidates=2
+    )
+    _, cands = _run(request)
+    for c in cands:
+        assert c.crystal.num_atoms == 8
+        assert c.meta["source"] == "user-0"
+        assert is_charge_neutral(c.crystal)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"objectives": [{"property": "energy_above_hull", "goal": "minimize"}]}, "objectives.0"),
+        ({"objectives": []}, "objectives"),
+        ({"constraints": {"composition": "NaCl"}}, "constraints.composition"),
+        ({"constraints": {"space_groups": [225]}}, "constraints.space_groups"),
+        ({"constraints": {"elements": {"required": ["O"]}}}, "constraints.elements.required"),
+        ({"constraints": {"elements": {"allowed": ["He", "Ne"]}}}, "constraints.elements"),
+        ({"constraints": {"crystal_family": "perovskite"}, "params": {"supercell": 3}}, "params"),
+        ({"params": {"template_source": "user"}}, "constraints.templates"),
+        (
+            {"objectives": [{"property": "tolerance_factor", "goal": "target", "value": 0.9}]},
+            "objectives.0",
+        ),
+    ],
+)
+def test_bad_requests_name_the_field(changes: dict, field: str) -> None:
+    with pytest.raises(RequestError) as err:
+        get_method("smoacs").validate(_request(**changes))
+    assert err.value.field.startswith(field)
+
+
+def test_unknown_param_is_rejected() -> None:
+    with pytest.raises(ValidationError):
+        get_method("smoacs").validate(_request(params={"stepz": 5}))
+
+
+def test_cancellation_between_steps() -> None:
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(Cancelled):
+        _run(_request(), MethodContext(should_cancel=cancel))
