@@ -246,7 +246,10 @@ def main() -> int:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
-        redis.Redis.from_url(args.redis).delete(queue)
+        r = redis.Redis.from_url(args.redis)
+        leftovers = r.keys(f"*{queue}*")  # the queue and kombu's bindings for it
+        if leftovers:
+            r.delete(*leftovers)
         with psycopg.connect(args.postgres, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -9,6 +9,7 @@ sessions sharing the servers do not see each other's jobs. With
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,14 +98,31 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def integration_settings(postgres_url: str, redis_url: str) -> Settings:
-    return Settings(
+def integration_settings(postgres_url: str, redis_url: str) -> Iterator[Settings]:
+    import redis
+
+    queue = f"gpu-test-{SESSION}"
+    yield Settings(
         database_url=postgres_url,
         broker_url=redis_url,
-        queue_name=f"gpu-test-{SESSION}",
+        queue_name=queue,
         readyz_worker_timeout_s=2.0,
         **FAST,
     )
+    # The session's queue, kombu's bindings for it, and the unacknowledged message the
+    # SIGKILLed worker left behind (kombu would restore it to the queue in two hours).
+    client = redis.Redis.from_url(redis_url)
+    keys = client.keys(f"*{queue}*")
+    if keys:
+        client.delete(*keys)
+    for tag, raw in client.hgetall("unacked").items():
+        try:
+            routing_key = json.loads(raw)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        if routing_key == queue:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
