@@ -237,6 +237,7 @@ def main() -> None:
     p.add_argument("--normal", type=Path, help="normal-prior checkpoint")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="score only the first LIMIT of the n sampled")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--steer-compositions", type=int, default=10)
@@ -258,6 +259,7 @@ def main() -> None:
     test = load_split("test")
     rng = np.random.default_rng(args.seed)
     idx = np.sort(rng.choice(len(test), size=min(args.n, len(test)), replace=False))
+    idx = idx[: args.limit]
     refs = [test.crystal(int(i)) for i in idx]
     targets = test.formation_energy[idx]
     # Steering compositions: the first sampled test structures of at most 12 atoms.

@@ -19,9 +19,9 @@ __all__ = [
     "Crystal",
     "CrystalBatch",
     "lattice_from_params",
+    "lattice_from_params_torch",
     "lattice_params",
     "lattice_params_torch",
-    "lattice_from_params_torch",
 ]
 
 
@@ -103,7 +103,7 @@ class Crystal:
     # --- derived quantities -------------------------------------------------------------
     @property
     def num_atoms(self) -> int:
-        return int(len(self.numbers))
+        return len(self.numbers)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -295,4 +295,3 @@ def niggli_lengths_angles(crystal: Crystal) -> tuple[np.ndarray, np.ndarray]:
 
 def cell_volume_per_atom(crystal: Crystal) -> float:
     return crystal.volume / max(crystal.num_atoms, 1)
-

@@ -206,7 +206,8 @@ class Constraints(BaseModel):
                     raise ValueError(f"composition element {el.symbol} is not allowed")
             if comp.num_atoms > self.max_atoms:
                 raise ValueError(
-                    f"composition has {comp.num_atoms:g} atoms, more than max_atoms {self.max_atoms}"
+                    f"composition has {comp.num_atoms:g} atoms, "
+                    f"more than max_atoms {self.max_atoms}"
                 )
         return self
 

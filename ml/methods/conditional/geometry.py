@@ -18,7 +18,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pymatgen.core import Lattice, Structure
 
 from ml.crystal import Crystal, lattice_from_params_torch
 
@@ -134,8 +133,3 @@ def to_crystals(
     nums = numbers.cpu().numpy()
     keep = mask.cpu().numpy()
     return [Crystal(matrices[i], frac[i][keep[i]], nums[i][keep[i]]) for i in range(len(matrices))]
-
-
-def structure_lengths_angles(structure: Structure) -> tuple[np.ndarray, np.ndarray]:
-    lat: Lattice = structure.lattice
-    return np.array(lat.abc), np.array(lat.angles)
