@@ -10,10 +10,11 @@ The data types and signatures are fixed (the service codes against them). Steps 
    flag False, no scores, ``meta["invalid_reason"]``.
 2. constraints of the request (:func:`ml.constraints.constraint_violations`: elements,
    max_atoms, composition, charge neutrality when requested, space groups by spglib at
-   symprec 0.1 on the proposed crystal, perovskite family). Violators are kept unscored with
-   ``meta["violations"]``; ``flags["constraints"]`` says whether all were met.
+   symprec 0.1, perovskite family), judged on the final (relaxed, else proposed) crystal.
+   Violators are scored like the rest but are never hits; ``meta["violations"]`` names the
+   broken fields and ``flags["constraints"]`` says whether all were met.
 3. CHGNet relaxation when ``request.relax`` (FIRE, fmax 0.1 eV/A, 300 steps), batched over the
-   candidates that passed 1-2. A failed relaxation (NaN energy, or a relaxed cell that is no
+   valid candidates. A failed relaxation (NaN energy, or a relaxed cell that is no
    longer valid) leaves ``relaxed`` None and ``meta["relax_error"]``; the proposed crystal is
    scored instead. ``space_group`` is that of the relaxed crystal when there is one.
 4. oracle scores on the relaxed crystal (else the proposed one), each oracle called once on the
@@ -255,11 +256,6 @@ def evaluate_candidates(
         flags["valid"] = True
         sc.space_group = space_group_number(crystal)
         flags["charge_neutral"] = neutrality_ok(crystal, requested=constraints.charge_neutral)
-        violations = constraint_violations(crystal, constraints, space_group=sc.space_group)
-        if violations:
-            sc.meta["violations"] = violations
-            continue
-        flags["constraints"] = True
         eligible.append(len(out) - 1)
 
     if not eligible:
@@ -276,6 +272,16 @@ def evaluate_candidates(
                 energies[i] = energy
                 out[i].space_group = space_group_number(crystal)
     final = [out[i].relaxed or out[i].crystal for i in eligible]
+
+    # Constraints are judged on the final crystal (a relaxation may reach the requested
+    # space group). Violators are still scored, since the user sees their properties, but
+    # are never hits.
+    meets: dict[int, bool] = {}
+    for k, i in enumerate(eligible):
+        violations = constraint_violations(final[k], constraints, space_group=out[i].space_group)
+        if violations:
+            out[i].meta["violations"] = violations
+        out[i].flags["constraints"] = meets[i] = not violations
 
     # CHGNet energy per atom of each final crystal: from the relaxation, else one batched
     # chgnet-energy call. It feeds E_hull and (through the elemental references) CHGNet-Eform,
@@ -330,18 +336,19 @@ def evaluate_candidates(
         sc.flags["unique"] = unique[k]
         sc.flags["novel"] = refs.is_novel(prepared[k])
         sc.flags["stable"], sc.flags["metastable"] = stability_flags(sc.energy_above_hull)
-        sc.flags["hit"] = request.hit(values[i])
+        sc.flags["hit"] = meets[i] and request.hit(values[i])
         sc.objective_loss = request.objective_loss(values[i])
     return out
 
 
-def _sort_key(sc: ScoredCandidate) -> tuple[bool, bool, float, bool, float]:
+def _sort_key(sc: ScoredCandidate) -> tuple[bool, bool, bool, float, bool, float]:
     loss = sc.objective_loss if sc.objective_loss == sc.objective_loss else math.inf
     ms = sc.method_score
     has_ms = ms is not None and ms == ms
     return (
         not sc.flags.get("valid", False),
         not sc.flags.get("hit", False),
+        not sc.flags.get("constraints", False),
         loss,
         not has_ms,
         float(ms) if has_ms else 0.0,  # type: ignore[arg-type]
@@ -349,9 +356,10 @@ def _sort_key(sc: ScoredCandidate) -> tuple[bool, bool, float, bool, float]:
 
 
 def rank_candidates(scored: Sequence[ScoredCandidate]) -> list[ScoredCandidate]:
-    """Order by (valid, hit, objective loss, method score) and set ``rank`` from 1.
+    """Order by (valid, hit, constraints met, objective loss, method score); set ``rank``.
 
-    Valid before invalid, hits before misses, lower objective loss first, then lower method
+    Valid before invalid, hits before misses, constraint-abiding before violators, lower
+    objective loss first, then lower method
     score first (a method's score is a loss; None last); ties keep the input order.
     """
     ranked = sorted(scored, key=_sort_key)

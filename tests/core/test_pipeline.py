@@ -85,8 +85,10 @@ def test_pipeline_flags_scores_and_ranks() -> None:
 
     assert not any(invalid.flags.values()) and invalid.scores == {}
     assert "apart" in invalid.meta["invalid_reason"]
-    assert pbo.flags["valid"] and not pbo.flags["constraints"] and pbo.scores == {}
+    # A constraint violator is scored (the user sees its properties) but is never a hit.
+    assert pbo.flags["valid"] and not pbo.flags["constraints"] and not pbo.flags["hit"]
     assert pbo.meta["violations"] == ["elements"]
+    assert pbo.scores["formation_energy"].value is not None
 
     for sc in (first, dup, kbr):
         assert sc.flags["valid"] and sc.flags["constraints"] and sc.flags["charge_neutral"]
@@ -125,7 +127,7 @@ def test_pipeline_flags_scores_and_ranks() -> None:
     assert summary["n_candidates"] == 5
     assert summary["n_valid"] == 4
     assert summary["n_constraints_ok"] == 3
-    assert summary["n_unique"] == 2
+    assert summary["n_unique"] == 3  # NaCl, KBr and the (scored) PbO violator
     assert summary["hit_rate"] == pytest.approx(len(hits) / 5)
     assert summary["best"]["formation_energy"]["value"] <= fe.value
 
