@@ -61,6 +61,16 @@ def run_all(req: DesignRequest, ctx: MethodContext | None = None) -> list[Candid
     return [c for e in events if isinstance(e, list) for c in e]
 
 
+def test_missing_checkpoint_for_prior_is_a_request_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(prior: str = "uniform") -> Path:
+        raise FileNotFoundError(f"conditional-{prior}.pt")
+
+    monkeypatch.setattr(method_mod, "find_weights", missing)
+    with pytest.raises(RequestError) as err:
+        ConditionalMethod().validate(request(params={"prior": "normal"}))
+    assert err.value.field == "params.prior"
+
+
 def test_registered_under_its_name() -> None:
     assert isinstance(get_method("conditional"), ConditionalMethod)
 

@@ -114,6 +114,10 @@ class ConditionalMethod(DesignMethod):
 
     def validate(self, request: DesignRequest) -> ConditionalParams:
         params = ConditionalParams.model_validate(request.params)
+        try:
+            find_weights(params.prior)
+        except FileNotFoundError as exc:
+            raise RequestError("params.prior", f"no checkpoint for this prior: {exc}") from exc
         cons = request.constraints
         if cons.composition is not None:
             numbers = _given_composition(cons.composition)
