@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -41,12 +42,18 @@ class DensityOracle(_ExactOracle):
         return float(structure.density)
 
 
-def _radius(species: Species, coordination: str) -> float | None:
-    try:
-        return float(species.get_shannon_radius(coordination))
-    except (KeyError, ValueError, TypeError):
-        pass
-    radius = species.ionic_radius
+def ionic_radius(species: Species, coordination: str) -> float | None:
+    """Shannon radius at a coordination (e.g. "VI"), else pymatgen's ionic radius.
+
+    Shared with SMOACS's differentiable tolerance factor so both use the same radii.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return float(species.get_shannon_radius(coordination))
+        except (KeyError, ValueError, TypeError):
+            pass
+        radius = species.ionic_radius
     return None if radius is None else float(radius)
 
 
@@ -73,9 +80,9 @@ def tolerance_factor(composition: Composition | str) -> float:
             continue
         a_el, b_el = sorted(cations, key=lambda c: float(sizes[c]), reverse=True)
         r_a, r_b, r_x = (
-            _radius(ions[a_el], "XII"),
-            _radius(ions[b_el], "VI"),
-            _radius(ions[anion], "VI"),
+            ionic_radius(ions[a_el], "XII"),
+            ionic_radius(ions[b_el], "VI"),
+            ionic_radius(ions[anion], "VI"),
         )
         if r_a is None or r_b is None or r_x is None:
             continue

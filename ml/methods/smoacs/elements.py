@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from pymatgen.core import Element, Species
 
+from ml.oracles.exact import ionic_radius
+
 __all__ = [
     "ELEMENTS",
     "NUM_ELEMENTS",
@@ -103,16 +105,7 @@ def masses(device: str | torch.device = "cpu") -> torch.Tensor:
 
 
 def _radius(symbol: str, ox: int, coordination: str) -> float | None:
-    """Shannon radius at a coordination, else pymatgen's ionic radius (as the oracle does)."""
-    sp = Species(symbol, ox)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return float(sp.get_shannon_radius(coordination))
-        except (KeyError, ValueError, TypeError):
-            pass
-        radius = sp.ionic_radius
-    return None if radius is None else float(radius)
+    return ionic_radius(Species(symbol, ox), coordination)
 
 
 @cache
