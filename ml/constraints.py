@@ -163,6 +163,34 @@ def space_group_number(crystal: Crystal, symprec: float = 0.1) -> int | None:
     return int(number)
 
 
+SNAP_TOLERANCES = (0.1, 0.2, 0.3, 0.5)
+
+
+def snap_to_space_group(
+    crystal: Crystal, wanted: int, tolerances: tuple[float, ...] = SNAP_TOLERANCES
+) -> Crystal | None:
+    """The ideal primitive cell of ``wanted`` when ``crystal`` has that symmetry within some
+    tolerance (Å), else None.
+
+    Generative models place atoms only near symmetric sites; a user who asked for a space
+    group wants the idealised structure (as spglib would report it at symprec 0.1).
+    """
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    structure = crystal.to_structure()
+    for tol in tolerances:
+        if space_group_number(crystal, symprec=tol) != wanted:
+            continue
+        try:
+            ideal = SpacegroupAnalyzer(structure, symprec=tol).get_primitive_standard_structure()
+        except Exception:  # spglib can fail on a degenerate cell at a loose tolerance
+            continue
+        snapped = Crystal.from_structure(ideal)
+        if space_group_number(snapped) == wanted:
+            return snapped
+    return None
+
+
 def is_perovskite(item: Crystal | Composition | str) -> bool:
     """ABX3 stoichiometry: a multiple of 5 atoms, of which some set of anion-capable elements
     (PEROVSKITE_ANIONS) makes exactly 3/5 and the other elements 2/5 (so Te or S may sit on a

@@ -10,6 +10,7 @@ from ml.constraints import (
     is_charge_neutral,
     is_perovskite,
     neutrality_ok,
+    snap_to_space_group,
     space_group_number,
 )
 from ml.crystal import Crystal
@@ -89,3 +90,20 @@ def test_constraint_violations_name_the_field() -> None:
     na2 = Crystal(np.eye(3) * 4.2, [[0, 0, 0], [0.5, 0.5, 0.5]], [11, 11])
     assert constraint_violations(na2, Constraints(charge_neutral=True)) == ["charge_neutral"]
     assert constraint_violations(na2, Constraints(charge_neutral=False)) == []
+
+
+def test_snap_to_space_group_idealises_a_nearly_cubic_perovskite() -> None:
+    rng = np.random.default_rng(1)
+    frac = np.array([[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    # Atoms up to ~0.14 A off their sites: P1 at spglib's default 0.1 A, Pm-3m only at 0.5 A.
+    noisy = Crystal(
+        np.eye(3) * 3.9, frac + rng.uniform(-0.035, 0.035, frac.shape), [38, 22, 8, 8, 8]
+    )
+    assert space_group_number(noisy) != 221
+
+    snapped = snap_to_space_group(noisy, 221)
+    assert snapped is not None
+    assert space_group_number(snapped, symprec=1e-3) == 221
+    assert snapped.formula == "SrTiO3" and snapped.num_atoms == 5
+    # A group the structure is nowhere near is not forced on it.
+    assert snap_to_space_group(noisy, 194) is None

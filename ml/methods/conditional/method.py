@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from pymatgen.core import Composition, Element
 
-from ml.constraints import is_perovskite
+from ml.constraints import is_perovskite, snap_to_space_group
 from ml.methods.base import (
     Candidate,
     DesignMethod,
@@ -63,6 +63,11 @@ class ConditionalParams(MethodParams):
         "(default: enough for num_candidates)",
     )
     batch_size: int = Field(default=256, ge=1, le=4096)
+    symmetrize: bool = Field(
+        default=True,
+        description="snap a structure that has the conditioned space group within 0.5 A onto "
+        "that group's ideal cell (spglib), so it meets a space-group constraint",
+    )
 
 
 @cache
@@ -211,12 +216,15 @@ class ConditionalMethod(DesignMethod):
             for crystal, (cond, source) in zip(
                 crystals, planned[done : done + len(crystals)], strict=True
             ):
+                snapped = None
+                if params.symmetrize and cond.space_group is not None:
+                    snapped = snap_to_space_group(crystal, cond.space_group)
                 targets = {
                     p: v for p in model.config.properties if (v := cond.value(p)) is not None
                 }
                 out.append(
                     Candidate(
-                        crystal=crystal,
+                        crystal=snapped or crystal,
                         predicted=dict(targets),
                         meta={
                             "composition": crystal.to_structure().composition.formula,
@@ -226,6 +234,7 @@ class ConditionalMethod(DesignMethod):
                             "guidance": params.guidance,
                             "coord_anneal": params.coord_anneal,
                             "prior": params.prior,
+                            "symmetrized": snapped is not None,
                         },
                     )
                 )
