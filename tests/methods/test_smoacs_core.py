@@ -25,6 +25,7 @@ from ml.methods.smoacs.templates import (
     neutral_patterns,
     perovskite_template,
     template_from_crystal,
+    tied,
     unmasked,
 )
 from ml.request import DesignRequest
@@ -130,7 +131,7 @@ def test_perovskite_supercell_layout() -> None:
 
 
 def _population(
-    request: DesignRequest, crystals: list[Crystal], masks: bool = True
+    request: DesignRequest, crystals: list[Crystal], masks: bool = True, tie: bool = False
 ) -> tuple[Population, object]:
     tables = build_tables(request, "cpu")
     ox_ok = tables.allowed[0, :-1].numpy().any(axis=1)
@@ -138,6 +139,8 @@ def _population(
     assert all(t is not None for t in temps)
     if not masks:
         temps = [unmasked(t) for t in temps]
+    if tie:
+        temps = [tied(t) for t in temps]
     pop = Population.from_templates(temps, torch.Generator().manual_seed(0), "cpu")
     return pop, tables
 
@@ -246,3 +249,70 @@ def test_params_reject_unknown_and_bad_values() -> None:
     p = SmoacsParams(steps=200)
     assert p.mutation_steps() == (60, 90, 120, 150, 180)
     assert math.isclose(p.straight_through_start(), 40)
+
+
+def _randomise(pop: Population, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    pop.site["logits"] = torch.randn(pop.site["logits"].shape, generator=g) * 3
+    pop.group["pattern"] = torch.randn(pop.group["pattern"].shape, generator=g) * 3
+
+
+@pytest.mark.parametrize("masks", [True, False])
+def test_tied_sites_of_one_template_element_end_with_one_element(masks: bool) -> None:
+    allowed = ["Li", "Na", "Mg", "Ca", "Ti", "Fe", "Zn", "Al", "O", "S", "F", "Cl", "N"]
+    request = _request(elements={"allowed": allowed})
+    crystals = _crystals()
+    pop, tables = _population(request, crystals, masks=masks, tie=True)
+    for seed in range(20):
+        _randomise(pop, seed)
+        elements, _ = pop.hard_types(tables)
+        for (lo, hi), c in zip(_spans(pop), crystals, strict=True):
+            got = [ELEMENTS[k] for k in elements[lo:hi].tolist()]
+            assert set(got) <= set(allowed)
+            for sym in set(c.species):
+                assert len({e for e, s in zip(got, c.species, strict=True) if s == sym}) == 1
+            assert len(set(got)) <= len(set(c.species))
+        if masks:
+            _assert_exactly_neutral(pop, elements)
+            ox = pop.site_oxidation()
+            for (lo, hi), c in zip(_spans(pop), crystals, strict=True):
+                site_ox = ox[lo:hi].tolist()
+                for sym in set(c.species):
+                    pairs = zip(site_ox, c.species, strict=True)
+                    assert len({o for o, s in pairs if s == sym}) == 1
+
+
+def test_untied_sites_may_differ_and_tied_gradients_reach_one_row() -> None:
+    request = _request()
+    crystals = _crystals()
+    pop, tables = _population(request, crystals)
+    _randomise(pop, 1)
+    elements, _ = pop.hard_types(tables)
+    lo, hi = _spans(pop)[1]  # TiO2: two Ti, four O sites
+    assert len({ELEMENTS[k] for k in elements[lo:hi].tolist()}) > 2  # per-site choice
+    pop, tables = _population(request, crystals, tie=True)
+    pop.site["logits"].requires_grad_(True)
+    soft = pop.soft_types(tables, 0.5)
+    (soft.types * torch.randn(soft.types.shape)).sum().backward()
+    grad = pop.site["logits"].grad
+    assert grad is not None
+    learns = grad.abs().sum(-1) > 0
+    assert torch.equal(learns, pop.site["tie"] == torch.arange(len(learns)))
+    assert int(learns.sum()) == 2 + 2 + 2  # NaCl: Na, Cl; TiO2: Ti, O; Fe2O3-like: Fe, O
+
+
+def test_tied_perovskite_supercell_is_one_abx3_and_take_keeps_ties() -> None:
+    t = tied(perovskite_template([4.0, 4.0, 4.0], 2, 0.15, (2.0, 10.0), True))
+    assert t.num_groups == 1 and len(set(np.asarray(t.tie).tolist())) == 3
+    tables = build_tables(_request(crystal_family="perovskite"), "cpu")
+    pop = Population.from_templates([t, t, t], torch.Generator().manual_seed(0), "cpu")
+    _randomise(pop, 2)
+    pop = pop.take(torch.tensor([2, 0]))
+    elements, _ = pop.hard_types(tables)
+    ox = pop.site_oxidation()
+    for lo, hi in _spans(pop):
+        assert int(ox[lo:hi].sum()) == 0
+        for role in (0, 1, 2):
+            sel = torch.nonzero(pop.site["role"][lo:hi] == role).flatten() + lo
+            assert len(set(elements[sel].tolist())) == 1
+            assert len(set(ox[sel].tolist())) == 1

@@ -53,6 +53,11 @@ class SmoacsParams(MethodParams):
     template_max_sites: int = Field(default=20, ge=1, le=200)
     init_geometry: Literal["template", "random"] = "template"
     masks: bool = True
+    # Sites with the same template element (perovskite: the same role) share one element-logit
+    # row and oxidation number, so designs keep the template's few-element stoichiometry; a
+    # tied perovskite supercell is one ABX3 composition (one neutrality group, so
+    # per_cell_patterns has no effect). False: every site picks its own element.
+    tie_sites: bool = True
     max_patterns: int = Field(default=8, ge=1, le=64)
     # Perovskite family mode.
     supercell: int = Field(default=1, ge=1, le=4)
@@ -65,7 +70,10 @@ class SmoacsParams(MethodParams):
     # Boxes and extra terms.
     length_bounds: tuple[float, float] = (2.0, 10.0)
     threshold_margin: float = Field(default=0.1, ge=0, le=10.0)
-    min_distance: float = Field(default=1.0, ge=0, le=3.0)
+    # Floor (A) of the geometry penalty on interatomic distances. 1.6 rather than 1.0: MEGNet
+    # rates cramped cells well but CHGNet does not; with tied sites, 1.6 tripled the share of
+    # designs that also pass CHGNet-Eform (benchmarks/RESULTS.md, SMOACS tied sites, H100).
+    min_distance: float = Field(default=1.6, ge=0, le=3.0)
     geometry_weight: float = Field(default=1.0, ge=0, le=100.0)
     progress_every: int = Field(default=10, ge=1, le=10_000)
 

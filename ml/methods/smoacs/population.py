@@ -2,7 +2,9 @@
 
 Per candidate: lattice length factors (lengths = factor * the template's largest length) and
 angles normalised to [0, 1] over 30-150 deg. Per site: fractional coordinates and element
-logits A (S, K). Per neutrality group: oxidation-pattern logits w (G, P).
+logits A (S, K). Per neutrality group: oxidation-pattern logits w (G, P). Tied sites
+(``tie_sites``) read the logit row of their tie's first site (``site["tie"]``, a global site
+index), so only that row learns and the sites of a tie always share their element.
 
 Element distribution (methods.md §3): for pattern p, the mask M_p keeps the elements whose
 oxidation states contain the site's oxidation number under p (and that the request permits);
@@ -118,6 +120,10 @@ class Population:
         ox = np.concatenate([_pad_patterns(t.ox, p_max) for t in templates])
         valid = np.concatenate([_pad_valid(t.pattern_valid, p_max) for t in templates])
         group_offset = np.cumsum([0] + [t.num_groups for t in templates])[:-1]
+        site_offset = np.cumsum([0] + [t.num_sites for t in templates])[:-1]
+        tie = np.concatenate(
+            [np.asarray(t.tie) + off for t, off in zip(templates, site_offset, strict=True)]
+        )
         site_group = np.concatenate(
             [t.site_group + off for t, off in zip(templates, group_offset, strict=True)]
         )
@@ -152,6 +158,7 @@ class Population:
             "ox_idx": _ox_index(i64(ox)),
             "role": i64(np.concatenate([t.role for t in templates])),
             "site_group": i64(site_group),
+            "tie": i64(tie),
         }
         group = {
             "pattern": initial_logits((g, p_max), logit_noise, generator).to(device),
@@ -230,9 +237,13 @@ class Population:
         """(B, 3, 3) lattice matrices, differentiable in the length and angle variables."""
         return lattice_from_params_torch(self.lengths(), self.angles())
 
+    def site_logits(self) -> torch.Tensor:
+        """(S, K) element logits each site uses (its tie's row)."""
+        return self.site["logits"][self.site["tie"]]
+
     def soft_types(self, tables: TypeTables, temperature: float) -> SoftTypes:
         masks = tables.masks(self.site["role"], self.site["ox_idx"])  # (S, P, K)
-        logits = self.site["logits"][:, None, :].masked_fill(~masks, -math.inf)
+        logits = self.site_logits()[:, None, :].masked_fill(~masks, -math.inf)
         per_pattern = torch.softmax(logits / temperature, dim=-1)
         w = self.group["pattern"].masked_fill(~self.group["pattern_valid"], -math.inf)
         probs = torch.softmax(w / temperature, dim=-1)[self.site["site_group"]]
@@ -256,7 +267,7 @@ class Population:
         s = len(chosen)
         ar = torch.arange(s, device=chosen.device)
         site_mask = masks[ar, chosen]  # (S, K)
-        logits = self.site["logits"].detach().masked_fill(~site_mask, -math.inf)
+        logits = self.site_logits().detach().masked_fill(~site_mask, -math.inf)
         ox_idx = self.site["ox_idx"][ar, chosen]
         if repair:
             elements = _sign_consistent_argmax(
@@ -310,6 +321,9 @@ class Population:
         site["site_group"] = (
             site["site_group"] - old_first_group[source][new_batch] + new_first_group[new_batch]
         )
+        old_first_site = torch.cumsum(n_sites, 0) - n_sites
+        new_first_site = torch.cumsum(cand["num_sites"], 0) - cand["num_sites"]
+        site["tie"] = site["tie"] - old_first_site[source][new_batch] + new_first_site[new_batch]
         meta = [dict(self.meta[int(i)]) for i in source.tolist()]
         return Population(cand, site, group, meta)
 

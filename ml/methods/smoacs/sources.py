@@ -31,6 +31,7 @@ from ml.methods.smoacs.templates import (
     Template,
     perovskite_template,
     template_from_crystal,
+    tied,
     unmasked,
 )
 from ml.request import DesignRequest
@@ -172,6 +173,8 @@ def build_templates(
         picks = _dataset_templates(request, params, tables, count, rng)
     if not params.masks:
         picks = [unmasked(t) for t in picks]
+    if params.tie_sites:
+        picks = [tied(t) for t in picks]
     return picks
 
 

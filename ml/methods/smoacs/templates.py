@@ -29,6 +29,7 @@ __all__ = [
     "neutral_patterns",
     "perovskite_template",
     "template_from_crystal",
+    "tied",
     "unmasked",
 ]
 
@@ -49,7 +50,8 @@ class Template:
     ``site_group`` (N,): neutrality group of each site; ``pattern_valid`` (G, P).
     ``frac_bound`` (N,): how far (fractional) a coordinate may leave ``crystal.frac_coords``
     (inf: free). ``length_bounds``: (lo, hi) Å for the three lengths; ``angles_fixed`` keeps
-    the template angles (perovskite mode).
+    the template angles (perovskite mode). ``tie`` (N,): index of the site whose element
+    logits each site uses (itself unless tied by :func:`tied`).
     """
 
     crystal: Crystal
@@ -62,6 +64,11 @@ class Template:
     angles_fixed: bool = False
     source: str = ""
     meta: dict[str, object] = field(default_factory=dict)
+    tie: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.tie is None:
+            self.tie = np.arange(self.crystal.num_atoms, dtype=np.int64)
 
     @property
     def num_sites(self) -> int:
@@ -146,6 +153,61 @@ def unmasked(template: Template) -> Template:
         angles_fixed=template.angles_fixed,
         source=template.source,
         meta=dict(template.meta),
+    )
+
+
+def tied(template: Template) -> Template:
+    """The template with sites of one "species group" sharing their element logits.
+
+    Sites are tied when they carry the same template element, the same role and the same
+    oxidation number under every pattern: they then have identical masks and logits, so they
+    always end with the same element and oxidation number, and the design keeps the template's
+    stoichiometry pattern (few distinct elements). Neutrality groups joined by a tie are merged
+    (a pattern stays valid where it was valid for all of them); each group was neutral under
+    every valid pattern on its own, so the union is too. In a perovskite supercell the
+    placeholder species is one per role, so this ties all A, all B and all X sites (one ABX3
+    composition and one pattern for the whole supercell).
+    """
+    n = template.num_sites
+    keys: dict[tuple[int, ...], int] = {}
+    tie = np.empty(n, dtype=np.int64)
+    numbers = template.crystal.numbers
+    for i in range(n):
+        key = (int(numbers[i]), int(template.role[i]), *template.ox[i].tolist())
+        tie[i] = keys.setdefault(key, i)
+    # Merge the neutrality groups that a tie joins (union-find over groups).
+    parent = list(range(template.num_groups))
+
+    def root(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for i in range(n):
+        a, b = root(int(template.site_group[i])), root(int(template.site_group[tie[i]]))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    roots = sorted({root(g) for g in range(template.num_groups)})
+    new_index = {r: k for k, r in enumerate(roots)}
+    group_of = np.array([new_index[root(g)] for g in range(template.num_groups)], dtype=np.int64)
+    valid = np.ones((len(roots), template.num_patterns), dtype=bool)
+    for g in range(template.num_groups):
+        valid[group_of[g]] &= template.pattern_valid[g]
+    if not valid.any(axis=1).all():
+        return template  # no pattern valid for a merged group: leave the sites untied
+    return Template(
+        crystal=template.crystal,
+        ox=template.ox,
+        site_group=group_of[template.site_group],
+        pattern_valid=valid,
+        role=template.role,
+        frac_bound=template.frac_bound,
+        length_bounds=template.length_bounds,
+        angles_fixed=template.angles_fixed,
+        source=template.source,
+        meta={**template.meta, "tied": True},
+        tie=tie,
     )
 
 
