@@ -38,6 +38,7 @@ from ml.methods.cliqueflowmer.optimizer import (
     optimise_latents,
     standardised_ranks,
 )
+from tests.structures import rutile_tio2
 
 
 def _crystals() -> list[Crystal]:
@@ -45,18 +46,7 @@ def _crystals() -> list[Crystal]:
         "Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
     ).get_primitive_structure()
     si = Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
-    tio2 = Structure(
-        Lattice.tetragonal(4.59, 2.96),
-        ["Ti", "Ti", "O", "O", "O", "O"],
-        [
-            [0, 0, 0],
-            [0.5, 0.5, 0.5],
-            [0.3, 0.3, 0],
-            [0.7, 0.7, 0],
-            [0.8, 0.2, 0.5],
-            [0.2, 0.8, 0.5],
-        ],
-    )
+    tio2 = rutile_tio2()
     cscl = Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     return [Crystal.from_structure(s) for s in (nacl, si, tio2, cscl)]
 

@@ -29,6 +29,7 @@ from ml.methods.smoacs.templates import (
     unmasked,
 )
 from ml.request import DesignRequest
+from tests.structures import rutile_tio2
 
 
 def _request(**constraints: object) -> DesignRequest:
@@ -41,18 +42,7 @@ def _request(**constraints: object) -> DesignRequest:
 
 def _crystals() -> list[Crystal]:
     nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    tio2 = Structure(
-        Lattice.tetragonal(4.59, 2.96),
-        ["Ti", "Ti", "O", "O", "O", "O"],
-        [
-            [0, 0, 0],
-            [0.5, 0.5, 0.5],
-            [0.3, 0.3, 0],
-            [0.7, 0.7, 0],
-            [0.8, 0.2, 0.5],
-            [0.2, 0.8, 0.5],
-        ],
-    )
+    tio2 = rutile_tio2()
     tri = Structure(
         Lattice.from_parameters(4.1, 5.3, 6.2, 70, 100, 115),
         ["Fe", "Fe", "O", "O", "O"],
