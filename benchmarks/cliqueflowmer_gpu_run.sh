@@ -1,39 +1,59 @@
 #!/usr/bin/env bash
 # One GPU session for CliqueFlowmer: train both checkpoints at once (two processes on the one
 # GPU, oracle labels), then per checkpoint the reconstruction and the paper benchmark (run
-# side by side). Everything a stage finishes is written to $OUT before the next starts.
+# side by side). Each stage writes into $RES as it finishes; $RES/DONE marks the end, so the
+# script can run detached (setsid) across several device calls, watched by gpu_watch.sh.
 #
-#   OUT=/tmp/cf TRAIN_S=290 TOTAL_S=570 bash benchmarks/cliqueflowmer_gpu_run.sh
+#   RES=/tmp/cf TRAIN_S=1200 PAPER_S=330 setsid bash benchmarks/cliqueflowmer_gpu_run.sh &
+#
+# INIT (default: the committed formation-energy checkpoint, when present) starts both runs
+# from trained weights: the band-gap run reuses its autoencoder and trains a fresh predictor.
 set -u
-OUT=${OUT:?set OUT}
+RES=${RES:?set RES}
 TRAIN_S=${TRAIN_S:-290}
-TOTAL_S=${TOTAL_S:-570}
+PAPER_S=${PAPER_S:-300}
 LABELS=${LABELS:-oracle}
+BATCH=${BATCH:-1024}
+LR=${LR:-5e-4}
+WARMUP_FRAC=${WARMUP_FRAC:-0.25}
+COMPILE=${COMPILE:-1}
+CKPT_DIR=${CKPT_DIR:-ml/weights}
+RUN_DIR=${RUN_DIR:-.cache/cliqueflowmer/runs}
 # Extra arguments (a CPU dry run: tiny model, few seeds); later flags override earlier ones.
 TRAIN_ARGS=${TRAIN_ARGS:-}
 RECON_ARGS=${RECON_ARGS:-}
 PAPER_ARGS=${PAPER_ARGS:-}
-CKPT_DIR=${CKPT_DIR:-ml/weights}
-RUN_DIR=${RUN_DIR:-.cache/cliqueflowmer/runs}
+mkdir -p "$RES" "$RUN_DIR"
 START=$(date +%s)
-RES=$OUT/cliqueflowmer_results
-mkdir -p "$RES"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$RES/gpu.txt" 2>&1
+
+INIT=${INIT-$CKPT_DIR/cliqueflowmer_eform.pt}
+init_args=()
+if [ -n "$INIT" ] && [ -f "$INIT" ]; then
+  cp "$INIT" "$RUN_DIR/init.pt"  # a copy: the formation-energy run overwrites its checkpoint
+  init_args=(--init "$RUN_DIR/init.pt")
+fi
+compile_args=()
+[ "$COMPILE" = 1 ] && compile_args=(--compile)
+# Parse the CIFs once, before two processes would race to write the same cache.
+python -c "from ml.methods.cliqueflowmer.data import load_split
+for s in ('train', 'val', 'test'): load_split(s)" > "$RES/cache.log" 2>&1
 
 pipeline() {  # $1 property, $2 short name, $3 benchmark CPU workers
   local prop=$1 name=$2 workers=$3
   local ckpt=$CKPT_DIR/cliqueflowmer_$name.pt
   python -m ml.methods.cliqueflowmer.train --property "$prop" --labels "$LABELS" \
     --out "$ckpt" --work-dir "$RUN_DIR/$name" --time-budget "$TRAIN_S" \
-    --batch-size 512 --lr 5e-4 --log-every 250 $TRAIN_ARGS > "$RES/train_$name.log" 2>&1
-  cp "$ckpt" "$OUT/" && cp "$RUN_DIR/$name/history.json" "$RES/history_$name.json"
-  local left=$(( TOTAL_S - ($(date +%s) - START) ))
+    --batch-size "$BATCH" --lr "$LR" --warmup-frac "$WARMUP_FRAC" --log-every 250 \
+    --export-every 120 "${init_args[@]}" "${compile_args[@]}" $TRAIN_ARGS \
+    > "$RES/train_$name.log" 2>&1
+  cp "$RUN_DIR/$name/history.json" "$RES/history_$name.json"
   python benchmarks/cliqueflowmer_reconstruction.py --checkpoint "$ckpt" --n 500 \
     --guidance 0 2 4 --workers 2 --out "$RES/recon_$name.json" $RECON_ARGS \
     > "$RES/recon_$name.log" 2>&1 &
   python benchmarks/cliqueflowmer_paper.py --checkpoint "$ckpt" --n-seeds 10000 --steps 2000 \
     --workers "$workers" --eval-subset 500 --sun-subset 20 --relax-steps 100 \
-    --deadline "$(( left - 15 ))" --out "$RES/paper_$name.json" \
+    --deadline "$PAPER_S" --out "$RES/paper_$name.json" \
     --save-candidates "$RES/candidates_$name.npz" $PAPER_ARGS > "$RES/paper_$name.log" 2>&1 &
   wait
 }
@@ -42,3 +62,4 @@ pipeline formation_energy eform 6 &
 pipeline band_gap bandgap 6 &
 wait
 echo "total $(( $(date +%s) - START )) s" >> "$RES/gpu.txt"
+touch "$RES/DONE"

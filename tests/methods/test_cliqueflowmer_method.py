@@ -201,3 +201,33 @@ def test_training_cli_runs_resumes_and_exports(tmp_path: Path) -> None:
     assert np.isfinite(info["meta"]["final_losses"]["loss"])
     assert out.stat().st_size < 16 * 2**20
     assert float(model.len_sigma.min()) > 0
+
+
+def test_init_from_another_property_reuses_the_autoencoder_only(tmp_path: Path) -> None:
+    from ml.methods.cliqueflowmer.train import init_from_checkpoint
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    source = CliqueFlowmer(cfg, LengthPrior.default())
+    source.set_label_stats(-1.2, 1.0)
+    path = tmp_path / "eform.pt"
+    export_checkpoint(source, path, "formation_energy", {"steps": 7, "train_seconds": 3.0})
+    exported, _ = load_checkpoint(path)  # what the file holds (bf16-rounded)
+
+    torch.manual_seed(1)
+    target = CliqueFlowmer(cfg, LengthPrior.default())
+    target.set_label_stats(0.6, 1.1)
+    fresh_predictor = {k: v.clone() for k, v in target.state_dict().items() if "predictor" in k}
+    info = init_from_checkpoint(target, path, "band_gap")
+
+    assert info["steps"] == 7 and info["property"] == "formation_energy"
+    got, src = target.state_dict(), exported.state_dict()
+    shared = [k for k in got if k.startswith(("encoder.", "atom_decoder.", "flow."))]
+    assert shared and all(torch.equal(got[k], src[k]) for k in shared)
+    assert all(torch.equal(got[k], v) for k, v in fresh_predictor.items())
+    assert float(target.y_mean) == pytest.approx(0.6) and float(target.y_std) == pytest.approx(1.1)
+
+    same = CliqueFlowmer(cfg, LengthPrior.default())
+    init_from_checkpoint(same, path, "formation_energy")
+    pred = [k for k in same.state_dict() if k.startswith("predictor.")]
+    assert pred and all(torch.equal(same.state_dict()[k], src[k]) for k in pred)

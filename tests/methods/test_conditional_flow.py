@@ -206,3 +206,21 @@ def test_a_few_training_steps_lower_the_loss(prior: str) -> None:
         opt.step()
     after = eval_loss(model, batch)
     assert after < 0.8 * before, (before, after)
+
+
+def test_untrimmed_batches_keep_full_width_and_the_same_rows() -> None:
+    from ml.methods.conditional.data import PaddedDataset, fit_normalisation, load_split
+    from ml.methods.conditional.model import PROPERTIES
+
+    arrays = load_split("val", limit=8)
+    prior, _, _ = fit_normalisation(arrays, PROPERTIES)
+    data = PaddedDataset(arrays, prior, PROPERTIES)
+    small = int(np.argmin(arrays.num_atoms))
+    idx = torch.tensor([small])
+    trimmed, full = data.batch(idx), data.batch(idx, trim=False)
+    width = int(arrays.num_atoms.max())
+    assert trimmed.types.shape[1] == arrays.num_atoms[small] < width
+    assert full.types.shape[1] == width  # static shape for a compiled model
+    k = trimmed.types.shape[1]
+    assert torch.equal(full.types[:, :k], trimmed.types) and not full.mask[:, k:].any()
+    assert torch.equal(full.coords[:, :k], trimmed.coords)

@@ -10,6 +10,12 @@ beta rises linearly from 0 to 1e-3 over the first ``warmup-frac`` of the steps, 
 from 1e-4 to 1 over the next ``warmup-frac``. The learning rate warms up for 200 steps and
 decays by a cosine to 10 % at the end. ``--resume`` continues from ``work-dir/state.pt``
 (saved every ``--save-every`` seconds and at the end). bf16 autocast on CUDA.
+
+``--init CHECKPOINT`` starts from an exported checkpoint's weights (fresh optimiser and
+schedule); from another property's checkpoint the autoencoder is reused and the predictor
+starts afresh. ``--export-every`` writes the averaged weights to ``--out`` while training, so
+a run cut off early still leaves a usable checkpoint. ``--compile`` compiles the three
+transformers (static shapes: batches are padded to ``max_atoms``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.methods.cliqueflowmer.checkpoint import export_checkpoint
+from ml.methods.cliqueflowmer.checkpoint import export_checkpoint, load_checkpoint
 from ml.methods.cliqueflowmer.config import CliqueFlowmerConfig, tiny_config
 from ml.methods.cliqueflowmer.data import PROPERTIES, labels_for, load_split
 from ml.methods.cliqueflowmer.geometry import LengthPrior, MaterialBatch, PackedMaterials
@@ -54,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, default=None, help="exported checkpoint to start from")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformers")
+    p.add_argument(
+        "--export-every", type=float, default=0.0, help="seconds between exports (0: at end)"
+    )
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--save-every", type=float, default=60.0, help="seconds between states")
     p.add_argument("--eval-size", type=int, default=2000, help="test materials for metrics")
@@ -85,6 +96,29 @@ def load_training_data(
     return packed, y
 
 
+def init_from_checkpoint(model: CliqueFlowmer, path: Path, prop: str) -> dict[str, Any]:
+    """Copy an exported checkpoint's weights into ``model`` (same config required).
+
+    The model's own length prior and label statistics are kept; from a checkpoint of another
+    property the predictor is left at its fresh initialisation."""
+    src, info = load_checkpoint(path)
+    if src.cfg.to_dict() != model.cfg.to_dict():
+        raise SystemExit(f"{path} has another model config than this run")
+    keep = {"len_mu", "len_sigma", "y_mean", "y_std"}
+    if info.get("property") != prop:
+        keep |= {k for k in model.state_dict() if k.startswith("predictor.")}
+    own = model.state_dict()
+    state = {k: (own[k] if k in keep else v) for k, v in src.state_dict().items()}
+    model.load_state_dict(state)
+    meta = info.get("meta", {})
+    return {
+        "path": str(path),
+        "property": info.get("property"),
+        "steps": int(meta.get("total_steps", meta.get("steps", 0))),
+        "train_seconds": float(meta.get("total_train_seconds", meta.get("train_seconds", 0.0))),
+    }
+
+
 def log_line(fh: Any, record: dict[str, Any]) -> None:
     line = json.dumps(record)
     print(line, flush=True)
@@ -112,6 +146,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = tiny_config() if args.tiny else CliqueFlowmerConfig()
     model = CliqueFlowmer(cfg, prior).to(device)
     model.set_label_stats(float(y[known].mean()), float(y[known].std()))
+    init: dict[str, Any] | None = None
+    if args.init is not None and not (args.resume and state_path.is_file()):
+        init = init_from_checkpoint(model, args.init, args.property)
+        print(f"initialised from {args.init} ({init['steps']} earlier steps)", flush=True)
+    # A CPU twin (never compiled) receives the averaged weights for periodic exports.
+    export_twin = CliqueFlowmer(cfg, prior)
+    export_twin.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    if args.compile:
+        for sub in (model.encoder, model.atom_decoder, model.flow):
+            sub.compile()
     y_std = (y - float(model.y_mean)) / float(model.y_std)
     data = MaterialBatch.from_packed(packed, y=y_std, device=device)
     n = len(packed)
@@ -147,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "y_mean": float(model.y_mean),
             "y_std": float(model.y_std),
             "data_s": round(time.time() - t_start, 1),
+            "init": init,
         },
     )
 
@@ -165,7 +210,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             state_path,
         )
 
+    def export_ema(meta: dict[str, Any]) -> int:
+        with torch.no_grad():
+            for p, e in zip(export_twin.parameters(), ema, strict=True):
+                p.copy_(e)
+        return export_checkpoint(export_twin, args.out, args.property, meta)
+
     model.train()
+    last_export = time.time()
     perm = torch.randperm(n, device=device, generator=gen)
     cursor = 0
     sums: dict[str, torch.Tensor] = {}
@@ -222,6 +274,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             history.append(rec)
             log_line(log_fh, rec)
             sums, count = {}, 0
+        if args.export_every > 0 and time.time() - last_export > args.export_every:
+            export_ema({"partial": True, "steps": step, "total": total, "last": history[-1:]})
+            last_export = time.time()
         if time.time() - last_save > args.save_every:
             trained_s += time.time() - t_loop
             t_loop = time.time()
@@ -230,11 +285,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trained_s += time.time() - t_loop
     save_state()
 
-    # Held-out checks on MP-20 test (never trained on), with the averaged weights.
+    # Held-out checks on MP-20 test (never trained on), with the averaged weights, on the
+    # uncompiled twin (evaluation batches have other shapes than training ones).
     with torch.no_grad():
-        for p, e in zip(params, ema, strict=True):
+        for p, e in zip(export_twin.parameters(), ema, strict=True):
             p.copy_(e)
-    model.eval()
+    model = export_twin.to(device).eval()
     final = history[-1] if history else {}
     meta: dict[str, Any] = {
         "data": f"MP-20 {'+'.join(TRAIN_SPLITS)}: {n} materials, {int(known.sum())} labelled",
@@ -245,6 +301,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "warmup_frac": args.warmup_frac,
         "ema": args.ema,
         "train_seconds": round(trained_s, 1),
+        "init": init,
+        "total_steps": step + (init["steps"] if init else 0),
+        "total_train_seconds": round(trained_s + (init["train_seconds"] if init else 0.0), 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "final_losses": final,
         "command": "python -m ml.methods.cliqueflowmer.train "

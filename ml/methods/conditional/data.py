@@ -194,10 +194,11 @@ class PaddedDataset:
     def __len__(self) -> int:
         return int(self.types.shape[0])
 
-    def batch(self, idx: torch.Tensor) -> FlowBatch:
+    def batch(self, idx: torch.Tensor, trim: bool = True) -> FlowBatch:
+        """Rows ``idx``; ``trim`` cuts padding to the batch's largest crystal (one device sync,
+        varying shapes), ``trim=False`` keeps the full width (static shapes for compiling)."""
         idx = idx.to(self.types.device)
-        # Trim padding to the largest crystal of the batch.
-        n = int(self.mask[idx].sum(1).max())
+        n = int(self.mask[idx].sum(1).max()) if trim else self.types.shape[1]
         return FlowBatch(
             types=self.types[idx, :n],
             mask=self.mask[idx, :n],

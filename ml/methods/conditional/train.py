@@ -5,7 +5,9 @@
 Resumable: the training state is saved every ``--save-every`` seconds and at the end; running
 the same command again continues from it (``--fresh`` starts over). The time budget and the
 step budget both drive one cosine learning-rate schedule, so a resumed run ends where an
-uninterrupted one would. bf16 autocast on GPU.
+uninterrupted one would. bf16 autocast on GPU. ``--compile`` compiles the model (batches then
+keep the full padding width, so shapes are static); ``--export-every`` writes the release
+checkpoint while training, so a run cut off early still leaves usable weights.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="rows per split (tiny runs)")
     p.add_argument("--save-every", type=float, default=60.0, help="seconds between states")
     p.add_argument("--log-every", type=int, default=200)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--export-every", type=float, default=0.0, help="seconds between releases (0: at end)"
+    )
     return p.parse_args(argv)
 
 
@@ -151,24 +157,50 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             history=history,
         )
 
+    def release_info() -> dict[str, Any]:
+        wall = time.time() - start
+        return {
+            "data": "MP-20 train (10,047 recovered) + val (9,047), DFT labels"
+            if args.limit is None
+            else f"MP-20 train+val, first {args.limit} rows each",
+            "structures": len(data),
+            "steps": step,
+            "epochs": round(step * args.batch_size / len(data), 1),
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "wall_s": round(wall, 1),
+            "init_from": str(args.init) if args.init else None,
+            "total_steps": prior_steps + step,
+            "total_wall_s": round(prior_wall + wall, 1),
+            "device": torch.cuda.get_device_name() if use_amp else str(device),
+            "final_loss": history[-1][2:] if history else None,
+            "history": history,
+            "command": "python -m ml.methods.conditional.train " + " ".join(sys.argv[1:]),
+            "params": model.num_parameters(),
+        }
+
+    forward = model
+    if args.compile:
+        forward = torch.compile(model)
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
     model.train()
+    last_export = time.time()
     while step < args.steps and time.time() - start < budget:
         if not batches:
             batches = data.epoch_batches(args.batch_size, order_gen)
-        batch = data.batch(batches.pop())
+        batch = data.batch(batches.pop(), trim=not args.compile)
         progress = max(step / args.steps, (time.time() - start) / budget)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, progress, args.lr, args.warmup)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            loss, parts = flow_loss(model, batch, noise_gen)
+            loss, parts = flow_loss(forward, batch, noise_gen)  # type: ignore[arg-type]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
             decay = min(args.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1.0 - decay)
+            torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
         window.append(torch.stack([loss.detach(), parts["coord"], parts["lattice"]]))
         step += 1
         if step % args.log_every == 0:
@@ -181,30 +213,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 f"lr={opt.param_groups[0]['lr']:.2e}",
                 flush=True,
             )
+        if args.export_every > 0 and time.time() - last_export > args.export_every:
+            save_release(ema, out, {**release_info(), "partial": True})
+            last_export = time.time()
         if time.time() - last_save > args.save_every:
             snapshot()
             last_save = time.time()
     snapshot()
 
-    wall = time.time() - start
-    info = {
-        "data": "MP-20 train (10,047 recovered) + val (9,047), DFT labels"
-        if args.limit is None
-        else f"MP-20 train+val, first {args.limit} rows each",
-        "structures": len(data),
-        "steps": step,
-        "epochs": round(step * args.batch_size / len(data), 1),
-        "batch_size": args.batch_size,
-        "wall_s": round(wall, 1),
-        "init_from": str(args.init) if args.init else None,
-        "total_steps": prior_steps + step,
-        "total_wall_s": round(prior_wall + wall, 1),
-        "device": torch.cuda.get_device_name() if use_amp else str(device),
-        "final_loss": history[-1][2:] if history else None,
-        "history": history,
-        "command": "python -m ml.methods.conditional.train " + " ".join(sys.argv[1:]),
-        "params": model.num_parameters(),
-    }
+    info = release_info()
     save_release(ema, out, info)
     print(f"saved {out} ({out.stat().st_size / 2**20:.1f} MiB) after {step} steps", flush=True)
     return {k: v for k, v in info.items() if k != "history"}
