@@ -4,13 +4,16 @@ Reliability settings: a task message is acknowledged only after the job finished
 (``acks_late``), a worker takes one message at a time (prefetch 1), and a message whose
 worker process died is handed back to the broker (``reject_on_worker_lost``). A job is also
 protected independently of the broker: the runner heartbeats the job row and the sweeper
-re-enqueues jobs whose heartbeat went stale (see ``workers/sweeper.py``).
+re-enqueues jobs whose heartbeat went stale (see ``workers/sweeper.py``). Each worker runs a
+sweeper as well as each API process, so a deployment of workers alone still recovers jobs.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from app.settings import Settings, get_settings
 
@@ -57,6 +60,31 @@ def _fresh_connections(**_: object) -> None:
     from app.db import forget_databases
 
     forget_databases()
+
+
+_sweepers: list[Any] = []
+
+
+@worker_ready.connect
+def _start_sweeper(**_: object) -> None:
+    # In the worker's main process only (pool processes never get this signal). Sweeps are
+    # conditional UPDATEs, so sweepers in several workers and API replicas don't collide.
+    settings = get_settings()
+    if settings.embedded or not settings.sweeper_enabled:
+        return
+    from app.db import get_database
+    from app.queue import CeleryQueue
+    from workers.sweeper import Sweeper
+
+    sweeper = Sweeper(get_database(settings), settings, CeleryQueue(settings).enqueue)
+    sweeper.start()
+    _sweepers.append(sweeper)
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: object) -> None:
+    while _sweepers:
+        _sweepers.pop().stop()
 
 
 configure_celery(get_settings())
