@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Prepare what a lent GPU box (Python 3.12, torch, no pymatgen/matgl/chgnet) needs for the
+# training and benchmark scripts: cp312 wheels in .whl/ and data + oracle weights in
+# .devdata/ (both git-ignored; pass them as the device call's `carry`). Prints the size that
+# would travel: the tracked tree plus these must stay under 64 MiB.
+#
+#   bash benchmarks/gpu_prepare.sh            # then, on the device:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+#   export PYTHONPATH=/tmp/site:$PWD MATDESIGN_DATA_DIR=$PWD/.devdata/data \
+#          MATDESIGN_MODELS_DIR=$PWD/.devdata/models
+set -euo pipefail
+SHARED=${SHARED:-../shared}
+mkdir -p .whl .devdata/data/mp20 .devdata/models
+dl() {
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux1_x86_64 -d .whl "$@"
+}
+# pydantic-core must be the version this pydantic pins (the box's own is older).
+dl matgl==4.1.2 pymatgen==2026.10.24 pymatgen-core monty spglib ruamel.yaml ruamel.yaml.clib \
+  uncertainties palettable tabulate chgnet==0.4.2 torchdata orjson ase smact \
+  pydantic==2.13.4 pydantic-core==2.46.4 pydantic-settings python-dotenv annotated-types \
+  typing-inspection
+# chgnet imports nvidia_smi, which exists only as an sdist.
+(cd .whl && python3 -m pip wheel -q --no-deps nvidia-ml-py3)
+# The oracles use CHGNet 0.3.0 only: drop the other bundled weights (9 MB).
+zip -q -d .whl/chgnet-*.whl 'chgnet/pretrained/r2scan/*' 'chgnet/pretrained/0.2.0/*' || true
+cp "$SHARED"/data/mp20/*.csv.gz .devdata/data/mp20/
+cp -r "$SHARED"/models/matgl .devdata/models/
+tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+extra=$(du -cb .whl .devdata | tail -1 | cut -f1)
+echo "tracked $((tracked / 1048576)) MiB + carry $((extra / 1048576)) MiB (limit 64 MiB)"
+echo "over the limit? move checkpoints a run does not need out of the tree for that call"
