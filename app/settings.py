@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # sessions) that share one Redis.
     queue_name: str = "gpu"
     worker_pool: str = "prefork"
+    # Load oracles and reference tables when a worker (or embedded server) starts.
+    worker_warm_up: bool = True
     broker_visibility_timeout_s: int = Field(default=7200, ge=60)
     readyz_worker_timeout_s: float = Field(default=1.0, gt=0)
 

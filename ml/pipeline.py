@@ -172,6 +172,27 @@ def _reference_hull() -> Any:
     return ReferenceHull.load()
 
 
+def warm_up(device: str | None = None) -> dict[str, float]:
+    """Load what every job's evaluation needs (default oracles, CHGNet energies, the reference
+    hull and the novelty reference set) into this process's caches; seconds per part.
+
+    Workers call it when they start, so their first job does not pay these loads."""
+    import time
+
+    from ml.oracles.registry import get_oracle
+
+    took: dict[str, float] = {}
+    for name in ("chgnet-energy", *_BASE_ORACLES.values()):
+        t0 = time.perf_counter()
+        get_oracle(name, device)
+        took[name] = round(time.perf_counter() - t0, 2)
+    for part, load in (("hull", _reference_hull), ("novelty", get_reference_set)):
+        t0 = time.perf_counter()
+        load()
+        took[part] = round(time.perf_counter() - t0, 2)
+    return took
+
+
 def _hull_version(hull: Any) -> str:
     return str(getattr(hull, "version", "reference hull ml/evaluation/data/reference_energies"))
 

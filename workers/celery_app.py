@@ -58,8 +58,10 @@ def configure_celery(settings: Settings) -> Celery:
 def _fresh_connections(**_: object) -> None:
     # A forked pool process must not share the parent's database connections.
     from app.db import forget_databases
+    from workers.warmup import start_warm_up
 
     forget_databases()
+    start_warm_up(get_settings())  # in the pool process, where jobs run
 
 
 _sweepers: list[Any] = []
@@ -70,6 +72,10 @@ def _start_sweeper(**_: object) -> None:
     # In the worker's main process only (pool processes never get this signal). Sweeps are
     # conditional UPDATEs, so sweepers in several workers and API replicas don't collide.
     settings = get_settings()
+    if settings.worker_pool in ("solo", "threads"):
+        from workers.warmup import start_warm_up
+
+        start_warm_up(settings)  # jobs run in this process: no pool process to warm
     if settings.embedded or not settings.sweeper_enabled:
         return
     from app.db import get_database

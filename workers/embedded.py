@@ -15,6 +15,7 @@ import threading
 
 from app.db import Database
 from app.settings import Settings
+from workers.warmup import start_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class EmbeddedWorker:
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        start_warm_up(self.settings)
         for i in range(self.n_threads):
             t = threading.Thread(target=self._loop, name=f"embedded-worker-{i}", daemon=True)
             t.start()
