@@ -41,9 +41,9 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -181,12 +181,13 @@ def warm_up(device: str | None = None) -> dict[str, float]:
 
     from ml.oracles.registry import get_oracle
 
+    loads: dict[str, Callable[[], object]] = {
+        name: partial(get_oracle, name, device)
+        for name in ("chgnet-energy", *_BASE_ORACLES.values())
+    }
+    loads.update(hull=_reference_hull, novelty=get_reference_set)
     took: dict[str, float] = {}
-    for name in ("chgnet-energy", *_BASE_ORACLES.values()):
-        t0 = time.perf_counter()
-        get_oracle(name, device)
-        took[name] = round(time.perf_counter() - t0, 2)
-    for part, load in (("hull", _reference_hull), ("novelty", get_reference_set)):
+    for part, load in loads.items():
         t0 = time.perf_counter()
         load()
         took[part] = round(time.perf_counter() - t0, 2)

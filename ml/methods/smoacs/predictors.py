@@ -83,6 +83,9 @@ class SoftMEGNet(nn.Module):
         idx = torch.full((num_graphs,), self.state, dtype=torch.long, device=like.device)
         return emb.layer_state_embedding(idx)
 
+    # cuDNN's LSTM (Set2Set readouts) refuses backward in eval mode; the native kernel
+    # computes the same thing and differentiates in eval mode.
+    @torch.backends.cudnn.flags(enabled=False)
     def forward(
         self,
         dist: torch.Tensor,
@@ -96,19 +99,6 @@ class SoftMEGNet(nn.Module):
         ``dist`` (E,) lengths of ``nl``'s edges (all below this model's cutoff);
         ``types`` (S, K) soft element distribution (rows sum to 1).
         """
-        # cuDNN's LSTM (Set2Set readouts) refuses backward in eval mode; the native kernel
-        # computes the same thing and differentiates in eval mode.
-        with torch.backends.cudnn.flags(enabled=False):
-            return self._forward(dist, nl, types, site_batch, num_graphs)
-
-    def _forward(
-        self,
-        dist: torch.Tensor,
-        nl: NeighborList,
-        types: torch.Tensor,
-        site_batch: torch.Tensor,
-        num_graphs: int,
-    ) -> torch.Tensor:
         m = self.megnet
         edge_index = torch.stack([nl.src, nl.dst])
         edge_batch = site_batch[nl.src]
