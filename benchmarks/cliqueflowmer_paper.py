@@ -5,6 +5,12 @@ AdamW in the latent space, decoded (beam search, Euler + CFG) and judged by the 
 the decoded structures (not by the latent predictor):
 
 - mean oracle value of the seeds, of all candidates and of the top-k % by predicted value;
+- the decode-and-select baseline: the seeds' own latents decoded with no optimisation (all,
+  and the top-k % by predicted value), so the search is judged against what decoding alone
+  gives;
+- the same groups after an approximate CHGNet relaxation of a random subset (the paper relaxes
+  its candidates approximately with M3GNet before judging them): the same random seeds for
+  seeds / candidates / baseline (paired), and random members of both top sets;
 - validity of all candidates; uniqueness and novelty on a random subset and on the top set;
   S.U.N. on a smaller subset (CHGNet relaxation, bounded FIRE steps, reference hull);
 - ES vs back-propagation on a few seeds: predicted objective along the run and oracle value
@@ -178,6 +184,15 @@ def novelty(crystals: list[Crystal], pool: ProcessPoolExecutor | None) -> list[b
     return [f for part in pool.map(_novel_chunk, chunks) for f in part]
 
 
+def hull_available() -> bool:
+    """pymatgen's phase diagram imports plotly, which a lean GPU box may lack."""
+    try:
+        import pymatgen.analysis.phase_diagram  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def sun_stage(
     f: dict[str, Any],
     cands: list[Crystal] | dict[int, Crystal],
@@ -236,14 +251,134 @@ def sun_stage(
     }
 
 
-def load_candidates(path: Path, idx: list[int]) -> list[Crystal]:
+def _relax_cpu(steps: int, crystal: Crystal) -> bytes:
+    """One CHGNet relaxation in a worker process (CPU, one thread): pickled (crystal, E/atom)."""
+    from ml.oracles.relax import relax_crystals
+
+    r = relax_crystals([crystal], steps=steps, device="cpu")[0]
+    return pickle.dumps((r.crystal, r.energy_per_atom))
+
+
+def relaxed_stage(
+    prop: str,
+    groups: dict[str, list[Crystal]],
+    relax_steps: int,
+    scorer: Scorer,
+    pool: ProcessPoolExecutor | None,
+) -> dict[str, Any]:
+    """Relax every crystal of every group (CHGNet FIRE, ``relax_steps`` at most, on the CPU
+    workers) and score the relaxed crystals with the oracles. A relaxation that fails, or
+    ends in an invalid cell, leaves the crystal unscored (NaN)."""
+    names = list(groups)
+    flat = [c for n in names for c in groups[n]]
+    job = functools.partial(_relax_cpu, relax_steps)
+    blobs = map(job, flat) if pool is None else pool.map(job, flat, chunksize=1)
+    relaxed = [pickle.loads(b) for b in blobs]
+    crystals = [c for c, _ in relaxed]
+    ok = np.array([math.isfinite(e) for _, e in relaxed]) & validity(crystals, pool)
+    values = scorer.score(prop, crystals, ok)
+    out: dict[str, Any] = {"relax_steps": relax_steps}
+    lo = 0
+    for n in names:
+        hi = lo + len(groups[n])
+        idx = np.arange(lo, hi)
+        out[n] = summary(values, idx) if hi > lo else {"n": 0}
+        out[n]["relaxed_ok"] = int(ok[lo:hi].sum())
+        lo = hi
+    return out
+
+
+def relax_picks(
+    n: int, top: np.ndarray, base_top: np.ndarray, size: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Random indices to relax: one subset of all seeds (shared by seeds, candidates and the
+    baseline, so their differences are paired) and one of each top set."""
+    rng = np.random.default_rng(seed)
+    paired = np.sort(rng.permutation(n)[:size])
+    return {
+        "paired": paired,
+        "top": np.sort(rng.permutation(top)[:size]),
+        "baseline_top": np.sort(rng.permutation(base_top)[:size]),
+    }
+
+
+def relax_groups(
+    picks: dict[str, np.ndarray],
+    seeds: list[Crystal],
+    cands: list[Crystal] | dict[int, Crystal],
+    valid: np.ndarray,
+    base: list[Crystal] | dict[int, Crystal],
+    base_valid: np.ndarray,
+) -> dict[str, list[Crystal]]:
+    """The crystals of each relaxed group; only structurally valid decoded ones take part."""
+    return {
+        "seeds": [seeds[int(i)] for i in picks["paired"]],
+        "candidates": [cands[int(i)] for i in picks["paired"] if valid[i]],
+        "baseline": [base[int(i)] for i in picks["paired"] if base_valid[i]],
+        "top": [cands[int(i)] for i in picks["top"] if valid[i]],
+        "baseline_top": [base[int(i)] for i in picks["baseline_top"] if base_valid[i]],
+    }
+
+
+def packed_crystals(
+    crystals: list[Crystal], prefix: str, predicted: np.ndarray, values: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Crystals padded into arrays (for --save-candidates), with predicted and oracle values."""
+    a = max(c.num_atoms for c in crystals)
+    frac = np.zeros((len(crystals), a, 3), dtype=np.float32)
+    nums = np.zeros((len(crystals), a), dtype=np.int16)
+    for i, c in enumerate(crystals):
+        frac[i, : c.num_atoms], nums[i, : c.num_atoms] = c.frac_coords, c.numbers
+    return {
+        f"{prefix}lattice": np.stack([c.lattice for c in crystals]).astype(np.float32),
+        f"{prefix}frac": frac,
+        f"{prefix}numbers": nums,
+        f"{prefix}predicted": predicted.astype(np.float32),
+        **{f"{prefix}oracle_{k}": v.astype(np.float32) for k, v in values.items()},
+    }
+
+
+def load_candidates(path: Path, idx: list[int], prefix: str = "") -> list[Crystal]:
+    """Crystals ``idx`` of a --save-candidates file (``prefix`` "base_": the baseline's)."""
     with np.load(path, allow_pickle=False) as z:
-        lat, frac, nums = z["lattice"], z["frac"], z["numbers"]
+        lat, frac, nums = z[f"{prefix}lattice"], z[f"{prefix}frac"], z[f"{prefix}numbers"]
     out = []
     for i in idx:
         n = int((nums[i] > 0).sum())
         out.append(Crystal(lat[i].astype(float), frac[i, :n].astype(float), nums[i, :n]))
     return out
+
+
+def relax_saved(
+    results: dict[str, Any],
+    candidates_path: Path,
+    size: int,
+    relax_steps: int,
+    pool: ProcessPoolExecutor | None,
+) -> dict[str, Any]:
+    """The relaxed stage of a finished run, from its --save-candidates file (same picks as a
+    run that had it: the top sets are re-derived from the saved predicted values)."""
+    with np.load(candidates_path, allow_pickle=False) as z:
+        pred, pred0, seed_ids = z["predicted"], z["base_predicted"], z["seed_ids"]
+        valid = np.isfinite(z["oracle_objective"])
+        base_valid = np.isfinite(z["base_oracle_objective"])
+    n, k = len(pred), int(results["top"]["n"])
+    picks = relax_picks(
+        n, np.argsort(pred)[:k], np.argsort(pred0)[:k], size, int(results["args"]["seed"]) + 4
+    )
+    needed = sorted({int(i) for g in picks.values() for i in g})
+    cands = dict(zip(needed, load_candidates(candidates_path, needed), strict=True))
+    base = dict(zip(needed, load_candidates(candidates_path, needed, "base_"), strict=True))
+    test = load_split("test")
+    row = {str(m): i for i, m in enumerate(test.ids)}
+    seeds = {int(i): test.crystal(row[str(seed_ids[i])]) for i in picks["paired"]}
+    groups = relax_groups(picks, seeds, cands, valid, base, base_valid)  # type: ignore[arg-type]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    prop = str(results["property"])
+    return {
+        "relax_picks": {g: v.tolist() for g, v in picks.items()},
+        "relaxed": relaxed_stage(prop, groups, relax_steps, Scorer(device, pool), pool),
+    }
 
 
 def rescore(
@@ -253,9 +388,11 @@ def rescore(
     sun_subset: int = 0,
     relax_steps: int = 100,
     device: str = "cpu",
+    relax_subset: int = 0,
 ) -> dict[str, Any]:
     """Novelty of a finished run again, against every reference split here; S.U.N. computed
-    here too when the run had none (``sun_subset`` materials, relaxed on ``device``)."""
+    here too when the run had none (``sun_subset`` materials, relaxed on ``device``), and the
+    relaxed groups when the run had none and ``relax_subset`` > 0."""
     results = json.loads(results_path.read_text())
     pool = ProcessPoolExecutor(workers, initializer=_init_worker) if workers > 1 else None
     for name in ("subset", "top"):
@@ -296,6 +433,8 @@ def rescore(
                 sun_rate=float((st & un).mean()), msun_rate=float((ms & un).mean())
             )
     results["novelty_rescored"] = "against all reference splits (local CPU)"
+    if relax_subset > 0 and "relaxed" not in results:
+        results.update(relax_saved(results, candidates_path, relax_subset, relax_steps, pool))
     results_path.write_text(json.dumps(results, indent=1))
     if pool is not None:
         pool.shutdown()
@@ -324,6 +463,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--eval-subset", type=int, default=1000)
     p.add_argument("--sun-subset", type=int, default=40)
     p.add_argument("--relax-steps", type=int, default=150)
+    # Per group (seeds / candidates / baseline paired on the same seeds, and both top sets).
+    p.add_argument("--relax-subset", type=int, default=100)
     p.add_argument("--compare-seeds", type=int, default=100)
     p.add_argument("--compare-steps", type=int, default=1000)
     p.add_argument("--compare-points", type=int, nargs="+", default=[0, 250, 500, 1000])
@@ -342,6 +483,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.sun_subset,
             args.relax_steps,
             args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            args.relax_subset,
         )
     if args.checkpoint is None:
         p.error("--checkpoint is required")
@@ -455,16 +597,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stage("optimise", s)
 
     # ---------------------------------------------------------------- decode and score
+    def decode(latents: torch.Tensor, seed: int) -> list[Crystal]:
+        with autocast(device):
+            return decode_latents(
+                model,
+                latents,
+                beam_width=args.beam,
+                steps=args.euler_steps,
+                guidance=args.guidance,
+                generator=torch.Generator(device=device).manual_seed(seed),
+            )
+
     s = time.time()
-    with autocast(device):
-        cands = decode_latents(
-            model,
-            z,
-            beam_width=args.beam,
-            steps=args.euler_steps,
-            guidance=args.guidance,
-            generator=torch.Generator(device=device).manual_seed(args.seed + 1),
-        )
+    cands = decode(z, args.seed + 1)
     stage("decode", s)
 
     s = time.time()
@@ -481,21 +626,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["top"]["percent"] = args.top_percent
     stage("candidate_oracles", s)
 
+    # ------------------------------------------------ decode-and-select baseline (no search)
+    s = time.time()
+    base = decode(z0, args.seed + 1)
+    base_valid = validity(base, pool)
+    base_values = scorer.score(prop, base, base_valid)
+    base_top = np.argsort(pred0)[:k]
+    results["baseline"] = summary(base_values)
+    results["baseline"]["validity_rate"] = float(base_valid.mean())
+    results["baseline_top"] = summary(base_values, base_top)
+    results["baseline_top"]["validity_rate"] = float(base_valid[base_top].mean())
+    stage("baseline_decode_and_oracles", s)
+
     if args.save_candidates is not None:
-        a = max(c.num_atoms for c in cands)
-        frac = np.zeros((n, a, 3), dtype=np.float32)
-        nums = np.zeros((n, a), dtype=np.int16)
-        for i, c in enumerate(cands):
-            frac[i, : c.num_atoms], nums[i, : c.num_atoms] = c.frac_coords, c.numbers
-        np.savez_compressed(
-            args.save_candidates,
-            lattice=np.stack([c.lattice for c in cands]).astype(np.float32),
-            frac=frac,
-            numbers=nums,
-            predicted=pred.astype(np.float32),
-            seed_ids=seeds.ids,
-            **{f"oracle_{k}": v.astype(np.float32) for k, v in values.items()},
-        )
+        arrays = {
+            **packed_crystals(cands, "", pred, values),
+            **packed_crystals(base, "base_", pred0, base_values),
+        }
+        np.savez_compressed(args.save_candidates, seed_ids=seeds.ids, **arrays)
 
     # ---------------------------------------------------------------- ES vs back-propagation
     if left() > 90:
@@ -573,7 +721,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stage(f"unique_novel_{name}", s)
 
     # ---------------------------------------------------------------- S.U.N. on a subset
-    if "subset" in flags and left() > 60 and REFERENCE_TABLE.is_file():
+    if "subset" in flags and not hull_available():
+        results["skipped_sun"] = "pymatgen's phase diagram cannot be imported here: --rescore"
+    elif "subset" in flags and left() > 60 and REFERENCE_TABLE.is_file():
         s = time.time()
         f = flags["subset"]
         results.update(
@@ -590,6 +740,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stage("sun_subset", s)
     elif "subset" in flags:
         results["skipped_sun"] = "deadline or no reference table"
+
+    # ------------------------------------------------ approximate relaxation, then oracles
+    if args.relax_subset > 0 and left() > 60:
+        s = time.time()
+        picks = relax_picks(n, top, base_top, args.relax_subset, args.seed + 4)
+        results["relax_picks"] = {g: v.tolist() for g, v in picks.items()}
+        groups = relax_groups(picks, seed_crystals, cands, valid, base, base_valid)
+        results["relaxed"] = relaxed_stage(prop, groups, args.relax_steps, scorer, pool)
+        stage("relaxed_oracles", s)
+    else:
+        results["skipped_relaxed"] = "deadline or --relax-subset 0"
 
     results["total_s"] = round(time.time() - t0, 1)
     save()

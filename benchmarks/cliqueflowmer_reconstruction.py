@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--n", type=int, default=500)
+    # "val" (part of the training set) against "test" separates under- from over-fitting.
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 2.0, 4.0])
     p.add_argument("--euler-steps", type=int, default=100)
     p.add_argument("--beam", type=int, default=10)
@@ -44,13 +46,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, info = load_checkpoint(args.checkpoint, device)
-    test = load_split("test")
-    pick = np.sort(np.random.default_rng(args.seed).permutation(len(test))[: args.n])
-    sub = test.subset(pick)
+    data = load_split(args.split)
+    pick = np.sort(np.random.default_rng(args.seed).permutation(len(data))[: args.n])
+    sub = data.subset(pick)
     originals = [sub.crystal(i) for i in range(len(sub))]
     results: dict[str, Any] = {
         "checkpoint": str(args.checkpoint),
         "property": info["property"],
+        "split": args.split,
         "n": len(sub),
         "euler_steps": args.euler_steps,
         "beam": args.beam,
