@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -28,12 +27,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cliqueflowmer_paper import Scorer, _init_worker, summary, validity
+from cliqueflowmer_paper import (
+    Scorer,
+    _init_worker,
+    add_decode_args,
+    decode_seeded,
+    summary,
+    validity,
+)
 
 from ml.methods.cliqueflowmer.checkpoint import load_checkpoint
 from ml.methods.cliqueflowmer.data import load_split
-from ml.methods.cliqueflowmer.decoding import decode_latents
-from ml.methods.cliqueflowmer.metrics import autocast, encode_packed
+from ml.methods.cliqueflowmer.metrics import encode_packed
 from ml.methods.cliqueflowmer.optimizer import OptimiserSettings, optimise_latents
 
 
@@ -41,6 +46,11 @@ def parse_setting(text: str) -> tuple[int, float, float]:
     """'steps:weight_decay:sigma' -> (steps, weight_decay, sigma)."""
     steps, wd, sigma = text.split(":")
     return int(steps), float(wd), float(sigma)
+
+
+def _num(x: float | None) -> str:
+    """A mean for the table; None when nothing in the group could be scored."""
+    return "nan" if x is None else f"{x:.3f}"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -56,12 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--top-percent", type=float, default=10.0)
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--euler-steps", type=int, default=100)
-    p.add_argument("--beam", type=int, default=10)
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    add_decode_args(p)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -99,15 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with torch.no_grad():
             pred = model.predict(z).float().cpu().numpy()
         top = np.argsort(pred)[:k]
-        with autocast(device):
-            cands = decode_latents(
-                model,
-                z,
-                beam_width=args.beam,
-                steps=args.euler_steps,
-                guidance=args.guidance,
-                generator=torch.Generator(device=device).manual_seed(args.seed + 1),
-            )
+        cands = decode_seeded(model, z, args, device, args.seed + 1)
         valid = validity(cands, pool)
         values = scorer.score(prop, cands, valid)
         row = {
@@ -125,8 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["rows"].append(row)
         print(
             f"{steps:>5} {wd:>4g} {sigma:>5g} | {row['predicted_all']:>7.3f} "
-            f"{row['predicted_top']:>7.3f} | {row['all']['objective']:>10.3f} "
-            f"{row['top']['objective']:>10.3f} | {row['validity']:>5.3f} "
+            f"{row['predicted_top']:>7.3f} | {_num(row['all']['objective']):>10} "
+            f"{_num(row['top']['objective']):>10} | {row['validity']:>5.3f} "
             f"{row['latent_norm']:>5.1f} | {row['seconds']}",
             flush=True,
         )

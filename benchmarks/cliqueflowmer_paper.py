@@ -441,6 +441,31 @@ def rescore(
     return results
 
 
+def add_decode_args(p: argparse.ArgumentParser) -> None:
+    """Decoding and run options shared with the ES sweep."""
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--euler-steps", type=int, default=100)
+    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def decode_seeded(
+    model: Any, z: torch.Tensor, args: argparse.Namespace, device: str, seed: int
+) -> list[Crystal]:
+    """Decode latents with the run's beam, Euler steps and guidance; ``seed`` fixes the noise."""
+    with autocast(device):
+        return decode_latents(
+            model,
+            z,
+            beam_width=args.beam,
+            steps=args.euler_steps,
+            guidance=args.guidance,
+            generator=torch.Generator(device=device).manual_seed(seed),
+        )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path)
@@ -457,9 +482,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--weight-decay", type=float, default=0.5)
     p.add_argument("--top-percent", type=float, default=10.0)
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--euler-steps", type=int, default=100)
-    p.add_argument("--beam", type=int, default=10)
     p.add_argument("--eval-subset", type=int, default=1000)
     p.add_argument("--sun-subset", type=int, default=40)
     p.add_argument("--relax-steps", type=int, default=150)
@@ -468,9 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--compare-seeds", type=int, default=100)
     p.add_argument("--compare-steps", type=int, default=1000)
     p.add_argument("--compare-points", type=int, nargs="+", default=[0, 250, 500, 1000])
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    add_decode_args(p)
     p.add_argument("--deadline", type=float, default=float("inf"), help="seconds for all")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--save-candidates", type=Path, default=None)
@@ -598,15 +618,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- decode and score
     def decode(latents: torch.Tensor, seed: int) -> list[Crystal]:
-        with autocast(device):
-            return decode_latents(
-                model,
-                latents,
-                beam_width=args.beam,
-                steps=args.euler_steps,
-                guidance=args.guidance,
-                generator=torch.Generator(device=device).manual_seed(seed),
-            )
+        return decode_seeded(model, latents, args, device, seed)
 
     s = time.time()
     cands = decode(z, args.seed + 1)
