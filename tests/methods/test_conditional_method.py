@@ -94,7 +94,9 @@ def test_run_generates_the_requested_composition(tiny_weights: Path) -> None:
     for c in cands:
         assert Counter(c.crystal.species) == Counter({"O": 6, "Sr": 2, "Ti": 2})
         assert (c.crystal.frac_coords >= 0).all() and (c.crystal.frac_coords < 1).all()
-        assert c.predicted == {"formation_energy": -1.5}
+        # No predictor: the conditioning target is kept as such, never as a prediction.
+        assert c.predicted == {}
+        assert c.meta["targets"] == {"formation_energy": -1.5}
     assert {c.meta["space_group_condition"] for c in cands} == {221, 99}
 
 

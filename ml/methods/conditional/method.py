@@ -224,10 +224,11 @@ class ConditionalMethod(DesignMethod):
                 targets = {
                     p: v for p in model.config.properties if (v := cond.value(p)) is not None
                 }
+                # The generator has no property predictor: the conditioning targets are what
+                # was asked for, not a prediction, so they go in meta only.
                 out.append(
                     Candidate(
                         crystal=snapped or crystal,
-                        predicted=dict(targets),
                         meta={
                             "composition": crystal.to_structure().composition.formula,
                             "composition_source": source,
