@@ -160,6 +160,7 @@ def validity(crystals: list[Crystal], pool: ProcessPoolExecutor | None) -> np.nd
 def missing_reference_splits() -> list[tuple[str, str]]:
     """Reference splits whose files are absent here (a trimmed data copy on the GPU box);
     novelty against the rest is an upper bound, re-scored against all with --rescore."""
+    from ml.data.reference import FORMULA_ONLY_SPLIT
     from ml.data.sources import SOURCES
     from ml.settings import get_ml_settings
 
@@ -167,7 +168,7 @@ def missing_reference_splits() -> list[tuple[str, str]]:
     return [
         key
         for key, src in SOURCES.items()
-        if src.has_structures and not (root / src.relpath).is_file()
+        if (src.has_structures or key == FORMULA_ONLY_SPLIT) and not (root / src.relpath).is_file()
     ]
 
 

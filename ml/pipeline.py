@@ -10,9 +10,10 @@ The data types and signatures are fixed (the service codes against them). Steps 
    flag False, no scores, ``meta["invalid_reason"]``.
 2. constraints of the request (:func:`ml.constraints.constraint_violations`: elements,
    max_atoms, composition, charge neutrality when requested, space groups by spglib at
-   symprec 0.1, perovskite family), judged on the final (relaxed, else proposed) crystal.
-   Violators are scored like the rest but are never hits; ``meta["violations"]`` names the
-   broken fields and ``flags["constraints"]`` says whether all were met.
+   symprec 0.1, perovskite family), judged on the final (relaxed, else proposed) crystal,
+   and ``max_energy_above_hull`` once E_hull is known (step 4; an unscored E_hull does not
+   meet it). Violators are scored like the rest but are never hits; ``meta["violations"]``
+   names the broken fields and ``flags["constraints"]`` says whether all were met.
 3. CHGNet relaxation when ``request.relax`` (FIRE, fmax 0.1 eV/A, 300 steps), batched over the
    valid candidates. A failed relaxation (NaN energy, or a relaxed cell that is no
    longer valid) leaves ``relaxed`` None and ``meta["relax_error"]``; the proposed crystal is
@@ -24,13 +25,24 @@ The data types and signatures are fixed (the service codes against them). Steps 
    objective; when that is not PBE, the PBE gap is also kept as ``scores["band_gap_pbe"]``.
    CHGNet runs once per crystal: its energy per atom (from the relaxation, else one batched
    chgnet-energy call) gives both CHGNet-Eform (minus the elemental references) and E_hull
-   (against :class:`ml.evaluation.hull.ReferenceHull`).
+   (against :class:`ml.evaluation.hull.ReferenceHull`). Band gaps are clipped at 0 (a
+   regression oracle such as MEGNet can return negative gaps); the raw value is kept in
+   ``meta["raw_scores"][key]``.
 5. flags: ``valid``, ``charge_neutral`` (strict when the request asks for neutrality, else
    all-metal compositions pass too: see :mod:`ml.constraints`), ``unique`` (no match among
    ``previous`` and earlier kept candidates of the batch, judged on the final crystals),
-   ``novel`` (no match in the reference set), ``stable`` (E_hull <= 0), ``metastable``
-   (E_hull <= 0.1 eV/atom), ``hit`` (all objectives and constraints met), ``constraints``.
+   ``novel`` (:meth:`ml.evaluation.novelty.ReferenceSet.judge`: no reference structure
+   matches and no MP-20 train material known only by formula could be the same;
+   ``meta["novelty_basis"]`` says which, ``meta["novelty_reference"]`` names the material),
+   ``stable`` (E_hull <= 0), ``metastable`` (E_hull <= 0.1 eV/atom), ``hit`` (all
+   objectives and constraints met, see :func:`final_hits`), ``constraints``.
 6. ``objective_loss = request.objective_loss(values)`` (inf when unscored).
+
+Hits with minimize/maximize objectives: such an objective has no threshold, so it is met by
+the top decile (``EXTREMAL_TOP_FRACTION``, at least one candidate, ties included) of the
+valid, constraint-meeting candidates scored for it. :func:`evaluate_candidates` applies this
+over its batch; the job runner applies it again over the whole job before ranking
+(:func:`apply_final_hits`), and :func:`summarize` reports the cutoffs.
 
 Oracles, the hull and the reference set are built once per process and reused.
 """
@@ -50,7 +62,17 @@ import numpy as np
 
 from ml.constraints import composition_of, constraint_violations, neutrality_ok, space_group_number
 from ml.crystal import Crystal
-from ml.evaluation.metrics import count, hit_rate, msun_rate, rate, stability_flags, sun_rate
+from ml.evaluation.metrics import (
+    EXTREMAL_TOP_FRACTION,
+    count,
+    msun_rate,
+    rate,
+    stability_flags,
+    stable_sun_hit_rate,
+    sun_hit_rate,
+    sun_rate,
+    top_cutoff,
+)
 from ml.evaluation.novelty import get_reference_set
 from ml.evaluation.uniqueness import PreparedStructure, unique_flags
 from ml.evaluation.validity import check_validity
@@ -95,6 +117,10 @@ _BASE_ORACLES = {
     "band_gap": "megnet-gap-pbe",
     "density": "density",
 }
+# Score keys holding band gaps: clipped at 0 (step 4 of the module docstring).
+_GAP_KEYS = frozenset({"band_gap", "band_gap_pbe"})
+# The violation name of the stability constraint (the request field).
+EHULL_CONSTRAINT = "max_energy_above_hull"
 _FLAG_NAMES = (
     "valid",
     "charge_neutral",
@@ -331,6 +357,9 @@ def evaluate_candidates(
             preds = oracle.predict(final)
         for i, v in zip(eligible, preds, strict=True):
             value = _nan_to_none(float(v))
+            if key in _GAP_KEYS and value is not None and value < 0.0:
+                out[i].meta.setdefault("raw_scores", {})[key] = value
+                value = 0.0
             values[i][key] = value
             out[i].scores[key] = OracleScore(value, oracle.unit, oracle.name, oracle.version)
 
@@ -347,6 +376,10 @@ def evaluate_candidates(
         out[i].scores["energy_above_hull"] = OracleScore(
             e_hull, "eV/atom", "chgnet-energy", f"CHGNet 0.3.0; {_hull_version(hull)}"
         )
+        limit = constraints.max_energy_above_hull
+        if limit is not None and (e_hull is None or e_hull > limit):
+            out[i].meta["violations"] = [*out[i].meta.get("violations", []), EHULL_CONSTRAINT]
+            out[i].flags["constraints"] = meets[i] = False
 
     # Evaluation flags on the final crystals.
     prepared = [_prepared(c) or PreparedStructure(c) for c in final]  # final ones are valid
@@ -356,11 +389,86 @@ def evaluate_candidates(
     for k, i in enumerate(eligible):
         sc = out[i]
         sc.flags["unique"] = unique[k]
-        sc.flags["novel"] = refs.is_novel(prepared[k])
+        novelty = refs.judge(prepared[k])
+        sc.flags["novel"] = novelty.novel
+        sc.meta["novelty_basis"] = novelty.basis
+        if novelty.reference is not None:
+            sc.meta["novelty_reference"] = novelty.reference.material_id
         sc.flags["stable"], sc.flags["metastable"] = stability_flags(sc.energy_above_hull)
         sc.flags["hit"] = meets[i] and request.hit(values[i])
         sc.objective_loss = request.objective_loss(values[i])
+    apply_final_hits(out, request)
     return out
+
+
+def _score_values(sc: ScoredCandidate) -> dict[str, float | None]:
+    return {key: score.value for key, score in sc.scores.items()}
+
+
+def _ranked_pool(sc: ScoredCandidate) -> bool:
+    return bool(sc.flags.get("valid", False) and sc.flags.get("constraints", True))
+
+
+def extremal_cutoffs(
+    scored: Sequence[ScoredCandidate], request: DesignRequest
+) -> list[dict[str, Any]]:
+    """For each minimize/maximize objective: the value a candidate must reach to be in the
+    top decile of ``scored`` (among valid, constraint-meeting candidates scored for it), with
+    ``n_ranked`` (that pool) and ``n_top``; ``cutoff`` None when nobody is scored."""
+    out: list[dict[str, Any]] = []
+    for objective in request.objectives:
+        if not objective.extremal:
+            continue
+        prop = objective.property
+        pool = [
+            float(v)
+            for sc in scored
+            if _ranked_pool(sc) and (v := _score_values(sc).get(prop)) is not None
+        ]
+        top = top_cutoff(pool, maximize=objective.goal == "maximize")
+        out.append(
+            {
+                "property": prop,
+                "goal": objective.goal,
+                "top_fraction": EXTREMAL_TOP_FRACTION,
+                "cutoff": top[0] if top else None,
+                "n_ranked": len(pool),
+                "n_top": top[1] if top else 0,
+            }
+        )
+    return out
+
+
+def final_hits(scored: Sequence[ScoredCandidate], request: DesignRequest) -> list[bool]:
+    """Each candidate's hit over the set ``scored`` (a batch or a whole job): every
+    target/threshold objective and constraint met, and every minimize/maximize objective in
+    the set's top decile (:func:`extremal_cutoffs`). Without min/max objectives these are the
+    ``hit`` flags as they stand. Computed from the stored scores, so it can be re-applied."""
+    cutoffs = extremal_cutoffs(scored, request)
+    if not cutoffs:
+        return [bool(sc.flags.get("hit", False)) for sc in scored]
+    hits: list[bool] = []
+    for sc in scored:
+        values = _score_values(sc)
+        ok = _ranked_pool(sc) and request.hit(values)
+        for c in cutoffs:
+            v, cutoff = values.get(c["property"]), c["cutoff"]
+            if not ok or v is None or cutoff is None:
+                ok = False
+                break
+            ok = v >= cutoff if c["goal"] == "maximize" else v <= cutoff
+        hits.append(ok)
+    return hits
+
+
+def apply_final_hits(scored: Sequence[ScoredCandidate], request: DesignRequest) -> list[int]:
+    """Set each candidate's ``hit`` flag to :func:`final_hits`; indices of those changed."""
+    changed: list[int] = []
+    for k, (sc, hit) in enumerate(zip(scored, final_hits(scored, request), strict=True)):
+        if sc.flags.get("hit", False) != hit:
+            sc.flags["hit"] = hit
+            changed.append(k)
+    return changed
 
 
 def _sort_key(sc: ScoredCandidate) -> tuple[bool, bool, bool, float, bool, float]:
@@ -416,15 +524,22 @@ def _best(scored: Sequence[ScoredCandidate], request: DesignRequest) -> dict[str
 
 def summarize(scored: Sequence[ScoredCandidate], request: DesignRequest) -> dict[str, Any]:
     """Counts and rates for a job summary: n_candidates, n_valid, n_unique, n_novel, n_stable,
-    n_metastable, hit_rate, sun_rate, msun_rate, best (per objective property).
+    n_metastable, n_hits, hit_rate, sun_rate, msun_rate, the S.U.N.-hit figures, best (per
+    objective property) and the min/max objectives' cutoffs.
 
-    Rates are fractions of all candidates. ``best[property]`` is the value with the lowest
-    objective loss among valid candidates meeting the constraints (with its formula,
+    Rates are fractions of all candidates. Hits are :func:`final_hits` over ``scored``.
+    ``sun_hit_rate`` (the headline): metastable (E_hull <= 0.1 eV/atom), unique, novel and a
+    hit; ``stable_sun_hit_rate`` the same with E_hull <= 0. ``stability_basis`` says whether
+    stability was judged after relaxation or, with ``relax`` false, on the unrelaxed crystals
+    (then ``stability_note`` says so in words). ``best[property]`` is the value with the
+    lowest objective loss among valid candidates meeting the constraints (with its formula,
     fingerprint and rank).
     """
-    flags = [s.flags for s in scored]
-    return {
-        "n_candidates": len(scored),
+    hits = final_hits(scored, request)
+    flags = [{**s.flags, "hit": h} for s, h in zip(scored, hits, strict=True)]
+    n = len(scored)
+    out: dict[str, Any] = {
+        "n_candidates": n,
         "n_valid": count(flags, "valid"),
         "n_constraints_ok": count(flags, "constraints"),
         "n_charge_neutral": count(flags, "charge_neutral"),
@@ -435,9 +550,24 @@ def summarize(scored: Sequence[ScoredCandidate], request: DesignRequest) -> dict
         "n_hits": count(flags, "hit"),
         "n_sun": count(flags, "stable", "unique", "novel"),
         "n_msun": count(flags, "metastable", "unique", "novel"),
-        "hit_rate": hit_rate(flags),
+        "n_sun_hit": count(flags, "metastable", "unique", "novel", "hit"),
+        "n_stable_sun_hit": count(flags, "stable", "unique", "novel", "hit"),
+        "hit_rate": rate(flags, "hit"),
         "sun_rate": sun_rate(flags),
         "msun_rate": msun_rate(flags),
+        "sun_hit_rate": sun_hit_rate(flags),
+        "stable_sun_hit_rate": stable_sun_hit_rate(flags),
         "valid_rate": rate(flags, "valid"),
+        "stability_basis": "relaxed" if request.relax else "unrelaxed",
+        "extremal_objectives": extremal_cutoffs(scored, request),
         "best": _best(scored, request),
     }
+    if request.relax:
+        # Candidates whose relaxation failed are judged on the proposed crystal.
+        out["n_relax_failed"] = sum(1 for s in scored if "relax_error" in s.meta)
+    else:
+        out["stability_note"] = (
+            "relax is false: stable, metastable, S.U.N. and S.U.N.-hit figures are judged on "
+            "the unrelaxed (proposed) crystals"
+        )
+    return out

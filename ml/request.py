@@ -68,8 +68,15 @@ class Objective(BaseModel):
             raise ValueError("fidelity applies to band_gap only")
         return self
 
+    @property
+    def extremal(self) -> bool:
+        """A minimize/maximize goal: no value meets it alone; the pipeline judges it over the
+        job (top decile, :func:`ml.pipeline.final_hits`)."""
+        return self.goal in ("minimize", "maximize")
+
     def satisfied(self, value: float | None) -> bool:
-        """Whether an oracle value meets this objective (min/max goals always count as met)."""
+        """Whether an oracle value meets this objective. A min/max goal only needs a score
+        here; whether the value is good enough is judged over the job (``extremal``)."""
         if value is None or value != value:  # None or NaN: unscored never hits
             return False
         if self.goal == "target":
@@ -157,6 +164,9 @@ class Constraints(BaseModel):
     space_groups: list[int] | None = None
     crystal_family: CrystalFamily | None = None
     templates: list[str] | None = Field(default=None, max_length=MAX_TEMPLATES)
+    # eV/atom, judged on the final (relaxed when relax) crystal by the default stability
+    # oracle; an unscored crystal does not meet it. The runner returns only crystals meeting it.
+    max_energy_above_hull: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     @field_validator("composition")
     @classmethod
@@ -226,7 +236,9 @@ class DesignRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
     def hit(self, scores: dict[str, float | None]) -> bool:
-        """Whether oracle scores meet every objective (missing property: not a hit)."""
+        """Whether oracle scores meet every target/threshold objective and score every
+        min/max one (missing property: not a hit). The top-decile rule for min/max objectives
+        needs the whole job: :func:`ml.pipeline.final_hits`."""
         return all(o.satisfied(scores.get(o.property)) for o in self.objectives)
 
     def objective_loss(self, scores: dict[str, float | None]) -> float:

@@ -4,6 +4,12 @@ method (from the registry) -> batches of candidates -> common pipeline -> stored
 -> final ranking over all of the job's structures -> summary. Progress goes to the job row at
 a bounded rate; cancellation is checked between steps; the job ends ``succeeded``,
 ``failed`` (with a readable error) or ``cancelled``.
+
+With ``constraints.max_energy_above_hull`` the method is asked for ``EHULL_OVERSAMPLE`` times
+the requested number (capped at ``MAX_CANDIDATES``), and only candidates meeting the limit
+are stored, the best of each batch first (pipeline ranking order), until the requested number
+is reached. When the method runs out first, the job returns fewer and the summary's
+``shortfall`` says why; ``generation`` holds the counts.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import platform
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from app import __version__
@@ -21,13 +28,37 @@ from app.settings import Settings
 from ml import pipeline
 from ml.methods.base import Cancelled, Candidate, MethodContext, Progress, RequestError
 from ml.methods.registry import get_method
-from ml.request import DesignRequest
+from ml.request import MAX_CANDIDATES, DesignRequest
 from ml.settings import get_ml_settings
 from workers.lease import Interrupted, JobLease, JobTimeLimit, LostClaim, claim_job
 from workers.runtime import interrupted
 from workers.store import StructureStore, clean_json
 
 log = logging.getLogger(__name__)
+
+
+# How many candidates the method is asked for per requested one when a stability limit will
+# reject some: the job is full when at least a quarter of the method's crystals meet it.
+EHULL_OVERSAMPLE = 4
+
+
+@dataclass
+class Generation:
+    """Counts of this attempt for the summary (a resumed job recounts from its restart)."""
+
+    budget: int  # candidates asked of the method
+    n_generated: int = 0  # yielded by the method
+    n_evaluated: int = 0  # scored by the pipeline (new ones only)
+    n_rejected: int = 0  # dropped for breaking constraints.max_energy_above_hull
+    exhausted: bool = False  # the method stopped before the job had enough
+
+
+def _generation_request(request: DesignRequest) -> DesignRequest:
+    """The request the method runs: over-generating when a stability limit will reject."""
+    if request.constraints.max_energy_above_hull is None:
+        return request
+    budget = min(MAX_CANDIDATES, request.num_candidates * EHULL_OVERSAMPLE)
+    return request.model_copy(update={"num_candidates": budget})
 
 
 class ProgressReporter:
@@ -113,6 +144,7 @@ def _run(
     device = get_ml_settings().torch_device()
     reporter = ProgressReporter(lease, settings.progress_interval_s)
     request: DesignRequest | None = None
+    generation: Generation | None = None
     method_info: dict[str, Any] = {"name": job.method}
     if job.started_at is not None:
         timer.add("queued_s", max((job.started_at - job.created_at).total_seconds(), 0.0))
@@ -131,26 +163,32 @@ def _run(
         kept = len(previous)
         reporter.report("starting", 0, request.num_candidates, None, force=True)
         ctx = MethodContext(device=device, should_cancel=lease.should_cancel)
-        gen = method.run(request, params, ctx)
+        gen_request = _generation_request(request)
+        generation = Generation(budget=gen_request.num_candidates)
+        gen = method.run(gen_request, params, ctx)
         try:
             for event in _timed_events(gen, timer):
                 lease.checkpoint()
                 if isinstance(event, Progress):
                     reporter.report(event.phase, event.step, event.total, event.best)
                     continue
+                generation.n_generated += len(event)
                 fresh = [c for c in event if pipeline.fingerprint(c.crystal) not in stored]
                 kept = _evaluate_and_store(
-                    fresh, request, previous, store, reporter, timer, device, kept
+                    fresh, request, previous, store, reporter, timer, device, kept, generation
                 )
                 if kept >= request.num_candidates:
                     break
                 lease.checkpoint()
+            else:
+                generation.exhausted = kept < request.num_candidates
         finally:
             gen.close()
         lease.checkpoint()
-        summary = _finish(store, request, reporter, timer, method_info, t_start)
+        summary = _finish(store, request, reporter, timer, method_info, t_start, generation)
         store.write_ranks(
             summary.pop("_ranks"),
+            hits=summary.pop("_hits"),
             status=SUCCEEDED,
             finished_at=utcnow(),
             summary=summary,
@@ -165,10 +203,15 @@ def _run(
         if time.monotonic() > lease.deadline:
             return _fail(lease, f"time limit: job ran longer than {settings.job_time_limit_s:g} s")
         # Keep what was found so far, ranked, with a summary of it.
-        summary = _finish(store, request, reporter, timer, method_info, t_start) if request else {}
+        summary = (
+            _finish(store, request, reporter, timer, method_info, t_start, generation)
+            if request
+            else {}
+        )
         ranks = summary.pop("_ranks", {})
         store.write_ranks(
             ranks,
+            hits=summary.pop("_hits", {}),
             status=CANCELLED,
             finished_at=utcnow(),
             summary=summary or None,
@@ -195,13 +238,33 @@ def _evaluate_and_store(
     timer: _Timer,
     device: str,
     kept: int,
+    generation: Generation,
 ) -> int:
-    batch = batch[: max(request.num_candidates - kept, 0)]
-    if not batch:
+    remaining = max(request.num_candidates - kept, 0)
+    limit = request.constraints.max_energy_above_hull
+    if limit is None:
+        batch = batch[:remaining]
+    if not batch or not remaining:
         return kept
     t = time.perf_counter()
     scored = pipeline.evaluate_candidates(batch, request, previous=previous, device=device)
     timer.add("pipeline_s", time.perf_counter() - t)
+    generation.n_evaluated += len(scored)
+    if limit is not None:
+        # Only crystals meeting the stability limit are returned; of those, the batch's best
+        # (the pipeline's ranking order) fill the remaining places.
+        meeting = [
+            s
+            for s in scored
+            if s.flags.get("valid")
+            and pipeline.EHULL_CONSTRAINT not in s.meta.get("violations", [])
+        ]
+        generation.n_rejected += len(scored) - len(meeting)
+        scored = pipeline.rank_candidates(meeting)[:remaining]
+        for s in scored:
+            s.rank = None  # ranks are the job's, set at the end
+        if not scored:
+            return kept
     t = time.perf_counter()
     losses = [s.objective_loss for s in scored if s.flags.get("valid", True)]
     best = min(losses) if losses else None
@@ -230,14 +293,18 @@ def _finish(
     timer: _Timer,
     method_info: dict[str, Any],
     t_start: float,
+    generation: Generation | None = None,
 ) -> dict[str, Any]:
-    """Rank every stored candidate of the job and summarise; ``_ranks`` maps row id -> rank."""
+    """Rank every stored candidate of the job and summarise; ``_ranks`` maps row id -> rank,
+    ``_hits`` row id -> hit for the rows whose hit changed once judged over the whole job
+    (minimize/maximize objectives: top decile of the job)."""
     reporter.report(
         "ranking", reporter.current.get("step", 0), request.num_candidates, None, force=True
     )
     t = time.perf_counter()
     scored, ids = store.load_scored()
     by_fp = {s.fingerprint: sid for s, sid in zip(scored, ids, strict=True)}
+    hits = {ids[k]: scored[k].flags["hit"] for k in pipeline.apply_final_hits(scored, request)}
     ranked = pipeline.rank_candidates(scored)
     ranks = {by_fp[s.fingerprint]: s.rank for s in ranked}
     summary = dict(pipeline.summarize(ranked, request))
@@ -247,6 +314,8 @@ def _finish(
     for s in scored:
         for prop, sc in s.scores.items():
             oracles.setdefault(prop, {"oracle": sc.oracle, "version": sc.version})
+    if generation is not None:
+        summary.update(_generation_summary(request, generation, summary["n_candidates"]))
     summary.update(
         {
             "seed": request.seed,
@@ -262,6 +331,30 @@ def _finish(
     )
     out = clean_json(summary)
     out["_ranks"] = ranks
+    out["_hits"] = hits
+    return out
+
+
+def _generation_summary(
+    request: DesignRequest, generation: Generation, returned: int
+) -> dict[str, Any]:
+    """``n_requested``, ``generation`` counts and, when fewer than asked, ``shortfall``."""
+    out: dict[str, Any] = {"n_requested": request.num_candidates, "generation": asdict(generation)}
+    limit = request.constraints.max_energy_above_hull
+    if limit is not None:
+        out["generation"]["max_energy_above_hull"] = limit
+    if returned < request.num_candidates and generation.exhausted:
+        reason = (
+            f"returned {returned} of {request.num_candidates} requested: the method produced "
+            f"{generation.n_generated} candidates"
+        )
+        if limit is not None:
+            reason += (
+                f" (asked for {generation.budget}, {EHULL_OVERSAMPLE}x the request), of which "
+                f"{generation.n_rejected} were invalid or had energy above hull above "
+                f"{limit:g} eV/atom (or none could be computed)"
+            )
+        out["shortfall"] = reason
     return out
 
 

@@ -205,8 +205,14 @@ class StructureStore:
         ]
         return scored, [r.id for r in rows]
 
-    def write_ranks(self, ranks: dict[str, int | None], **job_values: Any) -> None:
-        """Set every row's rank and finish the job row, in one transaction."""
+    def write_ranks(
+        self,
+        ranks: dict[str, int | None],
+        hits: dict[str, bool] | None = None,
+        **job_values: Any,
+    ) -> None:
+        """Set every row's rank, the ``hit`` of the rows in ``hits`` (judged over the whole
+        job), and finish the job row, in one transaction."""
         with self.db.session() as s:
             self.lease.write_in(s)
             if ranks:
@@ -214,5 +220,9 @@ class StructureStore:
                     update(Structure),
                     [{"id": sid, "rank": rank} for sid, rank in ranks.items()],
                 )
+            if hits:
+                for row in s.scalars(select(Structure).where(Structure.id.in_(list(hits)))):
+                    row.hit = hits[row.id]
+                    row.flags = {**row.flags, "hit": hits[row.id]}
             if job_values:
                 self.lease.write_in(s, **job_values)

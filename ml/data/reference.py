@@ -1,8 +1,14 @@
-"""The reference set for novelty: every structure under the data directory.
+"""The reference set for novelty: every structure under the data directory, plus the MP-20
+train materials known here only by formula.
 
 The index maps a reduced formula to the rows that carry it, built from the CSV formula columns
 alone (no CIF parsing). Only the rows a candidate's formula points at are ever parsed
 (:func:`reference_crystals`), through the split stores (cached prefix or single-row parse).
+
+MP-20 train has 27,136 materials, of which 17,089 have no coordinates here
+(``mp20/train_index.csv.gz`` rows whose ``cif`` is not ``present``): 15,159 reduced formulas,
+12,468 of them held by no structure with coordinates. :func:`formula_only_index` lists them,
+so novelty can say when a candidate may be one of these materials.
 """
 
 from __future__ import annotations
@@ -17,7 +23,16 @@ from ml.data.records import reduced_formula
 from ml.data.sources import structure_splits
 from ml.settings import get_ml_settings
 
-__all__ = ["ReferenceEntry", "reference_crystals", "reference_formula_index"]
+__all__ = [
+    "FORMULA_ONLY_SPLIT",
+    "ReferenceEntry",
+    "formula_only_index",
+    "reference_crystals",
+    "reference_formula_index",
+]
+
+# The table of every MP-20 train material; rows without coordinates are known by formula only.
+FORMULA_ONLY_SPLIT = ("mp20", "train_index")
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,37 @@ def reference_formula_index(
             ids = table["material_id"].astype(str).to_numpy()
             sizes = table["n_atoms"].to_numpy()
             for row, formula in enumerate(table["pretty_formula"].astype(str).to_numpy()):
+                entry = ReferenceEntry(dataset, split, row, str(ids[row]), int(sizes[row]))
+                index.setdefault(reduced_formula(formula), []).append(entry)
+        _INDEX[key] = index
+        return index
+
+
+def formula_only_index(
+    *,
+    data_dir: Path | None = None,
+    exclude_splits: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+) -> dict[str, list[ReferenceEntry]]:
+    """Reduced formula -> the MP-20 train materials that have no coordinates here (``row`` is
+    the row of ``mp20/train_index``). Empty when ``exclude_splits`` names ``mp20/train`` (they
+    are train materials) or ``mp20/train_index``. Built once per process; shared: do not
+    modify."""
+    root = Path(data_dir) if data_dir is not None else get_ml_settings().data_dir
+    excluded = tuple(sorted((str(d), str(s)) for d, s in exclude_splits))
+    dataset, split = FORMULA_ONLY_SPLIT
+    key = (str(root), (("formula-only", ""), *excluded))
+    with _LOCK:
+        if key in _INDEX:
+            return _INDEX[key]
+        index: dict[str, list[ReferenceEntry]] = {}
+        if not {(dataset, "train"), FORMULA_ONLY_SPLIT} & set(excluded):
+            table = read_table(dataset, split, root)
+            ids = table["material_id"].astype(str).to_numpy()
+            sizes = table["n_atoms"].to_numpy()
+            has_cif = (table["cif"].astype(str) == "present").to_numpy()
+            for row, formula in enumerate(table["pretty_formula"].astype(str).to_numpy()):
+                if has_cif[row]:
+                    continue  # in mp20/train.csv.gz with coordinates
                 entry = ReferenceEntry(dataset, split, row, str(ids[row]), int(sizes[row]))
                 index.setdefault(reduced_formula(formula), []).append(entry)
         _INDEX[key] = index

@@ -6,15 +6,21 @@ a method cannot raise its rates by emitting broken structures. Flags are the pip
 
 - S.U.N. rate: stable (E_hull <= 0, up to 1e-6 eV/atom of float noise) and unique and novel;
 - metastable S.U.N. rate: E_hull <= 0.1 eV/atom and unique and novel;
-- hit rate: meets every objective of the request and every constraint (the ``hit`` flag).
+- hit rate: meets every objective of the request and every constraint (the ``hit`` flag);
+  a minimize/maximize objective is met by the top decile of the job
+  (:data:`EXTREMAL_TOP_FRACTION`, :func:`top_cutoff`);
+- S.U.N.-hit rate (the headline for a lab): metastable and unique and novel and a hit; the
+  stable variant asks E_hull <= 0 instead.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 __all__ = [
     "EHULL_TOLERANCE",
+    "EXTREMAL_TOP_FRACTION",
     "METASTABLE_EHULL",
     "STABLE_EHULL",
     "count",
@@ -22,7 +28,10 @@ __all__ = [
     "msun_rate",
     "rate",
     "stability_flags",
+    "stable_sun_hit_rate",
+    "sun_hit_rate",
     "sun_rate",
+    "top_cutoff",
 ]
 
 STABLE_EHULL = 0.0  # eV/atom
@@ -30,6 +39,10 @@ METASTABLE_EHULL = 0.1  # eV/atom
 # Float noise of the hull construction: a reference structure scored against a hull that
 # contains it comes out at +-1e-16, which must still count as on the hull.
 EHULL_TOLERANCE = 1e-6  # eV/atom
+# A minimize/maximize objective has no threshold: the best tenth of the job's ranked values
+# (at least one candidate) meets it, so a min/max-only job's hit rate is about 0.1 of the
+# scored candidates rather than all of them.
+EXTREMAL_TOP_FRACTION = 0.1
 
 Flags = Mapping[str, bool]
 
@@ -64,3 +77,22 @@ def msun_rate(flags: Sequence[Flags]) -> float:
 
 def hit_rate(flags: Sequence[Flags]) -> float:
     return rate(flags, "hit")
+
+
+def sun_hit_rate(flags: Sequence[Flags]) -> float:
+    return rate(flags, "metastable", "unique", "novel", "hit")
+
+
+def stable_sun_hit_rate(flags: Sequence[Flags]) -> float:
+    return rate(flags, "stable", "unique", "novel", "hit")
+
+
+def top_cutoff(values: Sequence[float], *, maximize: bool) -> tuple[float, int] | None:
+    """(cutoff, n_top) of the best :data:`EXTREMAL_TOP_FRACTION` of ``values`` (at least one):
+    a value at least as good as the cutoff is in the top (ties at the cutoff included).
+    None for no values."""
+    if not values:
+        return None
+    n_top = max(1, math.ceil(EXTREMAL_TOP_FRACTION * len(values)))
+    ordered = sorted(values, reverse=maximize)
+    return float(ordered[n_top - 1]), n_top

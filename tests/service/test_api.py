@@ -117,6 +117,18 @@ def test_keys_are_required_and_hashed(client: TestClient, keys: list[str], setti
         ({"params": {"batch_size": 0}}, "body.params.batch_size"),
         ({"constraints": {"max_atoms": 100000}}, "body.constraints.max_atoms"),
         (
+            {"constraints": {"max_energy_above_hull": -0.05}},
+            "body.constraints.max_energy_above_hull",
+        ),
+        (
+            {"constraints": {"max_energy_above_hull": "inf"}},
+            "body.constraints.max_energy_above_hull",
+        ),
+        (
+            {"constraints": {"max_energy_above_hull": "NaN"}},
+            "body.constraints.max_energy_above_hull",
+        ),
+        (
             {"constraints": {"elements": {"allowed": ["Na", "K"]}, "charge_neutral": True}},
             "body.constraints.elements.allowed",
         ),
