@@ -3,8 +3,9 @@
 On the first ``--n`` MP-20 test structures (real, DFT-relaxed materials) prints: validity rate,
 strict charge-neutrality rate, neutrality with the all-metal exemption, uniqueness within the
 set, novelty against the full reference set (must be 0: they are in it) and against the
-reference set without mp20/test (how many reappear in another split), with per-structure
-timings. Usage::
+reference set without mp20/test (how many reappear in another split, and how many share a
+formula with an MP-20 train material known only by formula), with the basis of each verdict
+and per-structure timings. Usage::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/evaluation_sanity.py --n 1000
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from collections import Counter
 
 from ml.constraints import is_charge_neutral, neutrality_ok
 from ml.data import load_records, reference_formula_index
@@ -71,11 +73,14 @@ def main() -> None:
     for label, exclude in variants:
         refs = get_reference_set(exclude_splits=exclude)
         t0 = time.perf_counter()
-        novel = [refs.is_novel(p) for p in prepared]
+        verdicts = [refs.judge(p) for p in prepared]
         t_novel = time.perf_counter() - t0
+        novel = sum(v.novel for v in verdicts)
+        bases = Counter(v.basis for v in verdicts)
         print(
-            f"novel vs {label}: {sum(novel)}/{n} = {sum(novel) / n:.3f} "
-            f"({t_novel / n * 1e3:.1f} ms/structure incl. lazy reference parsing)"
+            f"novel vs {label}: {novel}/{n} = {novel / n:.3f} "
+            f"({t_novel / n * 1e3:.1f} ms/structure incl. lazy reference parsing); "
+            f"basis: {dict(sorted(bases.items()))}"
         )
     print(f"formula index build: {t_index:.2f} s")
 
