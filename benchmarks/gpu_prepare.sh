@@ -10,7 +10,7 @@
 #          MATDESIGN_MODELS_DIR=$PWD/.devdata/models
 set -euo pipefail
 SHARED=${SHARED:-../shared}
-mkdir -p .whl .devdata/data/mp20 .devdata/models
+mkdir -p .whl .devdata/data/mp20 .devdata/data/mp2018 .devdata/data/perov5 .devdata/models
 dl() {
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
@@ -22,11 +22,18 @@ dl matgl==4.1.2 pymatgen==2026.10.24 pymatgen-core monty spglib ruamel.yaml ruam
   uncertainties palettable tabulate chgnet==0.4.2 torchdata orjson ase smact \
   pydantic==2.13.4 pydantic-core==2.46.4 pydantic-settings python-dotenv annotated-types \
   typing-inspection
+# SevenNet (the default energy judge): the box has e3nn; keep only the two checkpoints the
+# oracles use (l3i5, SevenNet-0 11Jul2024) and drop the LAMMPS/D3 binaries (30 MB).
+dl sevenn==0.13.0 matscipy braceexpand
+zip -q -d .whl/sevenn-*.whl 'sevenn/pretrained_potentials/SevenNet_0__22May2024/*' \
+  'sevenn/pretrained_potentials/SevenNet_MF_0/*' 'sevenn/pair_e3gnn/*' 'sevenn/*.so' || true
 # chgnet imports nvidia_smi, which exists only as an sdist.
 (cd .whl && python3 -m pip wheel -q --no-deps nvidia-ml-py3)
 # The oracles use CHGNet 0.3.0 only: drop the other bundled weights (9 MB).
 zip -q -d .whl/chgnet-*.whl 'chgnet/pretrained/r2scan/*' 'chgnet/pretrained/0.2.0/*' || true
 cp "$SHARED"/data/mp20/*.csv.gz .devdata/data/mp20/
+cp "$SHARED"/data/mp2018/*.csv.gz .devdata/data/mp2018/
+cp "$SHARED"/data/perov5/*.csv.gz .devdata/data/perov5/
 cp -r "$SHARED"/models/matgl .devdata/models/
 tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
 extra=$(du -cb .whl .devdata | tail -1 | cut -f1)

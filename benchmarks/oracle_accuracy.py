@@ -1,5 +1,9 @@
 """Oracle accuracy on all 9,046 MP-20 test structures, and the hull sanity fraction.
 
+- Band-gap oracles (default: the trained gap-chgnet-ft and MEGNet PBE) run on the test CIFs:
+  MAE, R^2, metal/non-metal accuracy and the share of negative outputs.
+- Formation energy of each energy model's hull table (``hull_<model>.csv.gz``), static.
+
 - MAE and R^2 of chgnet-eform and megnet-eform vs the DFT formation energy, and of
   megnet-gap-pbe vs the DFT band gap; the number of structures each oracle left unscored.
 - The fraction of MP-20 test structures (DFT-relaxed Materials Project entries, mostly on or
@@ -28,7 +32,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.evaluation.hull import ReferenceHull, load_reference_table
+from ml.evaluation.hull import ReferenceHull, hull_table_path, load_reference_table
 
 PAIRS = [
     ("chgnet-eform", "chgnet_eform", "dft_eform", "eV/atom"),
@@ -63,12 +67,44 @@ def recompute(test: pd.DataFrame, device: str | None, batch_size: int) -> pd.Dat
     return out
 
 
+def gap_table(test: pd.DataFrame, names: list[str], device: str | None, batch: int) -> None:
+    """MAE, R^2, metal/non-metal accuracy and share of negative outputs of band-gap oracles."""
+    from ml.data.cache import parse_cif
+    from ml.oracles.registry import get_oracle
+    from ml.settings import get_ml_settings
+
+    src = pd.read_csv(Path(get_ml_settings().data_dir) / "mp20" / "test.csv.gz")
+    cifs = dict(zip(src["material_id"].astype(str), src["cif"], strict=True))
+    crystals = [parse_cif(cifs[m]) for m in test["material_id"].astype(str)]
+    true = test["dft_gap"].to_numpy(float)
+    print(f"{'band-gap oracle':<22}{'MAE':>8}{'R^2':>8}{'metal acc':>10}{'neg share':>10}{'s':>7}")
+    for name in names:
+        t = time.perf_counter()
+        pred = get_oracle(name, device).predict(crystals, batch_size=batch)
+        took = time.perf_counter() - t
+        mae, r2, _ = mae_r2(pred, true)
+        ok = np.isfinite(pred)
+        acc = float(np.mean((pred[ok] > 0) == (true[ok] > 0)))
+        neg = float(np.mean(pred[ok] < 0))
+        print(f"{name:<22}{mae:>8.4f}{r2:>8.4f}{acc:>10.4f}{neg:>10.4f}{took:>7.0f}")
+        if name == "megnet-gap-pbe":
+            clipped = np.clip(pred, 0, None)
+            mae, r2, _ = mae_r2(clipped, true)
+            acc = float(np.mean((clipped[ok] > 0) == (true[ok] > 0)))
+            print(f"{'  (clipped at 0)':<22}{mae:>8.4f}{r2:>8.4f}{acc:>10.4f}{0.0:>10.4f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="oracle accuracy on MP-20 test")
     ap.add_argument("--recompute", action="store_true", help="run the oracles, not the table")
     ap.add_argument("--device", default=None)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threshold", type=float, default=0.1, help="eV/atom above hull")
+    ap.add_argument(
+        "--gap-oracles",
+        default="gap-chgnet-ft,megnet-gap-pbe",
+        help="band-gap oracles to run on the test CIFs ('' to skip)",
+    )
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
 
@@ -79,10 +115,24 @@ def main(argv: list[str] | None = None) -> None:
         test = recompute(test, args.device, args.batch_size)
         source = f"recomputed on {args.device or 'settings device'}"
     print(f"MP-20 test: {len(test)} structures; predictions from {source}")
-    print(f"{'oracle':<16}{'MAE':>9}{'R^2':>8}{'unscored':>10}  target")
+    print(f"{'oracle':<22}{'MAE':>9}{'R^2':>8}{'unscored':>10}  target")
     for name, col, target, unit in PAIRS:
         mae, r2, missing = mae_r2(test[col].to_numpy(float), test[target].to_numpy(float))
-        print(f"{name:<16}{mae:>9.4f}{r2:>8.4f}{missing:>10}  {target} ({unit})")
+        print(f"{name:<22}{mae:>9.4f}{r2:>8.4f}{missing:>10}  {target} ({unit})")
+    # Formation energy of the energy models' hull tables (static, at the DFT geometry).
+    for model in ("sevennet-l3i5", "sevennet-0", "chgnet"):
+        path = hull_table_path(model)
+        if not path.is_file():
+            print(f"{model + '-eform':<22} (no {path.name})")
+            continue
+        h = load_reference_table(path)
+        h = h[(h["dataset"] == "mp20") & (h["split"] == "test")]
+        pred = dict(zip(h["material_id"].astype(str), h["eform_static"], strict=True))
+        p = np.array([pred.get(m, math.nan) for m in test["material_id"].astype(str)], float)
+        mae, r2, missing = mae_r2(p, test["dft_eform"].to_numpy(float))
+        print(f"{model + '-eform':<22}{mae:>9.4f}{r2:>8.4f}{missing:>10}  dft_eform (eV/atom)")
+    if args.gap_oracles:
+        gap_table(test, args.gap_oracles.split(","), args.device, args.batch_size)
 
     t = time.perf_counter()
     hull = ReferenceHull.load(exclude_splits=[("mp20", "test")])

@@ -14,18 +14,21 @@ The data types and signatures are fixed (the service codes against them). Steps 
    and ``max_energy_above_hull`` once E_hull is known (step 4; an unscored E_hull does not
    meet it). Violators are scored like the rest but are never hits; ``meta["violations"]``
    names the broken fields and ``flags["constraints"]`` says whether all were met.
-3. CHGNet relaxation when ``request.relax`` (FIRE, fmax 0.1 eV/A, 300 steps), batched over the
-   valid candidates. A failed relaxation (NaN energy, or a relaxed cell that is no
-   longer valid) leaves ``relaxed`` None and ``meta["relax_error"]``; the proposed crystal is
-   scored instead. ``space_group`` is that of the relaxed crystal when there is one.
+3. relaxation when ``request.relax`` (FIRE on positions and cell, fmax 0.1 eV/A, 300 steps) by
+   the stability judge (``request.oracles["energy_above_hull"]``, default SevenNet-l3i5), all
+   valid candidates in one batch (:mod:`ml.oracles.batch_relax`). A failed relaxation (NaN
+   energy, or a relaxed cell that is no longer valid) leaves ``relaxed`` None and
+   ``meta["relax_error"]``; the proposed crystal is scored instead. ``space_group`` is that
+   of the relaxed crystal when there is one.
 4. oracle scores on the relaxed crystal (else the proposed one), each oracle called once on the
    whole batch: the default oracle of every objective property, plus always
-   ``formation_energy`` (chgnet-eform), ``band_gap`` (megnet-gap-pbe), ``density`` and
-   ``energy_above_hull``. ``scores["band_gap"]`` is at the fidelity of the first band-gap
-   objective; when that is not PBE, the PBE gap is also kept as ``scores["band_gap_pbe"]``.
-   CHGNet runs once per crystal: its energy per atom (from the relaxation, else one batched
-   chgnet-energy call) gives both CHGNet-Eform (minus the elemental references) and E_hull
-   (against :class:`ml.evaluation.hull.ReferenceHull`). Band gaps are clipped at 0 (a
+   ``formation_energy`` (sevennet-l3i5-eform), ``band_gap`` (gap-chgnet-ft), ``density`` and
+   ``energy_above_hull``; ``request.oracles`` replaces a default by name. ``scores["band_gap"]``
+   is at the fidelity of the first band-gap objective; when that is not PBE, the PBE gap is also
+   kept as ``scores["band_gap_pbe"]``. The judge runs once per crystal: its energy per atom
+   (from the relaxation, else one batched call) gives both the same model's formation energy
+   (minus its elemental references) and E_hull (against its own relaxed-reference
+   :class:`ml.evaluation.hull.ReferenceHull`). Band gaps are clipped at 0 (a
    regression oracle such as MEGNet can return negative gaps); the raw value is kept in
    ``meta["raw_scores"][key]``.
 5. flags: ``valid``, ``charge_neutral`` (strict when the request asks for neutrality, else
@@ -34,7 +37,8 @@ The data types and signatures are fixed (the service codes against them). Steps 
    ``novel`` (:meth:`ml.evaluation.novelty.ReferenceSet.judge`: no reference structure
    matches and no MP-20 train material known only by formula could be the same;
    ``meta["novelty_basis"]`` says which, ``meta["novelty_reference"]`` names the material),
-   ``stable`` (E_hull <= 0), ``metastable`` (E_hull <= 0.1 eV/atom), ``hit`` (all
+   ``stable`` (E_hull <= 0), ``metastable`` (E_hull <= 0.1 eV/atom), both with a 5 meV/atom
+   tolerance (:data:`ml.evaluation.metrics.EHULL_TOLERANCE`), ``hit`` (all
    objectives and constraints met, see :func:`final_hits`), ``constraints``.
 6. ``objective_loss = request.objective_loss(values)`` (inf when unscored).
 
@@ -113,8 +117,8 @@ STABILITY_RELAX_FMAX = 0.1  # eV/A, evaluation.md
 STABILITY_RELAX_STEPS = 300
 FINGERPRINT_DECIMALS = 6
 _BASE_ORACLES = {
-    "formation_energy": "chgnet-eform",
-    "band_gap": "megnet-gap-pbe",
+    "formation_energy": "sevennet-l3i5-eform",
+    "band_gap": "gap-chgnet-ft",
     "density": "density",
 }
 # Score keys holding band gaps: clipped at 0 (step 4 of the module docstring).
@@ -188,14 +192,23 @@ def oracle_plan(request: DesignRequest) -> dict[str, str]:
         plan.setdefault(prop, default_oracle_name(prop))
     if plan["band_gap"] != _BASE_ORACLES["band_gap"]:
         plan["band_gap_pbe"] = _BASE_ORACLES["band_gap"]
+    # Oracles the request names replace the defaults for their property.
+    plan.update({k: v for k, v in request.oracles.items() if k != "energy_above_hull"})
     return plan
 
 
-@lru_cache(maxsize=1)
-def _reference_hull() -> Any:
+def stability_oracle(request: DesignRequest) -> str:
+    """The energy oracle that relaxes the candidates and judges their energy above hull."""
+    from ml.oracles.registry import DEFAULT_STABILITY_ORACLE
+
+    return request.oracles.get("energy_above_hull", DEFAULT_STABILITY_ORACLE)
+
+
+@lru_cache(maxsize=4)
+def _reference_hull(model: str) -> Any:
     from ml.evaluation.hull import ReferenceHull
 
-    return ReferenceHull.load()
+    return ReferenceHull.load(model=model)
 
 
 def warm_up(device: str | None = None) -> dict[str, float]:
@@ -205,13 +218,14 @@ def warm_up(device: str | None = None) -> dict[str, float]:
     Workers call it when they start, so their first job does not pay these loads."""
     import time
 
-    from ml.oracles.registry import get_oracle
+    from ml.oracles.registry import DEFAULT_STABILITY_ORACLE, ENERGY_MODEL_OF, get_oracle
 
     loads: dict[str, Callable[[], object]] = {
         name: partial(get_oracle, name, device)
-        for name in ("chgnet-energy", *_BASE_ORACLES.values())
+        for name in (DEFAULT_STABILITY_ORACLE, *_BASE_ORACLES.values())
     }
-    loads.update(hull=_reference_hull, novelty=get_reference_set)
+    model = ENERGY_MODEL_OF[DEFAULT_STABILITY_ORACLE]
+    loads.update(hull=partial(_reference_hull, model), novelty=get_reference_set)
     took: dict[str, float] = {}
     for part, load in loads.items():
         t0 = time.perf_counter()
@@ -236,20 +250,25 @@ def _nan_to_none(value: float) -> float | None:
 
 
 def _relax(
-    crystals: list[Crystal], device: str | None
+    crystals: list[Crystal], device: str | None, model: str
 ) -> list[tuple[Crystal | None, float | None, dict[str, Any]]]:
-    """(relaxed crystal or None, CHGNet energy per atom or None, meta) per crystal."""
+    """(relaxed crystal or None, energy per atom or None, meta) per crystal, all relaxed
+    together by ``model``."""
     from ml.oracles.relax import relax_crystals
 
     out: list[tuple[Crystal | None, float | None, dict[str, Any]]] = []
     results = relax_crystals(
-        crystals, fmax=STABILITY_RELAX_FMAX, steps=STABILITY_RELAX_STEPS, device=device
+        crystals,
+        fmax=STABILITY_RELAX_FMAX,
+        steps=STABILITY_RELAX_STEPS,
+        device=device,
+        model=model,
     )
     for res in results:
         meta: dict[str, Any] = {"relax_converged": res.converged, "relax_steps": res.steps}
         energy = _nan_to_none(res.energy_per_atom)
         if energy is None:
-            meta["relax_error"] = "CHGNet relaxation failed (no finite energy)"
+            meta["relax_error"] = f"{model} relaxation failed (no finite energy)"
             out.append((None, None, meta))
             continue
         validity = check_validity(res.crystal)
@@ -274,9 +293,11 @@ def evaluate_candidates(
     them and against earlier candidates of this batch). Ranks are not assigned here.
     Uniqueness compares final crystals, so pass each kept candidate's ``relaxed or crystal``.
     """
-    from ml.oracles.registry import get_oracle
+    from ml.oracles.registry import ENERGY_MODEL_OF, get_oracle
 
     constraints = request.constraints
+    judge = stability_oracle(request)
+    energy_model = ENERGY_MODEL_OF[judge]
     out: list[ScoredCandidate] = []
     eligible: list[int] = []
     for cand in candidates:
@@ -312,7 +333,7 @@ def evaluate_candidates(
     # Relaxation (optional), then the crystal each candidate is scored and judged on.
     energies: dict[int, float | None] = {}
     if request.relax:
-        relaxed = _relax([out[i].crystal for i in eligible], device)
+        relaxed = _relax([out[i].crystal for i in eligible], device, energy_model)
         for i, (crystal, energy, meta) in zip(eligible, relaxed, strict=True):
             out[i].relaxed = crystal
             out[i].meta.update(meta)
@@ -331,12 +352,13 @@ def evaluate_candidates(
             out[i].meta["violations"] = violations
         out[i].flags["constraints"] = meets[i] = not violations
 
-    # CHGNet energy per atom of each final crystal: from the relaxation, else one batched
-    # chgnet-energy call. It feeds E_hull and (through the elemental references) CHGNet-Eform,
-    # so CHGNet runs once per crystal, not once per property.
+    # The judge's energy per atom of each final crystal: from the relaxation, else one batched
+    # call. It feeds E_hull and (through the elemental references) the same model's formation
+    # energy, so the model runs once per crystal, not once per property.
+    judge_oracle = get_oracle(judge, device)
     need_energy = [k for k, i in enumerate(eligible) if i not in energies]
     if need_energy:
-        energy_oracle = get_oracle("chgnet-energy", device)
+        energy_oracle = judge_oracle
         preds = energy_oracle.predict([final[k] for k in need_energy])
         for k, v in zip(need_energy, preds, strict=True):
             energies[eligible[k]] = _nan_to_none(float(v))
@@ -349,9 +371,9 @@ def evaluate_candidates(
     values: dict[int, dict[str, float | None]] = {i: {} for i in eligible}
     for key, name in plan.items():
         oracle = get_oracle(name, device)
-        if name == "chgnet-energy":
+        if name == judge:
             preds = energy_array
-        elif name == "chgnet-eform" and hasattr(oracle, "eform_from_energies"):
+        elif ENERGY_MODEL_OF.get(name) == energy_model and hasattr(oracle, "eform_from_energies"):
             preds = oracle.eform_from_energies(final, energy_array)
         else:
             preds = oracle.predict(final)
@@ -363,19 +385,24 @@ def evaluate_candidates(
             values[i][key] = value
             out[i].scores[key] = OracleScore(value, oracle.unit, oracle.name, oracle.version)
 
-    # Energy above hull from the same CHGNet energies.
-    hull = _reference_hull()
+    # Energy above hull from the same energies, against the model's own relaxed-reference hull.
+    hull = _reference_hull(energy_model)
+    protocol = (
+        f"relaxed (FIRE, fmax {STABILITY_RELAX_FMAX} eV/A, <= {STABILITY_RELAX_STEPS} steps)"
+        if request.relax
+        else "unrelaxed"
+    )
+    ehull_version = f"{judge_oracle.version}; {_hull_version(hull)}; {protocol}"
     for k, i in enumerate(eligible):
         energy = energies.get(i)
         e_hull = None
         if energy is not None:
             e_hull = _nan_to_none(hull.e_above_hull(composition_of(final[k]), energy))
         out[i].energy_above_hull = e_hull
-        out[i].meta["chgnet_energy_per_atom"] = energy
+        out[i].meta["energy_per_atom"] = energy
+        out[i].meta["energy_model"] = energy_model
         values[i]["energy_above_hull"] = e_hull
-        out[i].scores["energy_above_hull"] = OracleScore(
-            e_hull, "eV/atom", "chgnet-energy", f"CHGNet 0.3.0; {_hull_version(hull)}"
-        )
+        out[i].scores["energy_above_hull"] = OracleScore(e_hull, "eV/atom", judge, ehull_version)
         limit = constraints.max_energy_above_hull
         if limit is not None and (e_hull is None or e_hull > limit):
             out[i].meta["violations"] = [*out[i].meta.get("violations", []), EHULL_CONSTRAINT]

@@ -234,6 +234,21 @@ class DesignRequest(BaseModel):
     relax: bool = True
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     params: dict[str, Any] = Field(default_factory=dict)
+    # property (or "energy_above_hull") -> oracle name; the rest use the defaults. The
+    # energy_above_hull oracle also relaxes the candidates and picks the reference hull.
+    oracles: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+    @field_validator("oracles")
+    @classmethod
+    def _oracles(cls, v: dict[str, str]) -> dict[str, str]:
+        from ml.oracles.registry import check_oracle_choice
+
+        for key, name in v.items():
+            try:
+                check_oracle_choice(key, name)
+            except ValueError as exc:
+                raise ValueError(f"oracles.{key}: {exc}") from None
+        return v
 
     def hit(self, scores: dict[str, float | None]) -> bool:
         """Whether oracle scores meet every target/threshold objective and score every

@@ -1,10 +1,13 @@
-"""Energy above the convex hull against the reference table of CHGNet energies.
+"""Energy above the convex hull of the reference structures, per energy model.
 
-The hull is built from ``data/reference_energies.csv.gz`` (static CHGNet 0.3.0 energies of
-every reference structure, made by ``ml/tools/build_reference_tables.py``) plus the relaxed
-elemental references of CHGNet-Eform, so hull energies and CHGNet-Eform share one zero. One
-pymatgen ``PhaseDiagram`` per chemical system, holding the entries of all its sub-systems, is
-built on first use and cached.
+``ReferenceHull.load(model)`` reads ``data/hull_<model>.csv.gz`` (made by
+``ml/tools/build_hull_tables.py``): every reference structure's energy per atom by that model,
+RELAXED with the candidates' protocol where it was relaxed (all rows near the hull), else static,
+plus the model's relaxed elemental references, so hull energies and the model's formation
+energies share one zero and a relaxed candidate meets references relaxed the same way.
+``model=None`` reads the older table of static CHGNet energies (``reference_energies.csv.gz``).
+One pymatgen ``PhaseDiagram`` per chemical system, holding the entries of all its sub-systems,
+is built on first use and cached.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from ml.oracles.references import load_elemental_refs
 __all__ = ["REFERENCE_TABLE_PATH", "ReferenceHull", "load_reference_table"]
 
 REFERENCE_TABLE_PATH = Path(__file__).resolve().parent / "data" / "reference_energies.csv.gz"
+
+
+def hull_table_path(model: str) -> Path:
+    return REFERENCE_TABLE_PATH.with_name(f"hull_{model}.csv.gz")
+
+
 # Above this many elements the 2^n sub-systems and the hull itself get expensive; MP-20 and
 # the generated candidates stay far below it.
 MAX_ELEMENTS = 10
@@ -81,6 +90,7 @@ class ReferenceHull:
         self._elements = {next(iter(s)) for s in self._by_system if len(s) == 1}
         self._entries: dict[frozenset[str], list[PDEntry]] = {}
         self._diagrams: dict[frozenset[str], PhaseDiagram] = {}
+        self.version = "reference hull"
 
     @classmethod
     def load(
@@ -88,13 +98,22 @@ class ReferenceHull:
         exclude_splits: Iterable[tuple[str, str]] = (),
         path: Path | None = None,
         include_elemental_refs: bool = True,
+        model: str | None = None,
     ) -> ReferenceHull:
-        """Hull of the reference table without the (dataset, split) pairs in ``exclude_splits``.
+        """Hull of ``model``'s reference table without the (dataset, split) pairs in
+        ``exclude_splits``.
 
         ``include_elemental_refs`` adds the relaxed elemental references (Eu and Th exist only
-        there) so that E_hull of an element matches CHGNet-Eform's zero.
+        there) so that E_hull of an element matches the model's formation-energy zero.
         """
-        table = load_reference_table(path)
+        if model is not None:
+            table = load_reference_table(path or hull_table_path(model))
+            energy = table["energy_relaxed"].where(
+                table["energy_relaxed"] < table["energy_static"], table["energy_static"]
+            )
+            table = table.assign(chgnet_energy_per_atom=energy)
+        else:
+            table = load_reference_table(path)
         excluded = {(str(d), str(s)) for d, s in exclude_splits}
         if excluded:
             keep = [
@@ -107,8 +126,11 @@ class ReferenceHull:
             (f, float(e)) for f, e in lowest.items() if isinstance(f, str) and f
         ]
         if include_elemental_refs:
-            entries += list(load_elemental_refs().items())
-        return cls(entries)
+            entries += list(load_elemental_refs(model or "chgnet").items())
+        hull = cls(entries)
+        name = (path or hull_table_path(model)).name if model else REFERENCE_TABLE_PATH.name
+        hull.version = f"reference hull {name}"
+        return hull
 
     @property
     def elements(self) -> set[str]:

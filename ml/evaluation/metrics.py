@@ -36,9 +36,10 @@ __all__ = [
 
 STABLE_EHULL = 0.0  # eV/atom
 METASTABLE_EHULL = 0.1  # eV/atom
-# Float noise of the hull construction: a reference structure scored against a hull that
-# contains it comes out at +-1e-16, which must still count as on the hull.
-EHULL_TOLERANCE = 1e-6  # eV/atom
+# A relaxation stopped at fmax 0.1 eV/A leaves a crystal a few meV/atom above the minimum the
+# references reached (relaxed bcc Fe came out +0.5 meV/atom above its own reference), so "on
+# the hull" allows 5 meV/atom: well inside the oracles' ~40 meV/atom error against DFT.
+EHULL_TOLERANCE = 0.005  # eV/atom
 # A minimize/maximize objective has no threshold: the best tenth of the job's ranked values
 # (at least one candidate) meets it, so a min/max-only job's hit rate is about 0.1 of the
 # scored candidates rather than all of them.

@@ -17,7 +17,7 @@ from pymatgen.core import Structure
 
 from ml.crystal import Crystal, as_structure
 from ml.oracles.base import Oracle, OracleInfo
-from ml.oracles.references import formation_energy, load_elemental_refs
+from ml.oracles.references import formation_energies, load_elemental_refs
 
 __all__ = [
     "CHGNET_VERSION",
@@ -114,17 +114,43 @@ class ChgnetEformOracle(ChgnetEnergyOracle):
     def eform_from_energies(
         self, structures: Sequence[Crystal | Structure], energies: np.ndarray
     ) -> np.ndarray:
-        comps = [as_structure(s).composition for s in structures]
-        return np.array(
-            [
-                formation_energy(c, float(e), self.refs)
-                for c, e in zip(comps, energies, strict=True)
-            ],
-            dtype=np.float64,
-        )
+        return formation_energies(structures, energies, self.refs)
 
     def predict(
         self, structures: Sequence[Crystal | Structure], batch_size: int = 256
     ) -> np.ndarray:
         energies = super().predict(structures, batch_size=batch_size)
         return self.eform_from_energies(structures, energies)
+
+
+class ChgnetPotential:
+    """Batched CHGNet energy (eV), forces (eV/A) and stress (eV/A^3, ASE sign) for
+    :func:`ml.oracles.batch_relax.fire_relax`."""
+
+    _GPA = 1.0 / 160.21766208  # CHGNet reports stress in GPa
+
+    def __init__(self, device: str, pool: object = None):
+        self.device = device
+        self.model = load_chgnet(device)
+        self.builder = ChgnetGraphBuilder()
+        self.pool = pool
+
+    def graphs(self, structures: Sequence[Crystal | Structure]) -> list:
+        if self.pool is None or len(structures) < 32:
+            return [self.builder(s) for s in structures]
+        return list(self.pool.map(self.builder, structures, chunksize=16))  # type: ignore[attr-defined]
+
+    def efs(self, crystals: Sequence[Crystal]) -> list[tuple[float, np.ndarray, np.ndarray] | None]:
+        graphs = self.graphs(crystals)
+        idx = [i for i, g in enumerate(graphs) if g is not None]
+        out: list[tuple[float, np.ndarray, np.ndarray] | None] = [None] * len(crystals)
+        if not idx:
+            return out
+        pred = self.model([graphs[i].to(self.device) for i in idx], task="efs")  # type: ignore[union-attr]
+        energy = pred["e"].detach().double().cpu().numpy().reshape(-1)
+        stress = [s.detach().double().cpu().numpy() * self._GPA for s in pred["s"]]
+        for k, i in enumerate(idx):
+            n = crystals[i].num_atoms
+            forces = pred["f"][k].detach().double().cpu().numpy()
+            out[i] = (float(energy[k]) * n, forces, stress[k])
+        return out

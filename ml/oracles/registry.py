@@ -12,6 +12,8 @@ from collections.abc import Callable
 from ml.oracles.base import Oracle, OracleInfo
 
 __all__ = [
+    "DEFAULT_STABILITY_ORACLE",
+    "ENERGY_MODEL_OF",
     "ORACLE_INFOS",
     "default_oracle_name",
     "get_oracle",
@@ -100,11 +102,66 @@ for _fid, _level in GAP_FIDELITIES.items():
         description=f"Multi-fidelity MEGNet band gap at the {_fid.upper()} fidelity.",
     )
 
+_SEVENNET = {
+    "sevennet-l3i5": (
+        "SevenNet-l3i5",
+        "Matbench Discovery F1 0.76, MAE 0.044 eV/atom (its authors' figures)",
+    ),
+    "sevennet-0": ("SevenNet-0 (11Jul2024)", "Matbench Discovery F1 0.72, MAE 0.048 eV/atom"),
+}
+for _model, (_label, _err) in _SEVENNET.items():
+    ORACLE_INFOS[f"{_model}-energy"] = OracleInfo(
+        name=f"{_model}-energy",
+        property="energy",
+        unit="eV/atom",
+        model=_label,
+        version="sevenn 0.13.0 bundled checkpoint",
+        reported_error=_err,
+        description=f"{_label} total energy per atom at the given geometry (no relaxation); "
+        "as the stability judge it also relaxes candidates and gives E_hull against its own "
+        "relaxed reference hull.",
+    )
+    ORACLE_INFOS[f"{_model}-eform"] = OracleInfo(
+        name=f"{_model}-eform",
+        property="formation_energy",
+        unit="eV/atom",
+        model=_label,
+        version="sevenn 0.13.0 bundled checkpoint",
+        reported_error="see benchmarks/RESULTS.md (oracle accuracy on MP-20 test)",
+        description=f"{_label} energy per atom minus composition-weighted elemental references "
+        "(lowest energy of its relaxed elemental structures).",
+    )
+ORACLE_INFOS["gap-chgnet-ft"] = OracleInfo(
+    name="gap-chgnet-ft",
+    property="band_gap",
+    unit="eV",
+    model="CHGNet 0.3.0 backbone fine-tuned on MP-20 train + val DFT-PBE band gaps",
+    version="ml/weights/bandgap_chgnet.pt (model card bandgap_chgnet.md)",
+    reported_error="see ml/weights/bandgap_chgnet.md (MAE on all 9,046 MP-20 test)",
+    description="PBE band gap: metal/non-metal head plus a softplus gap head; never negative.",
+)
+
+# Energy oracles -> the energy model behind them (relaxation and hull use the same model).
+ENERGY_MODEL_OF: dict[str, str] = {
+    "chgnet-energy": "chgnet",
+    "chgnet-eform": "chgnet",
+    "sevennet-l3i5-energy": "sevennet-l3i5",
+    "sevennet-l3i5-eform": "sevennet-l3i5",
+    "sevennet-0-energy": "sevennet-0",
+    "sevennet-0-eform": "sevennet-0",
+}
+# The judge of relaxation and energy above hull unless a request names another energy oracle.
+DEFAULT_STABILITY_ORACLE = "sevennet-l3i5-energy"
+
 # property -> {fidelity or None: default oracle name}
 _DEFAULTS: dict[str, dict[str | None, str]] = {
-    "formation_energy": {None: "chgnet-eform"},
-    "band_gap": {None: "megnet-gap-pbe", **{f: f"megnet-gap-{f}" for f in GAP_FIDELITIES}},
-    "energy": {None: "chgnet-energy"},
+    "formation_energy": {None: "sevennet-l3i5-eform"},
+    "band_gap": {
+        None: "gap-chgnet-ft",
+        **{f: f"megnet-gap-{f}" for f in GAP_FIDELITIES},
+        "pbe": "gap-chgnet-ft",
+    },
+    "energy": {None: "sevennet-l3i5-energy"},
     "density": {None: "density"},
     "tolerance_factor": {None: "tolerance-factor"},
     "hhi": {None: "hhi"},
@@ -144,7 +201,22 @@ def _factories() -> dict[str, Callable[[str], Oracle]]:
 
         return make
 
+    def sevennet(name: str, model: str) -> Callable[[str], Oracle]:
+        def make(device: str) -> Oracle:
+            from ml.oracles import sevennet as sn
+
+            cls = sn.SevennetEformOracle if name.endswith("-eform") else sn.SevennetEnergyOracle
+            return cls(ORACLE_INFOS[name], model, device)
+
+        return make
+
+    def trained_gap(device: str) -> Oracle:
+        from ml.oracles.gap import TrainedGapOracle
+
+        return TrainedGapOracle(ORACLE_INFOS["gap-chgnet-ft"], device)
+
     table: dict[str, Callable[[str], Oracle]] = {
+        "gap-chgnet-ft": trained_gap,
         "chgnet-eform": chgnet_eform,
         "chgnet-energy": chgnet_energy,
         "megnet-eform": megnet("megnet-eform", _MEGNET_EFORM, None),
@@ -154,6 +226,9 @@ def _factories() -> dict[str, Callable[[str], Oracle]]:
     }
     for fid, level in GAP_FIDELITIES.items():
         table[f"megnet-gap-{fid}"] = megnet(f"megnet-gap-{fid}", _MEGNET_GAP, level)
+    for model in _SEVENNET:
+        for kind in ("energy", "eform"):
+            table[f"{model}-{kind}"] = sevennet(f"{model}-{kind}", model)
     return table
 
 
@@ -209,3 +284,22 @@ def get_oracle(name: str, device: str | None = None) -> Oracle:
             oracle = _factories()[name](dev)
             _CACHE[key] = oracle
         return oracle
+
+
+def check_oracle_choice(key: str, name: str) -> str:
+    """Validate a request's ``oracles[key] = name``: ``key`` is a property or
+    ``energy_above_hull`` (judged by an energy oracle); raises ValueError saying why not."""
+    if name not in ORACLE_INFOS:
+        raise ValueError(f"unknown oracle {name!r}; known: {sorted(ORACLE_INFOS)}")
+    if key == "energy_above_hull":
+        if ORACLE_INFOS[name].property != "energy" or name not in ENERGY_MODEL_OF:
+            judges = sorted(n for n, i in ORACLE_INFOS.items() if i.property == "energy")
+            raise ValueError(f"energy_above_hull is judged by an energy oracle: one of {judges}")
+        return name
+    if key not in _DEFAULTS:
+        raise ValueError(
+            f"unknown property {key!r}; known: {[*known_properties(), 'energy_above_hull']}"
+        )
+    if ORACLE_INFOS[name].property != key:
+        raise ValueError(f"oracle {name!r} predicts {ORACLE_INFOS[name].property}, not {key}")
+    return name

@@ -1,8 +1,10 @@
-"""CHGNet 0.3.0 relaxation (FIRE on positions and cell, FrechetCellFilter).
+"""Relaxation with an energy model (SevenNet-l3i5 by default, or CHGNet 0.3.0).
 
-Same components as chgnet's ``StructOptimizer`` (CHGNetCalculator + ASE FIRE + cell filter),
-driven here directly so that convergence and the step count are reported. A relaxation that
-fails returns NaN energy and the input crystal; it never raises.
+:func:`relax_crystals` relaxes a whole batch together (:mod:`ml.oracles.batch_relax`: FIRE on
+positions and cell, one batched force call per step for all crystals still moving).
+:func:`relax_one_by_one` is the earlier path (ASE FIRE + FrechetCellFilter per crystal with
+the model's ASE calculator), kept to measure the batched one against. A relaxation that fails
+returns NaN energy and the input crystal; it never raises.
 """
 
 from __future__ import annotations
@@ -11,56 +13,37 @@ import contextlib
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from ml.crystal import Crystal
+from ml.oracles.batch_relax import RelaxResult, fire_relax
 
-__all__ = ["RelaxResult", "relax_crystals"]
+__all__ = ["DEFAULT_ENERGY_MODEL", "RelaxResult", "energy_potential", "relax_crystals"]
 
-
-@dataclass
-class RelaxResult:
-    """Relaxed crystal, its CHGNet energy per atom (eV/atom), convergence and FIRE steps."""
-
-    crystal: Crystal
-    energy_per_atom: float
-    converged: bool
-    steps: int
+DEFAULT_ENERGY_MODEL = "sevennet-l3i5"
+ENERGY_MODELS = ("sevennet-l3i5", "sevennet-0", "chgnet")
 
 
-def _calculator(device: str):  # -> CHGNetCalculator sharing the cached model
-    from chgnet.model.dynamics import CHGNetCalculator
+def _device(device: str | None) -> str:
+    if device is not None:
+        return device
+    from ml.settings import get_ml_settings
 
-    from ml.oracles.chgnet import load_chgnet
-
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints the device on creation
-        return CHGNetCalculator(
-            model=load_chgnet(device), use_device=device, on_isolated_atoms="ignore"
-        )
+    return get_ml_settings().torch_device()
 
 
-def _relax_one(crystal: Crystal, calc: object, fmax: float, steps: int) -> RelaxResult:
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
+def energy_potential(model: str, device: str, pool: object = None):  # -> SevennetPotential | ...
+    """The batched energy/forces/stress callable of ``model`` (see ``ENERGY_MODELS``)."""
+    if model == "chgnet":
+        from ml.oracles.chgnet import ChgnetPotential
 
-    from ml.oracles.chgnet import ChgnetGraphBuilder
+        return ChgnetPotential(device, pool)
+    if model in ("sevennet-l3i5", "sevennet-0"):
+        from ml.oracles.sevennet import SevennetPotential
 
-    # An isolated atom makes CHGNet's energy meaningless: report it as a failure.
-    if crystal.num_atoms == 0 or ChgnetGraphBuilder()(crystal) is None:
-        return RelaxResult(crystal.copy(), math.nan, False, 0)
-    atoms = crystal.to_ase()
-    atoms.calc = calc  # type: ignore[attr-defined]
-    with contextlib.redirect_stdout(io.StringIO()):
-        opt = FIRE(FrechetCellFilter(atoms), logfile=None)
-        converged = bool(opt.run(fmax=fmax, steps=steps))
-    energy = float(atoms.get_potential_energy()) / len(atoms)  # type: ignore[attr-defined]
-    relaxed = Crystal.from_ase(atoms)
-    relaxed.properties = dict(crystal.properties)
-    if not math.isfinite(energy) or not np.all(np.isfinite(relaxed.lattice)):
-        return RelaxResult(crystal.copy(), math.nan, False, int(opt.nsteps))
-    return RelaxResult(relaxed, energy, converged, int(opt.nsteps))
+        return SevennetPotential(model, device, pool)
+    raise KeyError(f"unknown energy model {model!r}; known: {list(ENERGY_MODELS)}")
 
 
 def relax_crystals(
@@ -68,17 +51,58 @@ def relax_crystals(
     fmax: float = 0.1,
     steps: int = 300,
     device: str | None = None,
+    model: str = DEFAULT_ENERGY_MODEL,
+    max_batch: int = 256,
+    pool: object = None,
 ) -> list[RelaxResult]:
-    """Relax each crystal with CHGNet (FIRE, max force ``fmax`` eV/A, at most ``steps``)."""
-    if device is None:
-        from ml.settings import get_ml_settings
+    """Relax the crystals together (max force ``fmax`` eV/A, at most ``steps`` FIRE steps)."""
+    potential = energy_potential(model, _device(device), pool)
+    return fire_relax(crystals, potential.efs, fmax=fmax, steps=steps, max_batch=max_batch)
 
-        device = get_ml_settings().torch_device()
-    calc = _calculator(device)
+
+def _calculator(model: str, device: str):  # -> an ASE calculator sharing the cached model
+    if model == "chgnet":
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        from ml.oracles.chgnet import load_chgnet
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the device on creation
+            return CHGNetCalculator(
+                model=load_chgnet(device), use_device=device, on_isolated_atoms="ignore"
+            )
+    from sevenn.calculator import SevenNetCalculator
+
+    from ml.oracles.sevennet import SEVENNET_MODELS
+
+    return SevenNetCalculator(SEVENNET_MODELS[model], device=device)
+
+
+def relax_one_by_one(
+    crystals: Sequence[Crystal],
+    fmax: float = 0.1,
+    steps: int = 300,
+    device: str | None = None,
+    model: str = DEFAULT_ENERGY_MODEL,
+) -> list[RelaxResult]:
+    """ASE FIRE + FrechetCellFilter, one crystal after another (the reference path)."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    calc = _calculator(model, _device(device))
     results: list[RelaxResult] = []
     for crystal in crystals:
         try:
-            results.append(_relax_one(crystal, calc, fmax, steps))
+            atoms = crystal.to_ase()
+            atoms.calc = calc  # type: ignore[attr-defined]
+            with contextlib.redirect_stdout(io.StringIO()):
+                opt = FIRE(FrechetCellFilter(atoms), logfile=None)
+                converged = bool(opt.run(fmax=fmax, steps=steps))
+            energy = float(atoms.get_potential_energy()) / len(atoms)  # type: ignore[attr-defined]
+            relaxed = Crystal.from_ase(atoms)
+            relaxed.properties = dict(crystal.properties)
+            if not math.isfinite(energy) or not np.all(np.isfinite(relaxed.lattice)):
+                raise ValueError("non-finite relaxation")
+            results.append(RelaxResult(relaxed, energy, converged, int(opt.nsteps)))
         except Exception:  # any model/optimizer failure: unscored, never an exception
             results.append(RelaxResult(crystal.copy(), math.nan, False, 0))
     return results

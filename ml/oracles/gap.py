@@ -1,0 +1,67 @@
+"""The trained band-gap oracle (``gap-chgnet-ft``): :class:`ml.oracles.gap_model.GapNet` with the
+shipped checkpoint ``ml/weights/bandgap_chgnet.pt`` (model card beside it).
+
+Graphs are CHGNet graphs (:class:`ml.oracles.chgnet.ChgnetGraphBuilder`), scored ``batch_size``
+at a time; a structure CHGNet cannot graph (an isolated atom, Z > 94) is unscored (NaN).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from pymatgen.core import Structure
+
+from ml.crystal import Crystal
+from ml.oracles.base import Oracle, OracleInfo
+from ml.oracles.chgnet import ChgnetGraphBuilder
+from ml.oracles.gap_model import GapNet, load_gap_model
+
+__all__ = ["GAP_CHECKPOINT", "TrainedGapOracle", "load_trained_gap"]
+
+GAP_CHECKPOINT = Path(__file__).resolve().parents[1] / "weights" / "bandgap_chgnet.pt"
+_MODELS: dict[str, GapNet] = {}
+_LOCK = threading.Lock()
+
+
+def load_trained_gap(device: str, path: Path = GAP_CHECKPOINT) -> GapNet:
+    with _LOCK:
+        key = f"{path}:{device}"
+        if key not in _MODELS:
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} is missing; train it with python -m ml.training.train_gap"
+                )
+            _MODELS[key] = load_gap_model(path, device)[0]
+        return _MODELS[key]
+
+
+class TrainedGapOracle(Oracle):
+    """DFT-PBE band gap (eV) from the fine-tuned CHGNet backbone; never negative."""
+
+    def __init__(self, info: OracleInfo, device: str):
+        self.info = info
+        self.device = device
+        self.model = load_trained_gap(device)
+        self.builder = ChgnetGraphBuilder()
+
+    def graph_builder(self) -> ChgnetGraphBuilder:
+        return self.builder
+
+    def predict_graphs(self, graphs: Sequence[object | None], batch_size: int = 256) -> np.ndarray:
+        out = np.full(len(graphs), np.nan, dtype=np.float64)
+        idx = [i for i, g in enumerate(graphs) if g is not None]
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            batch = [graphs[i].to(self.device) for i in chunk]  # type: ignore[union-attr]
+            with torch.no_grad():
+                out[chunk] = self.model.predict(batch).double().cpu().numpy()
+        return out
+
+    def predict(
+        self, structures: Sequence[Crystal | Structure], batch_size: int = 256
+    ) -> np.ndarray:
+        return self.predict_graphs([self.builder(s) for s in structures], batch_size=batch_size)

@@ -1,0 +1,261 @@
+"""Build one energy model's reference tables: elemental references and the hull table.
+
+For ``--model`` (sevennet-l3i5, sevennet-0 or chgnet) this writes
+- ``ml/oracles/data/elemental_refs_<model>.json`` (CHGNet: ``elemental_refs.json``): per
+  element the lowest energy per atom among the RELAXED single-element structures of every data
+  set (bcc Eu and fcc Th, absent there, built and relaxed); ``..._sources.json`` says which.
+- ``ml/evaluation/data/hull_<model>.csv.gz``: per reference structure (mp20 train/val/test,
+  mp2018 extra, perov5 val/test) the static energy per atom, the relaxed one where it was
+  relaxed, and the static energy above the static hull.
+
+Protocol, so that the hull matches the candidates' (relaxed, FIRE, fmax 0.1 eV/A, same model):
+static energies of all structures; elemental references relaxed; then the structures are
+relaxed in order of their static energy above hull, lowest first, up to ``--relax-below``
+eV/atom or the ``--minutes`` budget. Relaxing only lowers an energy, and a DFT-relaxed structure
+moves by meV/atom, so one far above the static hull cannot become a hull vertex; the table says
+which rows were relaxed and the printout gives the E_hull up to which all were.
+
+    python -m ml.tools.build_hull_tables --model sevennet-l3i5 --device cuda --minutes 5
+    python -m ml.tools.build_hull_tables --model sevennet-0 --splits mp20/test --device cuda
+    python -m ml.tools.build_hull_tables --model chgnet --device cpu --limit 20 --out-dir /tmp/h
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ml.tools.build_reference_tables import SPLITS, _elemental_tasks, _parse
+
+_ELEMENT = re.compile(r"[A-Z][a-z]?")
+REPO = Path(__file__).resolve().parents[2]
+RELAX_FMAX = 0.1  # the pipeline's STABILITY_RELAX_FMAX
+RELAX_STEPS = 300
+
+
+def hull_table_path(model: str, out_dir: Path | None = None) -> Path:
+    base = out_dir if out_dir else REPO / "ml" / "evaluation" / "data"
+    return base / f"hull_{model}.csv.gz"
+
+
+def _init_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+
+
+def _parse_crystal(cif: str):  # -> Crystal | None
+    from ml.crystal import Crystal
+
+    s = _parse(cif)
+    return None if s is None else Crystal.from_structure(s)
+
+
+def _read(data_dir: Path, splits: set[str] | None, limit: int | None) -> pd.DataFrame:
+    frames = []
+    for dataset, split, _ in SPLITS:
+        if splits and f"{dataset}/{split}" not in splits:
+            continue
+        df = pd.read_csv(data_dir / dataset / f"{split}.csv.gz")
+        df = df.head(limit) if limit else df
+        frames.append(
+            pd.DataFrame(
+                {
+                    "dataset": dataset,
+                    "split": split,
+                    "material_id": df["material_id"].astype(str),
+                    "pretty_formula": df["pretty_formula"].astype(str),
+                    "n_atoms": df["n_atoms"].astype(int),
+                    "cif": df["cif"],
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _e_hull_chunk(args: tuple[list[tuple[str, float]], list[tuple[str, float]]]) -> list[float]:
+    """Worker: static E_hull of (formula, energy) rows against a hull of ``entries``."""
+    from ml.evaluation.hull import ReferenceHull
+
+    entries, rows = args
+    hull = ReferenceHull(entries)
+    out = []
+    for formula, energy in rows:
+        try:
+            e = hull.e_above_hull(formula, energy)
+        except Exception:
+            e = None
+        out.append(math.nan if e is None else float(e))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="sevennet-l3i5")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    ap.add_argument("--batch-size", type=int, default=128, help="structures per forward pass")
+    ap.add_argument("--relax-batch", type=int, default=512, help="crystals relaxed together")
+    ap.add_argument("--relax-below", type=float, default=0.1, help="static E_hull, eV/atom")
+    ap.add_argument("--minutes", type=float, default=5.0, help="budget for relaxing rows")
+    ap.add_argument("--splits", default=None, help="e.g. mp20/test (default: all)")
+    ap.add_argument("--limit", type=int, default=None, help="first N rows of each split")
+    ap.add_argument("--out-dir", type=Path, default=None, help="write here, not into the repo")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    from ml.oracles.references import elemental_refs_path, formation_energy
+    from ml.oracles.relax import energy_potential
+    from ml.settings import get_ml_settings
+
+    settings = get_ml_settings()
+    device = args.device or settings.torch_device()
+    t0 = time.time()
+    everything = _read(Path(settings.data_dir), None, args.limit)
+    # Elemental references always come from every data set, whatever --splits scores.
+    tasks = _elemental_tasks(everything)
+    if args.splits:
+        keep = (everything["dataset"] + "/" + everything["split"]).isin(args.splits.split(","))
+        table = everything[keep].reset_index(drop=True)
+    else:
+        table = everything
+    ctx = mp.get_context("fork")
+    pool = ctx.Pool(args.workers, initializer=_init_worker)
+    crystals = pool.map(_parse_crystal, table["cif"].tolist(), chunksize=64)
+    elementals = pool.map(_parse_crystal, [t[2] for t in tasks], chunksize=8)
+    print(f"{len(table)} structures, {len(tasks)} elemental, parsed in {time.time() - t0:.0f} s")
+
+    potential = energy_potential(args.model, device, pool)
+    ok = [i for i, c in enumerate(crystals) if c is not None]
+    static = np.full(len(table), np.nan)
+    if hasattr(potential, "energies"):
+        static[ok] = potential.energies([crystals[i] for i in ok], batch_size=args.batch_size)
+    else:  # CHGNet
+        from ml.oracles.registry import get_oracle
+
+        static[ok] = get_oracle("chgnet-energy", device).predict(
+            [crystals[i] for i in ok], batch_size=args.batch_size
+        )
+    t_static = time.time() - t0
+    print(f"static energies in {t_static:.0f} s ({len(ok) / t_static:.0f} structures/s overall)")
+
+    from ml.oracles.batch_relax import fire_relax
+
+    t1 = time.time()
+    good = [k for k, c in enumerate(elementals) if c is not None]
+    relaxed_el = fire_relax(
+        [elementals[k] for k in good], potential.efs, fmax=RELAX_FMAX, steps=RELAX_STEPS,
+        max_batch=args.relax_batch,
+    )  # fmt: skip
+    refs: dict[str, float] = {}
+    sources: dict[str, dict] = {}
+    for k, res in zip(good, relaxed_el, strict=True):
+        label, el = tasks[k][0], tasks[k][1]
+        if math.isfinite(res.energy_per_atom) and res.energy_per_atom < refs.get(el, math.inf):
+            refs[el] = float(res.energy_per_atom)
+            sources[el] = {"label": label, "converged": res.converged, "steps": res.steps}
+    refs = dict(sorted(refs.items()))
+    print(
+        f"{len(refs)} elemental references from {len(good)} relaxations in {time.time() - t1:.0f} s"
+    )
+
+    formulas = [
+        c.to_structure().composition.formula.replace(" ", "") if c else "" for c in crystals
+    ]
+    entries = [(f, float(e)) for f, e in zip(formulas, static, strict=True) if f and np.isfinite(e)]
+    entries += list(refs.items())
+    rows = [(f, float(e)) for f, e in zip(formulas, static, strict=True)]
+    # Rows of one chemical system in one chunk, so each worker builds each phase diagram once.
+    by_system = sorted(
+        range(len(rows)), key=lambda i: "".join(sorted(_ELEMENT.findall(rows[i][0])))
+    )
+    chunks = [by_system[s : s + 1000] for s in range(0, len(by_system), 1000)]
+    e_hull = np.full(len(rows), np.nan)
+    jobs = [(entries, [rows[i] for i in c]) for c in chunks]
+    for chunk, values in zip(chunks, pool.map(_e_hull_chunk, jobs), strict=True):
+        e_hull[chunk] = values
+    print(f"static E_hull of all rows by {time.time() - t0:.0f} s")
+
+    relaxed = np.full(len(table), np.nan)
+    order = [
+        i for i in np.argsort(e_hull) if np.isfinite(e_hull[i]) and e_hull[i] <= args.relax_below
+    ]
+    deadline = time.time() + args.minutes * 60
+    relaxed_up_to = -math.inf
+    step = args.relax_batch * 4
+    for start in range(0, len(order), step):
+        if time.time() > deadline:
+            break
+        chunk = order[start : start + step]
+        res = fire_relax(
+            [crystals[i] for i in chunk], potential.efs, fmax=RELAX_FMAX, steps=RELAX_STEPS,
+            max_batch=args.relax_batch,
+        )  # fmt: skip
+        for i, r in zip(chunk, res, strict=True):
+            relaxed[i] = r.energy_per_atom
+        relaxed_up_to = float(e_hull[chunk[-1]])
+        print(
+            f"  relaxed {start + len(chunk)}/{len(order)} (static E_hull <= "
+            f"{relaxed_up_to:.3f}) by {time.time() - t0:.0f} s",
+            flush=True,
+        )
+    pool.close()
+
+    out_refs = elemental_refs_path(args.model)
+    if args.out_dir:
+        out_refs = args.out_dir / out_refs.name
+    out_refs.parent.mkdir(parents=True, exist_ok=True)
+    out_refs.write_text(json.dumps({k: round(v, 6) for k, v in refs.items()}, indent=1))
+    out_refs.with_name(out_refs.stem + "_sources.json").write_text(json.dumps(sources, indent=1))
+    out = pd.DataFrame(
+        {
+            "dataset": table["dataset"],
+            "split": table["split"],
+            "material_id": table["material_id"],
+            "formula": formulas,
+            "n_atoms": table["n_atoms"],
+            "energy_static": np.round(static, 6),
+            "energy_relaxed": np.round(relaxed, 6),
+            "e_hull_static": np.round(e_hull, 6),
+            "eform_static": np.round(
+                [formation_energy(f, e, refs) if f else math.nan for f, e in rows], 6
+            ),
+        }
+    )
+    path = hull_table_path(args.model, args.out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, index=False, compression="gzip")
+    drop = out["energy_static"] - out["energy_relaxed"]
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "rows": len(out),
+                "unscored": int(out["energy_static"].isna().sum()),
+                "relaxed_rows": int(np.isfinite(relaxed).sum()),
+                "all_relaxed_up_to_static_e_hull": relaxed_up_to,
+                "relax_drop_median_meV": round(float(np.nanmedian(drop)) * 1000, 2),
+                "relax_drop_p99_meV": round(float(np.nanpercentile(drop, 99)) * 1000, 2)
+                if np.isfinite(relaxed).any()
+                else None,
+                "seconds": round(time.time() - t0),
+            }
+        )
+    )
+    print(f"wrote {path} and {out_refs}")
+
+
+if __name__ == "__main__":
+    main()
