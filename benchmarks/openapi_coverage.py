@@ -47,12 +47,21 @@ def _count_examples(node: Any) -> int:
     return n
 
 
+def _has_enum(spec: Any) -> bool:
+    """An enum on the field itself, its items, or a variant of its anyOf."""
+    if isinstance(spec, dict):
+        return "enum" in spec or any(_has_enum(spec.get(k)) for k in ("items", "anyOf"))
+    if isinstance(spec, list):
+        return any(_has_enum(v) for v in spec)
+    return False
+
+
 def coverage(schema: dict[str, Any]) -> dict[str, Any]:
     fields = _properties(schema)
     params = _parameters(schema)
     described = [n for n, s in fields if s.get("description")]
     params_described = [n for n, p in params if p.get("description")]
-    enums = [n for n, s in fields if "enum" in s or "enum" in s.get("items", {})]
+    enums = [n for n, s in fields if _has_enum(s)]
     return {
         "fields": len(fields),
         "fields_described": len(described),
