@@ -68,7 +68,10 @@ def test_formula_unit_choices_and_space_group() -> None:
         ({"composition": "ZnO", "formula_units": [20]}, "formula_units", "exceed max_atoms"),
         ({"formula_units": [2]}, "formula_units", "needs a composition"),
         (
-            {"composition": "BaTiO3", "elements": {"allowed": ["Ba", "Ti", "O"], "excluded": ["O"]}},
+            {
+                "composition": "BaTiO3",
+                "elements": {"allowed": ["Ba", "Ti", "O"], "excluded": ["O"]},
+            },
             "composition",
             "O is in elements.excluded",
         ),
