@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -86,14 +87,10 @@ def test_requests_no_cell_can_meet_say_why(
 
 
 def test_formula_units_constraint_is_checked_on_crystals() -> None:
-    rocksalt = Crystal.from_cif(
-        "data_NaCl\n_cell_length_a 5.6\n_cell_length_b 5.6\n_cell_length_c 5.6\n"
-        "_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\n"
-        "_symmetry_space_group_name_H-M 'P 1'\nloop_\n_atom_site_label\n_atom_site_type_symbol\n"
-        "_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
-        "Na1 Na 0 0 0\nNa2 Na 0.5 0.5 0\nNa3 Na 0.5 0 0.5\nNa4 Na 0 0.5 0.5\n"
-        "Cl1 Cl 0.5 0 0\nCl2 Cl 0 0.5 0\nCl3 Cl 0 0 0.5\nCl4 Cl 0.5 0.5 0.5\n"
-    )
+    # Conventional rock salt: 4 formula units.
+    na = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    cl = [[0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5], [0.5, 0.5, 0.5]]
+    rocksalt = Crystal(np.eye(3) * 5.6, na + cl, [11] * 4 + [17] * 4)
     assert "composition" not in constraint_violations(rocksalt, Constraints(composition="NaCl"))
     four = Constraints(composition="NaCl", formula_units=[4])
     one = Constraints(composition="NaCl", formula_units=[1])
@@ -118,3 +115,17 @@ def test_conditional_plans_the_cells_each_space_group_needs() -> None:
     assert [len(n) for n, _, _ in method._cells(zno, two)] == [4, 8]
     free = DesignRequest(method="conditional", constraints={"composition": "ZnO"})
     assert [len(n) for n, g, _ in method._cells(free, two)] == [2, 4]
+
+
+def test_methods_that_design_compositions_refuse_a_fixed_one() -> None:
+    from ml.methods.base import RequestError
+    from ml.methods.registry import get_method
+
+    request = DesignRequest(
+        method="cliqueflowmer",
+        objectives=[{"property": "formation_energy", "goal": "minimize"}],
+        constraints={"composition": "LiFePO4", "max_atoms": 20},
+    )
+    with pytest.raises(RequestError) as err:
+        get_method("cliqueflowmer").validate(request)
+    assert err.value.field == "constraints.composition"
