@@ -11,8 +11,11 @@ import re
 import sys
 from typing import Any
 
-# A unit is named in a description as "(eV)", "in eV/atom", "[Å]", "seconds", ...
-_UNIT = re.compile(r"\b(eV|eV/atom|Å|A|g/cm\^3|s|seconds|atoms|bytes)\b|\(unitless\)|dimensionless")
+# A unit named in a description: eV, eV/atom, Å, g/cm^3, seconds, atoms, UTC times, or a
+# value stated to have none (unitless, dimensionless).
+_UNIT = re.compile(
+    r"eV/atom|\beV\b|Å|g/cm\^3|\(s\)|\bseconds?\b|\batoms\b|\bUTC\b|unitless|dimensionless"
+)
 
 
 def _properties(schema: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
