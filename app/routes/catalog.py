@@ -34,6 +34,8 @@ Svc = Annotated[Services, Depends(services)]
 # Default oracles of POST /v1/score when the body names none.
 SCORE_DEFAULT_PROPERTIES = ("formation_energy", "band_gap", "density")
 PBE_GAP_ORACLE = "megnet-gap-pbe"
+# A non-PBE gap this far below the PBE one is worth pointing out (metals sit at ~0 in both).
+GAP_NOTE_MARGIN_EV = 0.05
 # Scoring loads models into the API process; one request at a time keeps memory bounded.
 _SCORE_LOCK = threading.Lock()
 
@@ -152,6 +154,6 @@ def _add_gap_notes(scores: dict[str, dict[str, Any]], infos: dict[str, Any]) -> 
             continue
         note = NON_PBE_GAP_CAVEAT
         value = score["value"]
-        if pbe is not None and value is not None and value < pbe:
+        if pbe is not None and value is not None and value < pbe - GAP_NOTE_MARGIN_EV:
             note = f"Below the PBE gap here ({value:.3f} < {pbe:.3f} eV). " + note
         score["note"] = note

@@ -307,7 +307,7 @@ def test_non_pbe_gaps_carry_the_fidelity_caveat(client: TestClient) -> None:
     assert scores["megnet-gap-pbe"]["note"] is None
     note = scores["megnet-gap-hse"]["note"]
     assert "multi-fidelity MEGNet" in note and "megnet-gap-pbe" in note
-    below = scores["megnet-gap-hse"]["value"] < scores["megnet-gap-pbe"]["value"]
+    below = scores["megnet-gap-hse"]["value"] < scores["megnet-gap-pbe"]["value"] - 0.05
     assert note.startswith("Below the PBE gap here") == below
     oracles = {o["name"]: o for o in client.get("/v1/oracles").json()}
     assert "multi-fidelity" in oracles["megnet-gap-hse"]["description"]
