@@ -104,8 +104,11 @@ def _client(args: argparse.Namespace) -> Any:
 
 def _submit(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
+    request = json.loads(text)
+    if args.label is not None:
+        request["label"] = args.label
     with _client(args) as c:
-        job = c.submit(json.loads(text), idempotency_key=args.idempotency_key)
+        job = c.submit(request, idempotency_key=args.idempotency_key)
         if args.wait:
             job = c.wait(job["id"], timeout=args.timeout)
     print(json.dumps(job, indent=2))
@@ -184,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("request")
     sm.add_argument("--wait", action="store_true", help="poll until the job finished")
     sm.add_argument("--idempotency-key", default=None)
+    sm.add_argument("--label", default=None, help="label to find the job by (overrides the file's)")
     client_args(sm)
     sm.set_defaults(func=_submit)
 

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
 
+    @field_validator("default_relax", "default_num_candidates", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        # MATDESIGN_DEFAULT_RELAX= (empty) means "fit the deployment", as when unset.
+        return None if isinstance(v, str) and v.strip() == "" else v
+
     @field_validator("database_url")
     @classmethod
     def _psycopg3(cls, v: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import socket
 from collections.abc import Iterator
@@ -56,6 +57,17 @@ def test_download_of_an_unfinished_job_fails_with_a_message(
     # --wait gives up after --timeout with one line, not a traceback.
     assert cli.main(["download", job_id, "--wait", "--timeout", "0"]) == 1
     assert "still queued" in capsys.readouterr().err
+
+
+def test_submit_with_a_label(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setattr(cli, "_client", lambda args: Client(http=TestClient(client.app)))
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(SMALL_JOB))
+    assert cli.main(["submit", str(path), "--label", "from the shell"]) == 0
+    jobs = client.get("/v1/jobs", params={"label": "from the shell"}).json()["items"]
+    assert len(jobs) == 1 and jobs[0]["label"] == "from the shell"
 
 
 def test_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
