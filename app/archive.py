@@ -8,13 +8,30 @@ import json
 import re
 import tempfile
 import zipfile
+from collections.abc import Callable
 from typing import IO, Any
 
 from app.jobs import StructureView
 from app.models import Job
 from app.serialize import job_out
 
-_FLAG_COLUMNS = ("valid", "charge_neutral", "unique", "novel", "stable", "metastable", "hit")
+_FLAG_COLUMNS = (
+    "valid",
+    "charge_neutral",
+    "unique",
+    "novel",
+    "stable",
+    "metastable",
+    "constraints",
+    "hit",
+)
+# Units of properties a structure may carry predictions of without a score of its own.
+_KNOWN_UNITS = {
+    "formation_energy": "eV/atom",
+    "energy_above_hull": "eV/atom",
+    "band_gap": "eV",
+    "density": "g/cm^3",
+}
 
 
 def _safe(name: str) -> str:
@@ -27,8 +44,56 @@ def cif_name(row: StructureView, relaxed: bool = False) -> str:
     return f"cifs/{rank}_{_safe(row.formula)}_{row.id[:8]}{suffix}.cif"
 
 
+# Provenance columns: header -> how to read it from a structure's meta (methods name things
+# differently: substitution's reference, cliqueflowmer's seed material, smoacs' template).
+def _substitutions(meta: dict[str, Any]) -> str:
+    subs = meta.get("substitutions") or {}
+    return "; ".join(f"{old}->{new}" for old, new in subs.items() if old != new)
+
+
+def _template(meta: dict[str, Any]) -> str:
+    if meta.get("template_formula"):
+        return str(meta["template_formula"])
+    if meta.get("supercell"):
+        n = meta["supercell"]
+        return f"perovskite {n}x{n}x{n}"
+    return str(meta.get("template", ""))
+
+
+def _joined(key: str) -> Callable[[dict[str, Any]], str]:
+    return lambda meta: "; ".join(map(str, meta.get(key) or []))
+
+
+def _first(*keys: str) -> Callable[[dict[str, Any]], str]:
+    def read(meta: dict[str, Any]) -> str:
+        for key in keys:
+            if meta.get(key) is not None:
+                return str(meta[key])
+        return ""
+
+    return read
+
+
+_META_COLUMNS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "reference_material": _first("reference", "seed_material_id"),
+    "reference_formula": _first("reference_formula"),
+    "substitutions": _substitutions,
+    "template": _template,
+    "seed_index": _first("seed_index", "index"),
+    "space_group_condition": _first("space_group_condition"),
+    "formula_units": _first("formula_units"),
+    "violations": _joined("violations"),
+    "invalid_reason": _first("invalid_reason"),
+    "relax_error": _first("relax_error"),
+}
+
+
 def structures_csv(rows: list[StructureView]) -> str:
+    """One row per structure, one column per field, units in the header: scores by property
+    (``band_gap (eV)``), the method's own predictions (``predicted band_gap (eV)``), flags
+    (0/1) and provenance from the meta."""
     properties = sorted({sc.property for row in rows for sc in row.scores})
+    predicted = sorted({p for row in rows for p in (row.predicted or {})})
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(
@@ -38,15 +103,20 @@ def structures_csv(rows: list[StructureView]) -> str:
             "formula",
             "n_atoms",
             "space_group",
-            *[f"{p} ({_unit(rows, p)})" for p in properties],
-            "energy_above_hull",
+            *[_with_unit(p, _unit(rows, p)) for p in properties],
+            *[_with_unit(f"predicted {p}", _unit(rows, p)) for p in predicted],
             "method_score",
             *_FLAG_COLUMNS,
+            *_META_COLUMNS,
             "cif_file",
+            "relaxed_cif_file",
         ]
     )
     for row in rows:
         scores = {sc.property: sc.value for sc in row.scores}
+        if "energy_above_hull" in properties and "energy_above_hull" not in scores:
+            scores["energy_above_hull"] = row.energy_above_hull
+        meta = row.meta or {}
         w.writerow(
             [
                 row.id,
@@ -55,13 +125,19 @@ def structures_csv(rows: list[StructureView]) -> str:
                 row.n_atoms,
                 row.space_group if row.space_group is not None else "",
                 *[_num(scores.get(p)) for p in properties],
-                _num(row.energy_above_hull),
+                *[_num((row.predicted or {}).get(p)) for p in predicted],
                 _num(row.method_score),
                 *[int(bool(row.flags.get(f, False))) for f in _FLAG_COLUMNS],
+                *[read(meta) for read in _META_COLUMNS.values()],
                 cif_name(row),
+                cif_name(row, relaxed=True) if row.relaxed_cif else "",
             ]
         )
     return out.getvalue()
+
+
+def _with_unit(name: str, unit: str) -> str:
+    return f"{name} ({unit})" if unit and unit != "dimensionless" else name
 
 
 def _unit(rows: list[StructureView], prop: str) -> str:
@@ -69,7 +145,7 @@ def _unit(rows: list[StructureView], prop: str) -> str:
         for sc in row.scores:
             if sc.property == prop:
                 return sc.unit
-    return ""
+    return _KNOWN_UNITS.get(prop, "")
 
 
 def _num(v: float | None) -> str:

@@ -104,8 +104,11 @@ def _client(args: argparse.Namespace) -> Any:
 
 def _submit(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
+    request = json.loads(text)
+    if args.label is not None:
+        request["label"] = args.label
     with _client(args) as c:
-        job = c.submit(json.loads(text), idempotency_key=args.idempotency_key)
+        job = c.submit(request, idempotency_key=args.idempotency_key)
         if args.wait:
             job = c.wait(job["id"], timeout=args.timeout)
     print(json.dumps(job, indent=2))
@@ -120,8 +123,23 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
+    from app.client import FINISHED
+
     out = args.output or f"matdesign-{args.job_id}.zip"
     with _client(args) as c:
+        job = c.wait(args.job_id, timeout=args.timeout) if args.wait else c.job(args.job_id)
+        if job["status"] not in FINISHED and not args.partial:
+            progress = job.get("progress") or {}
+            print(
+                f"error: job {args.job_id} is {job['status']} (phase {progress.get('phase')}, "
+                f"{progress.get('step')}/{progress.get('total')}): its archive would hold only "
+                "what is stored so far. Use --wait to wait for it, or --partial to take that.",
+                file=sys.stderr,
+            )
+            return 1
+        if job["status"] in ("failed", "cancelled"):
+            why = f": {job['error']}" if job.get("error") else ""
+            print(f"note: job {args.job_id} {job['status']}{why}", file=sys.stderr)
         path = c.download_archive(args.job_id, out)
     print(path)
     return 0
@@ -161,11 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--url", default=os.environ.get("MATDESIGN_URL", DEFAULT_URL))
         parser.add_argument("--api-key", default=os.environ.get("MATDESIGN_API_KEY"))
         parser.add_argument("--timeout", type=float, default=3600.0)
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", help="log every HTTP request (httpx)"
+        )
 
     sm = sub.add_parser("submit", help="submit a request (JSON file, or - for stdin)")
     sm.add_argument("request")
     sm.add_argument("--wait", action="store_true", help="poll until the job finished")
     sm.add_argument("--idempotency-key", default=None)
+    sm.add_argument("--label", default=None, help="label to find the job by (overrides the file's)")
     client_args(sm)
     sm.set_defaults(func=_submit)
 
@@ -178,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="download a job's archive (zip)")
     dl.add_argument("job_id")
     dl.add_argument("-o", "--output", default=None)
+    dl.add_argument("--wait", action="store_true", help="wait until the job has finished")
+    dl.add_argument(
+        "--partial", action="store_true", help="download an unfinished job's structures so far"
+    )
     client_args(dl)
     dl.set_defaults(func=_download)
     return p
@@ -188,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not getattr(args, "verbose", False):
+        # httpx logs every request at INFO: noise for someone reading a command's output.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except Exception as exc:
@@ -196,7 +225,27 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, ApiError):
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        raise
+        message = _client_failure(args, exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+def _client_failure(args: argparse.Namespace, exc: Exception) -> str | None:
+    """One line for a failure of a client command that is not a bug (server unreachable,
+    timed out, unreadable request file); None for anything else."""
+    import httpx
+
+    url = getattr(args, "url", None)
+    if isinstance(exc, httpx.TransportError) and url:
+        reason = str(exc) or type(exc).__name__
+        return f"cannot reach the server at {url} ({reason}); is `matdesign serve` running?"
+    if isinstance(exc, TimeoutError):
+        return str(exc)
+    if isinstance(exc, OSError | json.JSONDecodeError) and url:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,8 +37,24 @@ from ml.request import DesignRequest
 _UNRANKED = 2**31 - 1
 
 
+def with_server_defaults(request: DesignRequest, settings: Settings) -> DesignRequest:
+    """The request with this server's defaults for the fields it left out (``relax``,
+    ``num_candidates``), so the stored request says what the job ran with."""
+    update: dict[str, Any] = {}
+    if "relax" not in request.model_fields_set:
+        update["relax"] = settings.relax_default
+    if "num_candidates" not in request.model_fields_set:
+        update["num_candidates"] = settings.num_candidates_default
+    if not update:
+        return request
+    # Re-validated rather than model_copy(update=...), so the copy is checked like the input.
+    return DesignRequest.model_validate({**request.model_dump(), **update})
+
+
 def validate_design(request: DesignRequest, settings: Settings) -> DesignRequest:
-    """Checks beyond the request schema: method, its params, and this server's limits."""
+    """Checks beyond the request schema: method, its params, and this server's limits.
+    Returns the request with the server's defaults filled in (:func:`with_server_defaults`)."""
+    request = with_server_defaults(request, settings)
     if request.num_candidates > settings.max_candidates:
         raise FieldError(
             ["body", "num_candidates"],
@@ -85,6 +101,7 @@ def submit_job(
         owner=owner,
         status=QUEUED,
         method=request.method,
+        label=request.label,
         request=request.model_dump(mode="json"),
         request_hash=digest,
         idempotency_key=idempotency_key,
@@ -122,6 +139,26 @@ def get_job(db: Database, owner: str, job_id: str) -> Job:
     if job is None or job.owner != owner:
         raise NotFound(f"no job {job_id}")
     return job
+
+
+def purge_job(db: Database, owner: str, job_id: str) -> None:
+    """Delete a finished job with its structures and their scores (its owner only)."""
+    job = get_job(db, owner, job_id)
+    if job.status not in FINISHED_STATES:
+        raise Conflict(
+            f"job {job_id} is {job.status}: cancel it first (DELETE without purge), "
+            "then purge it once it is cancelled"
+        )
+    ids = select(Structure.id).where(Structure.job_id == job_id).scalar_subquery()
+    with db.session() as s:
+        # Explicit deletes: SQLite enforces ON DELETE CASCADE only with its pragma set.
+        s.execute(delete(OracleScore).where(OracleScore.structure_id.in_(ids)))
+        s.execute(delete(Structure).where(Structure.job_id == job_id))
+        done = s.execute(
+            delete(Job).where(Job.id == job_id, Job.owner == owner, Job.status.in_(FINISHED_STATES))
+        ).rowcount
+    if not done:  # restarted by the sweeper between the read and the delete
+        raise Conflict(f"job {job_id} changed state; try again")
 
 
 def cancel_job(db: Database, owner: str, job_id: str) -> Job:
@@ -170,6 +207,7 @@ def list_jobs(
     method: str | None,
     limit: int,
     cursor: str | None,
+    label: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """Newest first; keyset pagination on (created_at, id)."""
     q = select(Job).where(Job.owner == owner)
@@ -177,6 +215,8 @@ def list_jobs(
         q = q.where(Job.status == status)
     if method:
         q = q.where(Job.method == method)
+    if label:
+        q = q.where(Job.label == label)
     if cursor:
         created_iso, last_id = decode_cursor(cursor, 2)
         try:

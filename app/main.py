@@ -17,6 +17,7 @@ from app.auth import KeyResolver
 from app.db import Database
 from app.errors import install_error_handlers
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.openapi import install_openapi
 from app.queue import make_queue
 from app.routes import catalog, health, jobs, structures
 from app.routes.deps import Services
@@ -26,7 +27,13 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = """Inverse design of inorganic crystals. Submit a design request (objectives,
 constraints, method), poll the job, read back ranked and scored structures as CIF.
-Authentication: `X-API-Key` (a key sees only its own jobs)."""
+Authentication: `X-API-Key` (a key sees only its own jobs).
+
+Units: energies per atom in eV/atom (formation_energy, energy_above_hull), band gaps in eV,
+density in g/cm^3, lengths in Å. Every structure carries `flags` (schema `Flags`): valid,
+charge_neutral, unique, novel, stable (E_hull <= 0), metastable (E_hull <= 0.1 eV/atom),
+constraints (all constraints met) and hit (valid, all constraints and objectives met).
+`GET /v1/methods` gives each method's params; `GET /v1/oracles` the property oracles."""
 
 
 def _startup(svc: Services) -> object | None:
@@ -72,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    install_openapi(app, settings)
     app.state.services = svc
     app.state.keys = KeyResolver(db, settings.require_api_key)
     install_error_handlers(app)

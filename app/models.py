@@ -64,12 +64,15 @@ class Job(Base):
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_status", "status"),
+        Index("ix_jobs_owner_label", "owner", "label"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
     method: Mapped[str] = mapped_column(String(64))
+    # The request's label, copied into a column so job lists can filter on it.
+    label: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request: Mapped[dict[str, Any]] = mapped_column(JSONType)
     request_hash: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)

@@ -8,11 +8,42 @@ from app.jobs import StructureView
 from app.models import Job
 
 
+def _number(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, int | float) else str(v)
+
+
+def objective_text(objective: dict[str, Any]) -> str:
+    """One objective in short, e.g. ``band_gap[hse] = 1.5 ± 0.2 eV``, ``min formation_energy``."""
+    from ml.oracles.registry import ORACLE_INFOS, default_oracle_name
+
+    prop = str(objective.get("property"))
+    try:
+        unit = ORACLE_INFOS[default_oracle_name(prop)].unit
+    except KeyError:
+        unit = "eV/atom" if prop == "energy_above_hull" else ""
+    unit = "" if unit in ("", "dimensionless") else f" {unit}"
+    name = prop + (f"[{objective['fidelity']}]" if objective.get("fidelity") else "")
+    goal, value = objective.get("goal"), objective.get("value")
+    if goal in ("minimize", "maximize"):
+        return f"{goal[:3]} {name}"
+    if goal == "target":
+        tol = objective.get("tolerance")
+        band = f" ± {_number(tol)}" if tol is not None else ""
+        return f"{name} = {_number(value)}{band}{unit}"
+    return f"{name} {'<' if goal == 'below' else '>'} {_number(value)}{unit}"
+
+
+def objectives_text(request: dict[str, Any]) -> str:
+    return "; ".join(objective_text(o) for o in request.get("objectives") or [])
+
+
 def job_out(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "status": job.status,
         "method": job.method,
+        "label": job.label,
+        "objectives": objectives_text(job.request or {}),
         "request": job.request,
         "progress": job.progress,
         "created_at": job.created_at,

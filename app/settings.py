@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     job_time_limit_s: float = Field(default=6 * 3600, gt=0)
     max_attempts: int = Field(default=3, ge=1)
 
+    # --- defaults of a request that leaves them out ------------------------------------
+    # None: fit the deployment. The embedded server runs jobs on this machine's CPU, where
+    # CHGNet relaxation takes seconds per candidate: off there, and few candidates; on
+    # Celery (GPU) workers relaxation is on and 64 candidates are the default.
+    default_relax: bool | None = None
+    default_num_candidates: int | None = Field(default=None, ge=1)
+
     # --- liveness -----------------------------------------------------------------------
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     heartbeat_stale_after_s: float = Field(default=60.0, gt=0)
@@ -68,6 +75,12 @@ class Settings(BaseSettings):
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
 
+    @field_validator("default_relax", "default_num_candidates", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        # MATDESIGN_DEFAULT_RELAX= (empty) means "fit the deployment", as when unset.
+        return None if isinstance(v, str) and v.strip() == "" else v
+
     @field_validator("database_url")
     @classmethod
     def _psycopg3(cls, v: str) -> str:
@@ -80,6 +93,16 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.broker_url == EMBEDDED_BROKER
+
+    @property
+    def relax_default(self) -> bool:
+        return self.default_relax if self.default_relax is not None else not self.embedded
+
+    @property
+    def num_candidates_default(self) -> int:
+        if self.default_num_candidates is not None:
+            return min(self.default_num_candidates, self.max_candidates)
+        return min(8 if self.embedded else 64, self.max_candidates)
 
 
 @lru_cache(maxsize=1)

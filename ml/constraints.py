@@ -212,12 +212,21 @@ def matches_composition(item: Crystal | Composition | str, composition: str) -> 
     return composition_of(item).reduced_formula == Composition(composition).reduced_formula
 
 
+def _formula_units_ok(comp: Composition, constraints: Constraints) -> bool:
+    """The cell holds one of the requested numbers of formula units (any, when not given)."""
+    if not constraints.formula_units:
+        return True
+    _, z = comp.get_reduced_composition_and_factor()
+    return round(z) in constraints.formula_units
+
+
 def constraint_violations(
     crystal: Crystal, constraints: Constraints, *, space_group: int | None = None
 ) -> list[str]:
     """Names of the request constraints the crystal breaks ([] when it satisfies all).
 
-    Names are the request fields: ``elements``, ``max_atoms``, ``composition``,
+    Names are the request fields: ``elements``, ``max_atoms``, ``composition`` (the reduced
+    formula, and the number of formula units when ``formula_units`` is given),
     ``charge_neutral``, ``space_groups``, ``crystal_family``. ``space_group`` may pass a
     number already computed (spglib, symprec 0.1).
     """
@@ -227,8 +236,8 @@ def constraint_violations(
         out.append("elements")
     if crystal.num_atoms > constraints.max_atoms:
         out.append("max_atoms")
-    if constraints.composition is not None and not matches_composition(
-        comp, constraints.composition
+    if constraints.composition is not None and not (
+        matches_composition(comp, constraints.composition) and _formula_units_ok(comp, constraints)
     ):
         out.append("composition")
     # Neutrality is a constraint only when asked for; otherwise it is just a reported flag.

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pymatgen.core import Composition, Element
 
 Goal = Literal["minimize", "maximize", "target", "below", "above"]
@@ -34,6 +41,53 @@ def _known_properties() -> frozenset[str]:
     return CORE_PROPERTIES | frozenset(known_properties())
 
 
+# Elements the oracles know: MEGNet and CHGNet cover H to Pu.
+MAX_Z = 94
+# Band of a "target" objective given without a tolerance: 10 % of |value|, at least 0.1.
+DEFAULT_TARGET_BAND = 0.1
+
+
+def default_tolerance(value: float) -> float:
+    """The tolerance a target objective gets when the request gives none."""
+    return DEFAULT_TARGET_BAND * max(abs(value), 1.0)
+
+
+def parse_composition(text: str) -> Composition:
+    """The one parser of a composition written by a user (every method's composition goes
+    through it, via :class:`Constraints`): element symbols as written (case matters), real
+    elements up to Pu, whole positive amounts. Raises ValueError saying what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("composition is empty")
+    try:
+        comp = Composition(text.strip())
+    except Exception as exc:  # pymatgen raises ValueError, KeyError, ... on bad formulas
+        raise ValueError(
+            f"unparseable composition {text!r}: write a formula with element symbols, "
+            "e.g. LiFePO4 (symbols are case-sensitive)"
+        ) from exc
+    unknown = [str(el) for el in comp.elements if not isinstance(el, Element)]
+    if unknown:
+        names = ", ".join(repr(u.rstrip("0+-")) for u in unknown)
+        raise ValueError(f"composition {text!r} has unknown element symbols: {names}")
+    if comp.num_atoms <= 0:
+        raise ValueError(f"composition {text!r} has no atoms")
+    beyond = [el.symbol for el in comp.elements if el.Z > MAX_Z]
+    if beyond:
+        raise ValueError(f"elements beyond Pu are not supported by the oracles: {beyond}")
+    fractional = [f"{a:g} {el.symbol}" for el, a in comp.items() if abs(a - round(a)) > 1e-6]
+    if fractional:
+        raise ValueError(
+            f"composition {text!r} needs whole numbers of atoms (got {', '.join(fractional)})"
+        )
+    return comp
+
+
+def reduced_amounts(formula: str) -> dict[str, int]:
+    """Whole atoms of each element in one formula unit of the reduced formula."""
+    reduced = parse_composition(formula).reduced_composition
+    return {el.symbol: round(a) for el, a in reduced.items()}
+
+
 def _check_element(symbol: str) -> str:
     try:
         Element(symbol)
@@ -43,14 +97,43 @@ def _check_element(symbol: str) -> str:
 
 
 class Objective(BaseModel):
+    """One target property of the design: what to aim for and how much it counts."""
+
     model_config = ConfigDict(extra="forbid")
 
-    property: str
-    goal: Goal
-    value: float | None = None
-    tolerance: float | None = Field(default=None, ge=0)
-    weight: float = Field(default=1.0, gt=0, le=1000)
-    fidelity: Fidelity | None = None
+    property: str = Field(
+        description="Property to design for, in its oracle's unit (GET /v1/oracles): "
+        "formation_energy (eV/atom), band_gap (eV), energy_above_hull (eV/atom), "
+        "density (g/cm^3), tolerance_factor (unitless), hhi (unitless, 0-10000).",
+        examples=["band_gap"],
+    )
+    goal: Goal = Field(
+        description="minimize / maximize: rank by the value (always counts as met); "
+        "target: value ± tolerance; below / above: strictly below / above value."
+    )
+    value: float | None = Field(
+        default=None,
+        description="Target or threshold, in the property's unit (eV, eV/atom, g/cm^3, ...); "
+        "needed by target, below and above.",
+    )
+    tolerance: float | None = Field(
+        default=None,
+        ge=0,
+        description="Half-width of a target's band, in the property's unit. When left out, "
+        "a target gets 10 % of |value| (at least 0.1), written into the stored request.",
+    )
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="Weight of this objective's loss in the ranking (unitless).",
+    )
+    fidelity: Fidelity | None = Field(
+        default=None,
+        description="band_gap only: the DFT functional the gap oracle predicts (pbe default; "
+        "gllb_sc, hse, scan from the multi-fidelity MEGNet model, trained on far fewer "
+        "non-PBE gaps: a non-PBE gap may even come out below the PBE one).",
+    )
 
     @field_validator("property")
     @classmethod
@@ -66,6 +149,9 @@ class Objective(BaseModel):
             raise ValueError(f"goal {self.goal!r} needs a value")
         if self.fidelity is not None and self.property != "band_gap":
             raise ValueError("fidelity applies to band_gap only")
+        if self.goal == "target" and self.tolerance is None:
+            assert self.value is not None
+            self.tolerance = default_tolerance(self.value)  # stored, so the band is visible
         return self
 
     @property
@@ -112,9 +198,17 @@ class Objective(BaseModel):
 class ElementConstraints(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    allowed: list[str] | None = None
-    excluded: list[str] = Field(default_factory=list)
-    required: list[str] = Field(default_factory=list)
+    allowed: list[str] | None = Field(
+        default=None,
+        description="Element symbols a structure may contain (null: any element H-Pu).",
+        examples=[["Ba", "Sr", "Ti", "O"]],
+    )
+    excluded: list[str] = Field(
+        default_factory=list, description="Element symbols a structure must not contain."
+    )
+    required: list[str] = Field(
+        default_factory=list, description="Element symbols every structure must contain."
+    )
 
     @field_validator("allowed", "excluded", "required")
     @classmethod
@@ -157,39 +251,126 @@ _ALL_ELEMENTS = [Element.from_Z(z) for z in range(1, 95)]
 class Constraints(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    elements: ElementConstraints = Field(default_factory=ElementConstraints)
-    charge_neutral: bool = True
-    max_atoms: int = Field(default=20, ge=1, le=MAX_ATOMS)
-    composition: str | None = None
-    space_groups: list[int] | None = None
-    crystal_family: CrystalFamily | None = None
-    templates: list[str] | None = Field(default=None, max_length=MAX_TEMPLATES)
-    # eV/atom, judged on the final (relaxed when relax) crystal by the default stability
-    # oracle; an unscored crystal does not meet it. The runner returns only crystals meeting it.
-    max_energy_above_hull: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    elements: ElementConstraints = Field(
+        default_factory=ElementConstraints,
+        description="Which elements may, must or must not occur.",
+    )
+    charge_neutral: bool = Field(
+        default=True,
+        description="Require strict charge neutrality: some assignment of ICSD oxidation "
+        "states to the atoms sums to zero (all-metal compositions pass only when false).",
+    )
+    max_atoms: int = Field(
+        default=20, ge=1, le=MAX_ATOMS, description="Most atoms in the (primitive) cell."
+    )
+    composition: str | None = Field(
+        default=None,
+        description="Exact composition: the reduced formula (stored reduced, e.g. Li4Fe4P4O16 "
+        "becomes LiFePO4) in any number of formula units whose cell fits max_atoms, or only "
+        "those listed in formula_units. Element symbols are case-sensitive; amounts whole.",
+        examples=["LiFePO4"],
+    )
+    formula_units: list[int] | None = Field(
+        default=None,
+        validate_default=True,
+        description="Numbers of formula units Z per cell allowed for composition "
+        "(null: every Z with Z x atoms per formula unit <= max_atoms). Methods that generate "
+        "for a space group use the Z the group's Wyckoff positions allow.",
+        examples=[[4]],
+    )
+    space_groups: list[int] | None = Field(
+        default=None,
+        description="Allowed space groups (international numbers 1-230, spglib at symprec "
+        "0.1 Å on the final crystal).",
+        examples=[[62]],
+    )
+    crystal_family: CrystalFamily | None = Field(
+        default=None,
+        description="perovskite: ABX3 stoichiometry (n_atoms a multiple of 5, 3/5 of them "
+        "anion-capable N, O, S, Se, Te, F, Cl, Br, I).",
+    )
+    templates: list[str] | None = Field(
+        default=None,
+        max_length=MAX_TEMPLATES,
+        description="CIF texts of template structures (methods that start from structures; "
+        f"at most {MAX_TEMPLATES}, each at most {MAX_TEMPLATE_CIF_CHARS} characters).",
+    )
+    max_energy_above_hull: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Largest energy above hull (eV/atom) a returned crystal may have, judged on "
+        "the final (relaxed when relax) crystal by the stability oracle; an unscored crystal "
+        "does not meet it. The job over-generates and returns only crystals meeting it.",
+    )
 
     @field_validator("composition")
     @classmethod
-    def _composition(cls, v: str | None) -> str | None:
+    def _composition(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None:
             return v
-        try:
-            comp = Composition(v)
-        except Exception as exc:
-            raise ValueError(f"unparseable composition {v!r}") from exc
-        if comp.num_atoms <= 0:
-            raise ValueError(f"empty composition {v!r}")
-        return comp.formula.replace(" ", "")
+        comp = parse_composition(v)
+        elements = info.data.get("elements")
+        if isinstance(elements, ElementConstraints):
+            for el in comp.elements:
+                if el.symbol in elements.excluded:
+                    raise ValueError(f"composition element {el.symbol} is in elements.excluded")
+                if not elements.permits(el.symbol):
+                    raise ValueError(f"composition element {el.symbol} is not in elements.allowed")
+            missing = [e for e in elements.required if e not in {x.symbol for x in comp}]
+            if missing:
+                raise ValueError(f"composition lacks required elements {missing}")
+        reduced = comp.reduced_composition
+        per_fu = round(reduced.num_atoms)
+        max_atoms = info.data.get("max_atoms")
+        if isinstance(max_atoms, int) and per_fu > max_atoms:
+            raise ValueError(
+                f"{comp.reduced_formula} has {per_fu} atoms per formula unit, "
+                f"more than max_atoms {max_atoms}"
+            )
+        return comp.reduced_formula
+
+    @field_validator("formula_units")
+    @classmethod
+    def _formula_units(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if v is None:
+            return v
+        composition = info.data.get("composition")
+        if composition is None:
+            if "composition" in info.data:  # given as null, not failed validation
+                raise ValueError("formula_units needs a composition")
+            return v
+        if not v:
+            raise ValueError("formula_units is empty")
+        bad = [z for z in v if z < 1]
+        if bad:
+            raise ValueError(f"formula units must be at least 1, got {bad}")
+        zs = sorted(set(v))
+        max_atoms = info.data.get("max_atoms")
+        if isinstance(max_atoms, int):
+            per_fu = sum(reduced_amounts(composition).values())
+            too_big = [z for z in zs if z * per_fu > max_atoms]
+            if too_big:
+                raise ValueError(
+                    f"{too_big} formula units of {composition} ({per_fu} atoms each) exceed "
+                    f"max_atoms {max_atoms}"
+                )
+        return zs
 
     @field_validator("space_groups")
     @classmethod
-    def _space_groups(cls, v: list[int] | None) -> list[int] | None:
+    def _space_groups(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
         if v is None:
             return v
         bad = [g for g in v if not 1 <= g <= 230]
         if bad:
             raise ValueError(f"space group numbers must be 1-230, got {bad}")
-        return list(dict.fromkeys(v))
+        groups = list(dict.fromkeys(v))
+        composition = info.data.get("composition")
+        max_atoms = info.data.get("max_atoms")
+        if composition is not None and isinstance(max_atoms, int) and "formula_units" in info.data:
+            _check_space_groups(composition, info.data["formula_units"], max_atoms, groups)
+        return groups
 
     @field_validator("templates")
     @classmethod
@@ -207,19 +388,49 @@ class Constraints(BaseModel):
                 raise ValueError(f"template {i}: {exc}") from exc
         return v
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Constraints:
-        if self.composition is not None:
-            comp = Composition(self.composition)
-            for el in comp.elements:
-                if not self.elements.permits(el.symbol):
-                    raise ValueError(f"composition element {el.symbol} is not allowed")
-            if comp.num_atoms > self.max_atoms:
-                raise ValueError(
-                    f"composition has {comp.num_atoms:g} atoms, "
-                    f"more than max_atoms {self.max_atoms}"
-                )
-        return self
+    def formula_unit_choices(self) -> list[int]:
+        """Numbers of formula units a cell of ``composition`` may hold ([] without one)."""
+        if self.composition is None:
+            return []
+        per_fu = sum(reduced_amounts(self.composition).values())
+        zs = self.formula_units or range(1, self.max_atoms // per_fu + 1)
+        return [z for z in zs if z * per_fu <= self.max_atoms]
+
+    def formula_units_in(self, space_group: int) -> list[int]:
+        """Formula units of ``composition`` whose primitive cell can have ``space_group``."""
+        from ml.symmetry import formula_units_for
+
+        assert self.composition is not None
+        return formula_units_for(
+            reduced_amounts(self.composition), space_group, self.formula_unit_choices()
+        )
+
+
+def _check_space_groups(
+    composition: str, formula_units: list[int] | None, max_atoms: int, groups: list[int]
+) -> None:
+    """A composition and space groups that no allowed cell can satisfy: say why."""
+    from ml.symmetry import formula_units_for, space_group_symbol
+
+    amounts = reduced_amounts(composition)
+    per_fu = sum(amounts.values())
+    zs = formula_units or list(range(1, max_atoms // per_fu + 1))
+    if any(formula_units_for(amounts, g, zs) for g in groups):
+        return
+    reasons = []
+    for g in groups:
+        # The smallest Z this group would take (up to the data's largest cells, 200 atoms).
+        need = formula_units_for(amounts, g, range(1, MAX_ATOMS // per_fu + 1))
+        sym = space_group_symbol(g)
+        if need:
+            reasons.append(f"{g} ({sym}) needs Z in {need[:4]} ({need[0] * per_fu} atoms or more)")
+        else:
+            reasons.append(f"{g} ({sym}) cannot hold it within {MAX_ATOMS} atoms")
+    allowed = f"Z in {zs}" if formula_units else f"at most {max_atoms} atoms"
+    raise ValueError(
+        f"no cell of {composition} with {allowed} fits the space groups (Wyckoff "
+        f"multiplicities of the primitive cell): {'; '.join(reasons)}"
+    )
 
 
 class DesignRequest(BaseModel):
@@ -227,16 +438,60 @@ class DesignRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str
-    objectives: list[Objective] = Field(default_factory=list, max_length=16)
-    constraints: Constraints = Field(default_factory=Constraints)
-    num_candidates: int = Field(default=64, ge=1, le=MAX_CANDIDATES)
-    relax: bool = True
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    params: dict[str, Any] = Field(default_factory=dict)
-    # property (or "energy_above_hull") -> oracle name; the rest use the defaults. The
-    # energy_above_hull oracle also relaxes the candidates and picks the reference hull.
-    oracles: dict[str, str] = Field(default_factory=dict, max_length=16)
+    method: str = Field(
+        description="Design method (GET /v1/methods lists them with their params).",
+        examples=["substitution"],
+    )
+    objectives: list[Objective] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Target properties; a structure is a hit when it meets all of them.",
+    )
+    constraints: Constraints = Field(
+        default_factory=Constraints, description="Hard constraints every hit must meet."
+    )
+    num_candidates: int = Field(
+        default=64,
+        ge=1,
+        le=MAX_CANDIDATES,
+        description="Candidate structures to generate, evaluate and store. When left out, the "
+        "server's default (MATDESIGN_DEFAULT_NUM_CANDIDATES: 8 on the embedded CPU server, "
+        "64 with Celery workers) is written into the stored request.",
+        json_schema_extra=lambda schema: schema.pop("default", None),
+    )
+    relax: bool = Field(
+        default=True,
+        description="Relax every valid candidate with CHGNet (FIRE, fmax 0.1 eV/Å, 300 steps) "
+        "before scoring; slow on CPU. When left out, the server's default "
+        "(MATDESIGN_DEFAULT_RELAX: off on the embedded CPU server, on with Celery GPU "
+        "workers) is written into the stored request.",
+        json_schema_extra=lambda schema: schema.pop("default", None),
+    )
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="Random seed: same request, seed and weights give the same candidates.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Parameters of the chosen method (GET /v1/methods: params_schema, "
+        "defaults); unknown ones are rejected.",
+    )
+    label: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Free text to find the job by (GET /v1/jobs?label=...).",
+        examples=["LFP polymorphs, run 1"],
+    )
+    oracles: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Oracle by name for a property, replacing the default (GET /v1/oracles "
+        "lists them); the key energy_above_hull names the energy oracle that relaxes the "
+        "candidates and judges stability against its own reference hull, e.g. "
+        '{"energy_above_hull": "chgnet-energy", "band_gap": "megnet-gap-pbe"}.',
+    )
 
     @field_validator("oracles")
     @classmethod

@@ -246,6 +246,9 @@ def _evaluate_and_store(
         batch = batch[:remaining]
     if not batch or not remaining:
         return kept
+    if request.relax:
+        # CHGNet relaxation dominates a batch's time on CPU: show it as its own phase.
+        reporter.report("relaxing", kept, request.num_candidates, None)
     t = time.perf_counter()
     scored = pipeline.evaluate_candidates(batch, request, previous=previous, device=device)
     timer.add("pipeline_s", time.perf_counter() - t)

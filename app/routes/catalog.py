@@ -15,7 +15,13 @@ from app.routes.deps import Services, services
 from app.schemas import MethodOut, OracleOut, ScoreRequest, ScoreResponse, ValidationErrorOut
 from ml.crystal import Crystal
 from ml.methods.registry import get_method, method_names
-from ml.oracles.registry import default_oracle_name, get_oracle, known_properties, list_oracles
+from ml.oracles.registry import (
+    NON_PBE_GAP_CAVEAT,
+    default_oracle_name,
+    get_oracle,
+    known_properties,
+    list_oracles,
+)
 from ml.request import Fidelity
 from ml.settings import get_ml_settings
 
@@ -27,6 +33,9 @@ Svc = Annotated[Services, Depends(services)]
 
 # Default oracles of POST /v1/score when the body names none.
 SCORE_DEFAULT_PROPERTIES = ("formation_energy", "band_gap", "density")
+PBE_GAP_ORACLE = "megnet-gap-pbe"
+# A non-PBE gap this far below the PBE one is worth pointing out (metals sit at ~0 in both).
+GAP_NOTE_MARGIN_EV = 0.05
 # Scoring loads models into the API process; one request at a time keeps memory bounded.
 _SCORE_LOCK = threading.Lock()
 
@@ -130,5 +139,21 @@ def score(body: ScoreRequest, _: Owner, svc: Svc) -> dict[str, Any]:
                 "oracle": name,
                 "version": info.version,
             }
+        _add_gap_notes(scores, infos)
         items.append({"index": i, "formula": c.formula, "n_atoms": c.num_atoms, "scores": scores})
     return {"items": items}
+
+
+def _add_gap_notes(scores: dict[str, dict[str, Any]], infos: dict[str, Any]) -> None:
+    """The fidelity caveat on every non-PBE band gap, saying so when it came out below the
+    PBE gap scored alongside (HSE, GLLB-SC and SCAN gaps are larger than PBE's in DFT)."""
+    pbe = scores.get(PBE_GAP_ORACLE, {}).get("value")
+    for name, score in scores.items():
+        info = infos[name]
+        if info.property != "band_gap" or name == PBE_GAP_ORACLE:
+            continue
+        note = NON_PBE_GAP_CAVEAT
+        value = score["value"]
+        if pbe is not None and value is not None and value < pbe - GAP_NOTE_MARGIN_EV:
+            note = f"Below the PBE gap here ({value:.3f} < {pbe:.3f} eV). " + note
+        score["note"] = note

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import jobs as jobs_service
 from app.metrics import render
+from app.readiness import models_data_check
 from app.routes.deps import Services, services
 from app.schemas import HealthOut
 
@@ -26,7 +27,7 @@ def healthz() -> dict[str, Any]:
     "/readyz",
     response_model=HealthOut,
     responses={503: {"model": HealthOut}},
-    summary="Database, broker and at least one worker reachable",
+    summary="Database, broker and at least one worker reachable; models and data present",
 )
 def readyz(svc: Svc) -> JSONResponse:
     checks: dict[str, Any] = {}
@@ -39,6 +40,8 @@ def readyz(svc: Svc) -> JSONResponse:
     checks["broker"] = {"ok": ok, "detail": detail}
     ok, detail = svc.queue.workers_ok() if ok else (False, "broker unreachable")
     checks["workers"] = {"ok": ok, "detail": detail}
+    ok, detail = models_data_check()
+    checks["models_data"] = {"ok": ok, "detail": detail}
     ready = all(c["ok"] for c in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from app import jobs as jobs_service
 from app.archive import write_archive
 from app.auth import current_owner
+from app.examples import request_examples
 from app.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 from app.models import JOB_STATES
 from app.queue import enqueue_quietly
@@ -22,6 +23,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 Owner = Annotated[str, Depends(current_owner)]
 Svc = Annotated[Services, Depends(services)]
+JobId = Annotated[str, Path(description="Job id (UUID), from POST /v1/jobs.")]
+_LIMIT = "Page size (default and maximum: MATDESIGN_PAGE_LIMIT_DEFAULT / _MAX)."
+_CURSOR = "next_cursor of the previous page; leave out for the first page."
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": MessageOut, "description": "Missing or invalid X-API-Key"},
@@ -42,13 +46,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     summary="Submit a design job",
 )
 def submit_job(
-    body: DesignRequest,
+    body: Annotated[DesignRequest, Body(openapi_examples=request_examples())],
     response: Response,
     owner: Owner,
     svc: Svc,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=255,
+            description="Any unique string: resubmitting the same body with the same key "
+            "returns the first job (Idempotent-Replayed: true) instead of a new one.",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    jobs_service.validate_design(body, svc.settings)
+    body = jobs_service.validate_design(body, svc.settings)
     job, created = jobs_service.submit_job(svc.db, owner, body, idempotency_key)
     if created:
         JOBS_SUBMITTED.labels(job.method).inc()
@@ -64,29 +76,63 @@ def submit_job(
 def list_jobs(
     owner: Owner,
     svc: Svc,
-    status: Literal[JOB_STATES] | None = None,  # type: ignore[valid-type]
-    method: str | None = None,
-    limit: Annotated[int | None, Query()] = None,
-    cursor: str | None = None,
+    status: Annotated[
+        Literal[JOB_STATES] | None,  # type: ignore[valid-type]
+        Query(description="Only jobs in this state."),
+    ] = None,
+    method: Annotated[str | None, Query(description="Only jobs of this method.")] = None,
+    limit: Annotated[int | None, Query(description=_LIMIT)] = None,
+    cursor: Annotated[str | None, Query(description=_CURSOR)] = None,
+    label: Annotated[
+        str | None, Query(max_length=200, description="Only jobs with exactly this label.")
+    ] = None,
 ) -> dict[str, Any]:
     jobs, next_cursor = jobs_service.list_jobs(
-        svc.db, owner, status=status, method=method, limit=page_limit(limit, svc), cursor=cursor
+        svc.db,
+        owner,
+        status=status,
+        method=method,
+        limit=page_limit(limit, svc),
+        cursor=cursor,
+        label=label,
     )
     return {"items": [job_out(j) for j in jobs], "next_cursor": next_cursor}
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS, summary="One job")
-def get_job(job_id: str, owner: Owner, svc: Svc) -> dict[str, Any]:
+def get_job(job_id: JobId, owner: Owner, svc: Svc) -> dict[str, Any]:
     return job_out(jobs_service.get_job(svc.db, owner, job_id))
 
 
 @router.delete(
     "/{job_id}",
     response_model=JobOut,
-    responses={**_ERRORS, 409: {"model": MessageOut, "description": "Job already finished"}},
-    summary="Cancel a job (cancelling, then cancelled once the worker stops)",
+    responses={
+        **_ERRORS,
+        204: {"description": "purge=true: the job and its structures are deleted"},
+        409: {
+            "model": MessageOut,
+            "description": "Cancel: job already finished. Purge: job not finished yet",
+        },
+    },
+    summary="Cancel a job (cancelling, then cancelled once the worker stops); "
+    "with purge=true delete a finished job and its structures",
 )
-def cancel_job(job_id: str, owner: Owner, svc: Svc) -> dict[str, Any]:
+def cancel_job(
+    job_id: JobId,
+    owner: Owner,
+    svc: Svc,
+    purge: Annotated[
+        bool,
+        Query(
+            description="Delete the finished (succeeded, failed or cancelled) job, its "
+            "structures and their scores for good, instead of cancelling it."
+        ),
+    ] = False,
+) -> Any:
+    if purge:
+        jobs_service.purge_job(svc.db, owner, job_id)
+        return Response(status_code=204)
     return job_out(jobs_service.cancel_job(svc.db, owner, job_id))
 
 
@@ -97,13 +143,21 @@ def cancel_job(job_id: str, owner: Owner, svc: Svc) -> dict[str, Any]:
     summary="Structures of a job, best rank first",
 )
 def list_structures(
-    job_id: str,
+    job_id: JobId,
     owner: Owner,
     svc: Svc,
-    sort: Literal["rank", "created"] = "rank",
-    limit: Annotated[int | None, Query()] = None,
-    cursor: str | None = None,
-    hits_only: bool = False,
+    sort: Annotated[
+        Literal["rank", "created"],
+        Query(
+            description="rank: best first (unranked ones of a running job after, in arrival "
+            "order); created: arrival order."
+        ),
+    ] = "rank",
+    limit: Annotated[int | None, Query(description=_LIMIT)] = None,
+    cursor: Annotated[str | None, Query(description=_CURSOR)] = None,
+    hits_only: Annotated[
+        bool, Query(description="Only structures flagged hit (all objectives and constraints).")
+    ] = False,
 ) -> dict[str, Any]:
     rows, next_cursor = jobs_service.list_structures(
         svc.db,
@@ -123,7 +177,7 @@ def list_structures(
     responses={**_ERRORS, 200: {"content": {"application/zip": {}}}},
     summary="Zip of the job's CIFs plus summary.json and structures.csv",
 )
-def archive(job_id: str, owner: Owner, svc: Svc) -> StreamingResponse:
+def archive(job_id: JobId, owner: Owner, svc: Svc) -> StreamingResponse:
     job = jobs_service.get_job(svc.db, owner, job_id)
     rows = jobs_service.all_structures(svc.db, job_id)
     buf = write_archive(job, rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from app import jobs as jobs_service
 from app.auth import current_owner
@@ -17,7 +17,11 @@ router = APIRouter(prefix="/v1/structures", tags=["structures"])
 
 Owner = Annotated[str, Depends(current_owner)]
 Svc = Annotated[Services, Depends(services)]
-_ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": MessageOut}, 401: {"model": MessageOut}}
+StructureId = Annotated[str, Path(description="Structure id (UUID), from a job's structures.")]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": MessageOut, "description": "No such structure for this key"},
+    401: {"model": MessageOut, "description": "Missing or invalid X-API-Key"},
+}
 
 
 # Declared before /{structure_id} so that "<id>.cif" is not taken for an id.
@@ -27,7 +31,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": MessageOut}, 401: {"m
     responses={**_ERRORS, 200: {"content": {"chemical/x-cif": {}}}},
     summary="CIF of a structure (relaxed=true: the relaxed geometry)",
 )
-def structure_cif(structure_id: str, owner: Owner, svc: Svc, relaxed: bool = False) -> Response:
+def structure_cif(
+    structure_id: StructureId,
+    owner: Owner,
+    svc: Svc,
+    relaxed: Annotated[
+        bool, Query(description="The CHGNet-relaxed geometry (404 when not relaxed).")
+    ] = False,
+) -> Response:
     row = jobs_service.get_structure(svc.db, owner, structure_id)
     text = row.relaxed_cif if relaxed else row.cif
     if text is None:
@@ -43,5 +54,5 @@ def structure_cif(structure_id: str, owner: Owner, svc: Svc, relaxed: bool = Fal
 @router.get(
     "/{structure_id}", response_model=StructureOut, responses=_ERRORS, summary="A structure"
 )
-def get_structure(structure_id: str, owner: Owner, svc: Svc) -> dict[str, Any]:
+def get_structure(structure_id: StructureId, owner: Owner, svc: Svc) -> dict[str, Any]:
     return structure_out(jobs_service.get_structure(svc.db, owner, structure_id))

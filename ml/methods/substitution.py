@@ -43,7 +43,7 @@ from ml.methods.base import (
     Progress,
     RequestError,
 )
-from ml.request import DesignRequest
+from ml.request import DesignRequest, ElementConstraints
 
 Dataset = Literal["mp20", "mp2018", "perov5"]
 # Splits used as references: MP-20 test is kept out (it is the evaluation split).
@@ -172,6 +172,29 @@ def _target_species(usable: list[str]) -> list[Species]:
     )
 
 
+def _missing_ion(elements: ElementConstraints, ion: str, sign: int) -> RequestError:
+    """Why no usable element gives the cation or anion neutrality needs, in the input's terms:
+    an exclusion that removed them is named as such."""
+    before = elements.allowed if elements.allowed is not None else elements.usable()
+    removed = sorted(
+        {s.symbol for s in _target_species(before) if s.oxi_state * sign > 0}
+        & set(elements.excluded)
+    )
+    if removed:
+        return RequestError(
+            "constraints.elements.excluded",
+            f"charge neutrality needs an {ion}: excluding {removed} leaves no usable element "
+            f"that forms one",
+        )
+    example = "e.g. O, S, N, F, Cl" if sign < 0 else "e.g. Li, Na, Mg, Ti, Fe"
+    where = "allowed" if elements.allowed is not None else "usable"
+    return RequestError(
+        "constraints.elements.allowed",
+        f"charge neutrality needs an {ion}: no {where} element forms one ({example}), "
+        "or set constraints.charge_neutral to false",
+    )
+
+
 @lru_cache(maxsize=200_000)
 def _counts(formula: str) -> dict[str, float]:
     return {str(el): amt for el, amt in Composition(formula).reduced_composition.items()}
@@ -198,17 +221,9 @@ class SubstitutionMethod(DesignMethod):
                 "none of the allowed elements forms an ion the substitution model knows",
             )
         if request.constraints.charge_neutral:
-            if not any(s.oxi_state > 0 for s in species):
-                raise RequestError(
-                    "constraints.elements.allowed",
-                    "charge neutrality needs a cation: no allowed element forms one",
-                )
-            if not any(s.oxi_state < 0 for s in species):
-                raise RequestError(
-                    "constraints.elements.allowed",
-                    "charge neutrality needs an anion: no allowed element forms one "
-                    "(e.g. O, S, N, F, Cl)",
-                )
+            for sign, ion in ((1, "cation"), (-1, "anion")):
+                if not any(s.oxi_state * sign > 0 for s in species):
+                    raise _missing_ion(request.constraints.elements, ion, sign)
         return params
 
     # --- design -----------------------------------------------------------------------
@@ -353,6 +368,8 @@ class SubstitutionMethod(DesignMethod):
         known = model.species  # type: ignore[attr-defined]
         required = set(c.elements.required)
         wanted = Composition(c.composition).reduced_formula if c.composition else None
+        zs = set(c.formula_units or ())
+        n_per_fu = round(Composition(wanted).num_atoms) if wanted else 1
         seen: set[tuple[object, ...]] = set()
         proposals: list[_Proposal] = []
         replacements: dict[tuple[str, int], list[tuple[float, Species]]] = {}
@@ -403,6 +420,8 @@ class SubstitutionMethod(DesignMethod):
                 new_formula = _formula_after(counts, ions, new_ions)
                 if wanted is not None and new_formula != wanted:
                     continue
+                if zs and ref.n_atoms // n_per_fu not in zs:
+                    continue  # not one of the requested numbers of formula units
                 if new_formula in known_formulas:
                     continue
                 key = (ref.formula, ref.space_group, new_ions)

@@ -86,6 +86,15 @@ ORACLE_INFOS: dict[str, OracleInfo] = {
         "composition-weighted by mass as in pymatgen's HHIModel.",
     ),
 }
+# What a scientist must know before reading a non-PBE gap (shown by GET /v1/oracles and with
+# every such score of POST /v1/score). Training counts: Chen et al., Nat. Comput. Sci. 2021.
+NON_PBE_GAP_CAVEAT = (
+    "Predicted by the multi-fidelity MEGNet model, trained on about 52,000 PBE gaps but only "
+    "about 6,000 HSE, 2,300 GLLB-SC and 500 SCAN gaps; its error at this fidelity is not "
+    "measured here. Unlike DFT, it can put the gap below the PBE gap of the same structure: "
+    "compare with megnet-gap-pbe and read it as indicative."
+)
+
 for _fid, _level in GAP_FIDELITIES.items():
     _name = f"megnet-gap-{_fid}"
     ORACLE_INFOS[_name] = OracleInfo(
@@ -99,7 +108,8 @@ for _fid, _level in GAP_FIDELITIES.items():
             if _fid == "pbe"
             else None
         ),
-        description=f"Multi-fidelity MEGNet band gap at the {_fid.upper()} fidelity.",
+        description=f"Multi-fidelity MEGNet band gap at the {_fid.upper()} fidelity."
+        + ("" if _fid == "pbe" else " " + NON_PBE_GAP_CAVEAT),
     )
 
 _SEVENNET = {

@@ -114,6 +114,9 @@ def test_archive_holds_cifs_summary_and_table(
     assert json.loads(z.read("summary.json"))["id"] == finished_job["id"]
     rows = list(csv.DictReader(io.StringIO(z.read("structures.csv").decode())))
     assert len(rows) == len(cifs) and {r["cif_file"] for r in rows} == set(cifs)
+    # Substitution provenance and units in the header (one column per field).
+    assert all(r["reference_material"] and r["reference_formula"] for r in rows)
+    assert "energy_above_hull (eV/atom)" in rows[0] and "energy_above_hull" not in rows[0]
     assert _parse(z.read(cifs[0]).decode()).composition.reduced_formula == rows[0]["formula"]
 
 

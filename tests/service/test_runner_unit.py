@@ -333,3 +333,26 @@ def test_sweeper_reenqueues_lost_messages_with_backoff(db: Database, settings: S
     assert sweep(db, settings, enqueued.append)["requeued_lost"] == 1
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 1
+
+
+@pytest.mark.parametrize("relax", [True, False])
+def test_relaxation_is_a_progress_phase_of_its_own(
+    db: Database,
+    settings: Settings,
+    scoring: FakeScoring,
+    monkeypatch: pytest.MonkeyPatch,
+    relax: bool,
+) -> None:
+    request = DesignRequest.model_validate(
+        {"method": "fake", "num_candidates": 4, "relax": relax, "params": {"batch": 2}}
+    )
+    job_id = submit_job(db, "anonymous", request, None)[0].id
+    phases: list[str] = []
+
+    def spy(candidates: Any, req: DesignRequest, **kw: Any) -> list[Any]:
+        phases.append(_job(db, job_id).progress["phase"])  # what a poller sees meanwhile
+        return scoring(candidates, req, **kw)
+
+    monkeypatch.setattr(runner.pipeline, "evaluate_candidates", spy)
+    assert execute_job(job_id, db, settings, worker="t") == "succeeded"
+    assert phases == (["relaxing", "relaxing"] if relax else ["making", "making"])

@@ -150,6 +150,14 @@ class CliqueFlowmerMethod(DesignMethod):
     def validate(self, request: DesignRequest) -> MethodParams:
         params = CliqueFlowmerParams.model_validate(request.params)
         select_target(request, params, self.available())
+        if request.constraints.composition is not None:
+            # The latent optimisation moves compositions freely; a fixed one would only be
+            # met by chance, so say so instead of returning violators.
+            raise RequestError(
+                "constraints.composition",
+                "cliqueflowmer designs compositions; for a fixed one use conditional or "
+                "substitution",
+            )
         return params
 
     def describe(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ targets -> flow-matching generator with classifier-free guidance -> candidate cr
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from functools import cache
 from typing import ClassVar, Literal
@@ -27,7 +28,8 @@ from ml.methods.conditional.composition import propose_compositions
 from ml.methods.conditional.flow import SampleConfig
 from ml.methods.conditional.model import PROPERTIES, ConditionalFlowModel
 from ml.methods.conditional.sampler import GenerationCondition, generate_batches
-from ml.request import DesignRequest, Objective
+from ml.request import Constraints, DesignRequest, Objective, reduced_amounts
+from ml.symmetry import compatible
 
 __all__ = ["ConditionalMethod", "ConditionalParams"]
 
@@ -35,6 +37,8 @@ __all__ = ["ConditionalMethod", "ConditionalParams"]
 THRESHOLD_MARGIN = 0.2
 # "minimize"/"maximize" aim this many training standard deviations from the training mean.
 EXTREME_SIGMAS = 1.65
+# Largest cell of the training data (MP-20); larger cells are generated only when needed.
+TRAINING_MAX_ATOMS = 20
 
 
 class ConditionalParams(MethodParams):
@@ -64,6 +68,14 @@ class ConditionalParams(MethodParams):
         description="compositions to propose when the request gives none "
         "(default: enough for num_candidates)",
     )
+    formula_unit_options: int = Field(
+        default=1,
+        ge=1,
+        le=50,
+        description="when the request fixes a composition without formula_units: how many "
+        "numbers of formula units to try per space group (the smallest its Wyckoff positions "
+        "allow, cells of at most 20 atoms first)",
+    )
     batch_size: int = Field(default=256, ge=1, le=4096)
     symmetrize: bool = Field(
         default=True,
@@ -78,17 +90,25 @@ def _load_model(prior: str, device: str) -> ConditionalFlowModel:
     return model
 
 
-def _given_composition(formula: str) -> tuple[int, ...]:
-    comp = Composition(formula)
+def _cell(amounts: dict[str, int], z: int) -> tuple[int, ...]:
+    """Atomic numbers of a cell of ``z`` formula units, sorted."""
     numbers: list[int] = []
-    for el, amount in comp.items():
-        if abs(amount - round(amount)) > 1e-6:
-            raise RequestError(
-                "constraints.composition",
-                f"{formula!r} must give whole atom counts of one cell (got {amount:g} {el})",
-            )
-        numbers += [Element(el.symbol).Z] * round(amount)
+    for symbol, amount in amounts.items():
+        numbers += [Element(symbol).Z] * (amount * z)
     return tuple(sorted(numbers))
+
+
+def _formula_units(cons: Constraints, space_group: int | None, options: int) -> list[int]:
+    """Numbers of formula units to generate the given composition with, for one space group
+    (None: not conditioned). Explicit ``formula_units``: all of them the group allows.
+    Otherwise the ``options`` smallest the group's Wyckoff positions allow, preferring cells
+    within the training data's size (the smallest allowed one when none is)."""
+    zs = cons.formula_units_in(space_group) if space_group else cons.formula_unit_choices()
+    if cons.formula_units:
+        return zs
+    per_fu = sum(reduced_amounts(cons.composition or "").values())
+    in_range = [z for z in zs if z * per_fu <= TRAINING_MAX_ATOMS]
+    return (in_range or zs[:1])[:options]
 
 
 def _target(objective: Objective, model: ConditionalFlowModel) -> float:
@@ -126,14 +146,12 @@ class ConditionalMethod(DesignMethod):
         except FileNotFoundError as exc:
             raise RequestError("params.prior", f"no checkpoint for this prior: {exc}") from exc
         cons = request.constraints
-        if cons.composition is not None:
-            numbers = _given_composition(cons.composition)
-            if cons.crystal_family == "perovskite" and not is_perovskite(cons.composition):
+        if cons.composition is not None and cons.crystal_family == "perovskite":
+            cells = (Composition(cons.composition) * z for z in cons.formula_unit_choices())
+            if not any(is_perovskite(c) for c in cells):
                 raise RequestError(
                     "constraints.composition", "composition is not ABX3 but family is perovskite"
                 )
-            if any(z > 94 for z in numbers):
-                raise RequestError("constraints.composition", "elements beyond Pu are unsupported")
         if cons.templates:
             raise RequestError(
                 "constraints.templates", "the conditional generator does not use templates"
@@ -148,16 +166,32 @@ class ConditionalMethod(DesignMethod):
         return params
 
     # ---- planning ----------------------------------------------------------------------
-    def _compositions(
-        self, request: DesignRequest, params: ConditionalParams, n_groups_per_comp: int
-    ) -> list[tuple[tuple[int, ...], str]]:
+    def _cells(
+        self, request: DesignRequest, params: ConditionalParams
+    ) -> list[tuple[tuple[int, ...], int | None, str]]:
+        """(atomic numbers of the cell, space group or None, source) to generate for: the
+        given composition in the numbers of formula units each space group allows, or
+        proposed compositions paired with the space groups whose Wyckoff positions fit."""
         cons = request.constraints
+        space_groups: list[int | None] = list(cons.space_groups or [None])
         if cons.composition is not None:
-            return [(_given_composition(cons.composition), "given")]
+            amounts = reduced_amounts(cons.composition)
+            cells = [
+                (_cell(amounts, z), spg, "given")
+                for spg in space_groups
+                for z in _formula_units(cons, spg, params.formula_unit_options)
+            ]
+            if not cells:  # the request schema rejects this; a stored old request may not
+                raise RequestError(
+                    "constraints.space_groups",
+                    f"no allowed number of formula units of {cons.composition} fits them",
+                )
+            return cells
         wanted = params.num_compositions or math.ceil(
-            request.num_candidates / (params.samples_per_composition * n_groups_per_comp)
+            request.num_candidates / (params.samples_per_composition * len(space_groups))
         )
-        pool = propose_compositions(cons, wanted * 4 if cons.crystal_family else wanted)
+        widen = cons.crystal_family is not None or cons.space_groups is not None
+        pool = propose_compositions(cons, wanted * 4 if widen else wanted)
         if cons.crystal_family == "perovskite":
             pool = [p for p in pool if is_perovskite(p.formula)]
         if not pool:
@@ -165,18 +199,26 @@ class ConditionalMethod(DesignMethod):
                 "constraints.elements",
                 "no composition satisfies the element, size and neutrality constraints",
             )
-        return [(p.numbers, p.source) for p in pool[:wanted]]
+        out = []
+        for spg in space_groups:
+            fits = [p for p in pool if spg is None or compatible(spg, Counter(p.numbers).values())]
+            out += [(p.numbers, spg, p.source) for p in fits[:wanted]]
+        if not out:
+            raise RequestError(
+                "constraints.space_groups",
+                f"none of the {len(pool)} proposed compositions fits these space groups' "
+                "Wyckoff positions within max_atoms",
+            )
+        return out
 
     def _conditions(
         self, request: DesignRequest, params: ConditionalParams, model: ConditionalFlowModel
     ) -> list[tuple[GenerationCondition, str]]:
-        space_groups: list[int | None] = list(request.constraints.space_groups or [None])
         targets = {
             o.property: _target(o, model)
             for o in request.objectives
             if o.property in model.config.properties
         }
-        comps = self._compositions(request, params, len(space_groups))
         groups = [
             (
                 GenerationCondition(
@@ -187,8 +229,7 @@ class ConditionalMethod(DesignMethod):
                 ),
                 source,
             )
-            for numbers, source in comps
-            for spg in space_groups
+            for numbers, spg, source in self._cells(request, params)
         ]
         # Round-robin over groups until num_candidates, so every group gets its share.
         return [groups[i % len(groups)] for i in range(request.num_candidates)]
@@ -226,11 +267,13 @@ class ConditionalMethod(DesignMethod):
                 }
                 # The generator has no property predictor: the conditioning targets are what
                 # was asked for, not a prediction, so they go in meta only.
+                comp = crystal.to_structure().composition
                 out.append(
                     Candidate(
                         crystal=snapped or crystal,
                         meta={
-                            "composition": crystal.to_structure().composition.formula,
+                            "composition": comp.formula,
+                            "formula_units": round(comp.get_reduced_composition_and_factor()[1]),
                             "composition_source": source,
                             "space_group_condition": cond.space_group,
                             "targets": targets,
