@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     elements = {el for f in pd.concat([hull_rows, test])["pretty_formula"] for el in _els(f)}
     entries = [
         (str(f), float(e))
-        for f, e in zip(hull_rows["pretty_formula"], hull_rows["formation_energy_per_atom"])
+        for f, e in zip(
+            hull_rows["pretty_formula"], hull_rows["formation_energy_per_atom"], strict=True
+        )
         if math.isfinite(e)
     ] + [(el, 0.0) for el in sorted(elements)]
     hull = ReferenceHull(entries)

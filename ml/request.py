@@ -5,6 +5,7 @@ Validation here names the offending field so the API can turn it into a 422.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any, Literal
 
 from pydantic import (
@@ -154,7 +155,7 @@ class Objective(BaseModel):
             self.tolerance = default_tolerance(self.value)  # stored, so the band is visible
         return self
 
-    @property
+    @builtins.property  # the field named "property" shadows the builtin in this class
     def extremal(self) -> bool:
         """A minimize/maximize goal: no value meets it alone; the pipeline judges it over the
         job (top decile, :func:`ml.pipeline.final_hits`)."""
