@@ -18,6 +18,7 @@ from pymatgen.core import Structure
 from ml.crystal import Crystal, as_structure
 from ml.oracles.base import Oracle, OracleInfo
 from ml.oracles.references import formation_energies, load_elemental_refs
+from ml.parallel import pool_map
 
 __all__ = [
     "CHGNET_VERSION",
@@ -138,7 +139,7 @@ class ChgnetPotential:
     def graphs(self, structures: Sequence[Crystal | Structure]) -> list:
         if self.pool is None or len(structures) < 32:
             return [self.builder(s) for s in structures]
-        return list(self.pool.map(self.builder, structures, chunksize=16))  # type: ignore[attr-defined]
+        return pool_map(self.pool, self.builder, structures)
 
     def efs(self, crystals: Sequence[Crystal]) -> list[tuple[float, np.ndarray, np.ndarray] | None]:
         graphs = self.graphs(crystals)

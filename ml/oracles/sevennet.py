@@ -21,6 +21,7 @@ from pymatgen.core import Structure
 
 from ml.crystal import Crystal, as_crystal
 from ml.oracles.base import Oracle, OracleInfo
+from ml.parallel import pool_map
 
 __all__ = [
     "SEVENNET_MODELS",
@@ -101,7 +102,7 @@ class SevennetPotential:
     def graphs(self, structures: Sequence[Crystal | Structure]) -> list[Any]:
         if self.pool is None or len(structures) < 32:
             return [self.builder(s) for s in structures]
-        return list(self.pool.map(self.builder, structures, chunksize=16))
+        return pool_map(self.pool, self.builder, structures)
 
     def forward_graphs(self, graphs: Sequence[object]) -> dict[str, list[np.ndarray]]:
         """One forward pass over ``graphs`` (none may be None)."""

@@ -112,11 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes", type=float, default=5.0, help="budget for relaxing rows")
     ap.add_argument("--splits", default=None, help="e.g. mp20/test (default: all)")
     ap.add_argument("--limit", type=int, default=None, help="first N rows of each split")
+    ap.add_argument(
+        "--static-only", action="store_true", help="static energies and elemental refs only"
+    )
     ap.add_argument("--out-dir", type=Path, default=None, help="write here, not into the repo")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
 
-    from ml.oracles.references import elemental_refs_path, formation_energy
     from ml.oracles.relax import energy_potential
     from ml.settings import get_ml_settings
 
@@ -145,8 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     else:  # CHGNet
         from ml.oracles.registry import get_oracle
 
-        static[ok] = get_oracle("chgnet-energy", device).predict(
-            [crystals[i] for i in ok], batch_size=args.batch_size
+        graphs = potential.graphs([crystals[i] for i in ok])  # built in the pool
+        static[ok] = get_oracle("chgnet-energy", device).predict_graphs(
+            graphs, batch_size=args.batch_size
         )
     t_static = time.time() - t0
     print(f"static energies in {t_static:.0f} s ({len(ok) / t_static:.0f} structures/s overall)")
@@ -174,26 +177,33 @@ def main(argv: list[str] | None = None) -> None:
     formulas = [
         c.to_structure().composition.formula.replace(" ", "") if c else "" for c in crystals
     ]
+    rows = [(f, float(e)) for f, e in zip(formulas, static, strict=True)]
+    e_hull = np.full(len(rows), np.nan)
+    relaxed = np.full(len(table), np.nan)
+    relaxed_up_to = -math.inf
+    if args.static_only:  # E_hull and relaxation done later (or elsewhere)
+        pool.close()
+        _write(
+            args, table, formulas, static, relaxed, e_hull, refs, sources, rows, relaxed_up_to, t0
+        )
+        return
+
     entries = [(f, float(e)) for f, e in zip(formulas, static, strict=True) if f and np.isfinite(e)]
     entries += list(refs.items())
-    rows = [(f, float(e)) for f, e in zip(formulas, static, strict=True)]
     # Rows of one chemical system in one chunk, so each worker builds each phase diagram once.
     by_system = sorted(
         range(len(rows)), key=lambda i: "".join(sorted(_ELEMENT.findall(rows[i][0])))
     )
     chunks = [by_system[s : s + 1000] for s in range(0, len(by_system), 1000)]
-    e_hull = np.full(len(rows), np.nan)
     jobs = [(entries, [rows[i] for i in c]) for c in chunks]
     for chunk, values in zip(chunks, pool.map(_e_hull_chunk, jobs), strict=True):
         e_hull[chunk] = values
     print(f"static E_hull of all rows by {time.time() - t0:.0f} s")
 
-    relaxed = np.full(len(table), np.nan)
     order = [
         i for i in np.argsort(e_hull) if np.isfinite(e_hull[i]) and e_hull[i] <= args.relax_below
     ]
     deadline = time.time() + args.minutes * 60
-    relaxed_up_to = -math.inf
     step = args.relax_batch * 4
     for start in range(0, len(order), step):
         if time.time() > deadline:
@@ -212,6 +222,13 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     pool.close()
+
+    _write(args, table, formulas, static, relaxed, e_hull, refs, sources, rows, relaxed_up_to, t0)
+
+
+def _write(args, table, formulas, static, relaxed, e_hull, refs, sources, rows, relaxed_up_to, t0):
+    """Write the elemental references and the hull table, and print a summary."""
+    from ml.oracles.references import elemental_refs_path, formation_energy
 
     out_refs = elemental_refs_path(args.model)
     if args.out_dir:

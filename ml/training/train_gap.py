@@ -28,7 +28,14 @@ import torch
 
 from ml.data.cache import parse_cif
 from ml.oracles.chgnet import ChgnetGraphBuilder
-from ml.oracles.gap_model import GapModelConfig, GapNet, _chgnet_backbone, save_gap_model
+from ml.oracles.gap_model import (
+    GapModelConfig,
+    GapNet,
+    _chgnet_backbone,
+    load_gap_model,
+    save_gap_model,
+)
+from ml.parallel import pool_map
 
 
 def _graph(cif: str):  # -> CrystalGraph | None (a pool worker)
@@ -58,7 +65,7 @@ def build_graphs(cifs: list[str], workers: int) -> list:
     if workers <= 1:
         return [_graph(c) for c in cifs]
     with mp.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
-        return pool.map(_graph, cifs, chunksize=64)
+        return pool_map(pool, _graph, cifs, chunksize=64)
 
 
 def evaluate(model: GapNet, graphs: list, gaps: np.ndarray, batch: int) -> dict[str, float]:
@@ -92,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log", type=Path, default=None, help="JSON lines per epoch")
+    ap.add_argument("--init", type=Path, default=None, help="continue from this checkpoint")
     args = ap.parse_args(argv)
 
     from ml.settings import get_ml_settings
@@ -117,7 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     train_idx = np.setdiff1d(np.arange(len(graphs)), hold)
     hold_graphs = [graphs[i] for i in hold]
 
-    model = GapNet(_chgnet_backbone(), GapModelConfig()).to(args.device)
+    if args.init is not None:
+        model, init_meta = load_gap_model(args.init, args.device)
+        print(f"continuing from {args.init}: {init_meta.get('holdout')}")
+    else:
+        model = GapNet(_chgnet_backbone(), GapModelConfig()).to(args.device)
     head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     opt = torch.optim.AdamW(
         [
