@@ -14,6 +14,7 @@ from app.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 from app.models import JOB_STATES
 from app.queue import enqueue_quietly
 from app.routes.deps import Services, page_limit, services
+from app.routes.exports import EXPORT_RESPONSES, ExportFormat, export_response
 from app.schemas import JobOut, JobPage, MessageOut, StructurePage, ValidationErrorOut
 from app.serialize import job_out, structure_out
 from ml.request import DesignRequest
@@ -93,8 +94,8 @@ def cancel_job(job_id: str, owner: Owner, svc: Svc) -> dict[str, Any]:
 @router.get(
     "/{job_id}/structures",
     response_model=StructurePage,
-    responses=_ERRORS,
-    summary="Structures of a job, best rank first",
+    responses={**_ERRORS, **EXPORT_RESPONSES},
+    summary="Structures of a job, best rank first (JSON pages, extxyz or OPTIMADE JSON)",
 )
 def list_structures(
     job_id: str,
@@ -104,7 +105,10 @@ def list_structures(
     limit: Annotated[int | None, Query()] = None,
     cursor: str | None = None,
     hits_only: bool = False,
-) -> dict[str, Any]:
+    format: ExportFormat = "json",
+) -> Any:
+    if format != "json":
+        return export_response(svc, owner, job_id, format, hits_only)
     rows, next_cursor = jobs_service.list_structures(
         svc.db,
         owner,
