@@ -87,9 +87,7 @@ def _formulas(comp: Composition) -> dict[str, Any]:
     ordered = sorted(counts.values(), reverse=True)
     return {
         "chemical_formula_reduced": "".join(part(el, counts[el]) for el in sorted(counts)),
-        "chemical_formula_anonymous": "".join(
-            part(letters[i], n) for i, n in enumerate(ordered)
-        ),
+        "chemical_formula_anonymous": "".join(part(letters[i], n) for i, n in enumerate(ordered)),
     }
 
 

@@ -181,6 +181,10 @@ function renderParams() {
   const m = state.methods[$("method").value];
   $("method-desc").textContent = m ? m.description : "";
   const box = $("params");
+  // Same method again (catalogue reloaded, e.g. a new key): keep what was typed.
+  const kept = box.dataset.method === $("method").value
+    ? Object.fromEntries([...box.querySelectorAll("[data-param]")].map(el => [el.dataset.param, el.value])) : {};
+  box.dataset.method = $("method").value;
   box.innerHTML = "";
   if (!m) return;
   const root = m.params_schema || {};
@@ -211,7 +215,10 @@ function renderParams() {
     label.dataset.items = (s.items && s.items.type) || "";
     box.appendChild(label);
   }
-  box.querySelectorAll("[data-param]").forEach(el => el.addEventListener("input", buildRequest));
+  box.querySelectorAll("[data-param]").forEach(el => {
+    if (kept[el.dataset.param]) el.value = kept[el.dataset.param];
+    el.addEventListener("input", buildRequest);
+  });
 }
 
 function readParams() {
@@ -262,7 +269,9 @@ function buildRequest() {
 
 // Fill the form from a stored request (re-submit with edits).
 function fillForm(req) {
-  $("method").value = req.method; renderParams();
+  $("method").value = req.method;
+  $("params").dataset.method = "";  // a fresh set of parameter fields
+  renderParams();
   $("num_candidates").value = req.num_candidates ?? 16;
   $("seed").value = req.seed ?? 0;
   $("relax").checked = !!req.relax;
