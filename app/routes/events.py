@@ -1,7 +1,7 @@
 """``GET /v1/jobs/{id}/events``: a job's progress as Server-Sent Events.
 
-Events: ``progress`` (status and progress, whenever either changes), ``candidates`` (the
-structures stored since the last event, in brief), ``end`` (the finished job, then the stream
+Events: ``candidates`` (the structures stored since the last event, in brief), ``progress``
+(status and progress, whenever either changes), ``end`` (the finished job, then the stream
 closes). The stream reads the job row, like a polling client would; polling stays supported.
 """
 
@@ -63,12 +63,6 @@ async def job_events(
     yield f"retry: {int(POLL_S * 4000)}\n\n"
     while True:
         job = await run_in_threadpool(jobs_service.get_job, svc.db, owner, job_id)
-        state = (job.status, job.progress)
-        if state != last_state:
-            last_state = state
-            n += 1
-            yield sse("progress", {"status": job.status, "progress": job.progress}, n)
-            last_sent = time.monotonic()
         while True:
             rows, next_cursor = await run_in_threadpool(
                 jobs_service.list_structures,
@@ -89,6 +83,12 @@ async def job_events(
             last_sent = time.monotonic()
             if next_cursor is None:
                 break
+        state = (job.status, job.progress)
+        if state != last_state:
+            last_state = state
+            n += 1
+            yield sse("progress", {"status": job.status, "progress": job.progress}, n)
+            last_sent = time.monotonic()
         if job.status in FINISHED_STATES:
             n += 1
             yield sse("end", job_out(job), n)
