@@ -1,4 +1,5 @@
-"""The archive of a job: every CIF plus summary.json and structures.csv in one zip."""
+"""The archive of a job: every CIF plus summary.json, structures.csv, structures.extxyz and
+structures.optimade.json in one zip."""
 
 from __future__ import annotations
 

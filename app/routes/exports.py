@@ -13,6 +13,12 @@ from app.routes.deps import Services
 
 ExportFormat = Literal["json", "extxyz", "optimade"]
 
+FORMAT_HELP = (
+    "json: pages of structures (default); extxyz: every structure as an extended XYZ frame with "
+    "its scores and flags in the frame's info (ASE reads it); optimade: an OPTIMADE structures "
+    "document with _matdesign_ scores and flags. The geometry is the relaxed one when the job "
+    "relaxed, else the proposed one."
+)
 MEDIA_TYPES = {"extxyz": "chemical/x-extxyz", "optimade": "application/vnd.api+json"}
 SUFFIXES = {"extxyz": "extxyz", "optimade": "optimade.json"}
 

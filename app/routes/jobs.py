@@ -14,7 +14,7 @@ from app.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 from app.models import JOB_STATES
 from app.queue import enqueue_quietly
 from app.routes.deps import Services, page_limit, services
-from app.routes.exports import EXPORT_RESPONSES, ExportFormat, export_response
+from app.routes.exports import EXPORT_RESPONSES, FORMAT_HELP, ExportFormat, export_response
 from app.schemas import JobOut, JobPage, MessageOut, StructurePage, ValidationErrorOut
 from app.serialize import job_out, structure_out
 from ml.request import DesignRequest
@@ -105,7 +105,7 @@ def list_structures(
     limit: Annotated[int | None, Query()] = None,
     cursor: str | None = None,
     hits_only: bool = False,
-    format: ExportFormat = "json",
+    format: Annotated[ExportFormat, Query(description=FORMAT_HELP)] = "json",
 ) -> Any:
     if format != "json":
         return export_response(svc, owner, job_id, format, hits_only)
@@ -125,7 +125,8 @@ def list_structures(
     "/{job_id}/archive",
     response_class=StreamingResponse,
     responses={**_ERRORS, 200: {"content": {"application/zip": {}}}},
-    summary="Zip of the job's CIFs plus summary.json and structures.csv",
+    summary="Zip of the job's CIFs plus summary.json, structures.csv, structures.extxyz and "
+    "structures.optimade.json",
 )
 def archive(job_id: str, owner: Owner, svc: Svc) -> StreamingResponse:
     job = jobs_service.get_job(svc.db, owner, job_id)

@@ -405,9 +405,9 @@ async function loadJobs(append = false) {
     const page = await api(`/v1/jobs?limit=20${q}`);
     if (!append) state.order = [];
     for (const j of page.items) {
-      // A live stream knows better than a poll that raced with it.
+      // A finished state from the event stream stands against a poll that raced with it.
       const known = state.jobs.get(j.id);
-      if (!(known && state.streams.has(j.id) && FINISHED.includes(known.status))) state.jobs.set(j.id, j);
+      if (!(known && FINISHED.includes(known.status) && !FINISHED.includes(j.status))) state.jobs.set(j.id, j);
       if (!state.order.includes(j.id)) state.order.push(j.id);
     }
     state.cursor = page.next_cursor;
