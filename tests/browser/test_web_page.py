@@ -62,9 +62,9 @@ def test_submit_watch_and_explore_results(
     assert pg.evaluate("sessionStorage.getItem('matdesign.apikey')") == server.key
     assert pg.evaluate("localStorage.getItem('matdesign.apikey')") is None
 
-    _fill_job(pg, step_delay=1.0)
+    _fill_job(pg, step_delay=1.5)
     body = pg.input_value("#body")
-    assert '"step_delay_s": 1' in body and '"datasets": [\n      "perov5"' in body
+    assert '"step_delay_s": 1.5' in body and '"datasets": [\n      "perov5"' in body
     pg.click("#submit")
     pg.wait_for_selector("#submitmsg.ok")
     job_id = pg.inner_text("#submitmsg").split()[-1]
@@ -79,8 +79,18 @@ def test_submit_watch_and_explore_results(
             seen.append(bar)
             step, total = int(bar["step"]), int(bar["total"])
             if bar["status"] == "running" and 0 < step < total and not mid_shot:
-                pg.locator("#jobs").screenshot(path=str(screenshots / "progress_mid_job.png"))
+                pg.locator("#jobs").scroll_into_view_if_needed()
+                pg.screenshot(path=str(screenshots / "progress_mid_job.png"))
                 mid_shot = True
+                # The stored candidates reach the table, plot and 3D view while the job still
+                # runs (the next batch is at least step_delay_s away).
+                pg.wait_for_selector("#structures tr", timeout=10_000)
+                pg.wait_for_selector("#plot svg g.point")
+                assert pg.get_attribute(f"#jobs .bar[data-job='{job_id}']", "data-status") == (
+                    "running"
+                )
+                pg.locator("#results").scroll_into_view_if_needed()
+                pg.screenshot(path=str(screenshots / "results_mid_job.png"))
         if bar and bar["status"] in ("succeeded", "failed", "cancelled"):
             break
         time.sleep(0.1)

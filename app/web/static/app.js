@@ -669,7 +669,7 @@ function renderPlot() {
   const points = visibleStructures().map(s => ({
     id: s.id, x: s.scores[px] ? s.scores[px].value : NaN, y: s.scores[py] ? s.scores[py].value : NaN,
     ehull: s.energy_above_hull, hit: !!s.flags.hit, sun: isSun(s),
-    label: `#${s.rank ?? "?"} ${s.formula}: ${px} ${fmt(s.scores[px] && s.scores[px].value)}, ${py} ${fmt(s.scores[py] && s.scores[py].value)}, E hull ${fmt(s.energy_above_hull)}`,
+    label: `${s.rank ? "#" + s.rank : "unranked"} ${s.formula}: ${px} ${fmt(s.scores[px] && s.scores[px].value)}, ${py} ${fmt(s.scores[py] && s.scores[py].value)}, E hull ${fmt(s.energy_above_hull)}`,
   })).map(p => ({ ...p, x: p.x ?? NaN, y: p.y ?? NaN }));
   scatterPlot($("plot"), {
     points, selected: state.picked, onSelect: pick,
@@ -692,7 +692,8 @@ function renderViewer() {
   relaxedInput.disabled = !(s && s.relaxed_cif);
   if (!s) { $("viewer-title").textContent = "3D view"; note.textContent = "No structure yet."; return; }
   const relaxed = currentGeometry() === "relaxed" && s.relaxed_cif;
-  $("viewer-title").textContent = `#${s.rank ?? "?"} ${s.formula} (${relaxed ? "relaxed" : "proposed"})`;
+  const rank = s.rank ? `#${s.rank}` : "unranked";
+  $("viewer-title").textContent = `${rank} ${s.formula} (${relaxed ? "relaxed" : "proposed"})`;
   note.textContent = s.relaxed_cif ? "" : "This job did not relax its candidates: only the proposed geometry exists.";
   if (typeof $3Dmol === "undefined") { note.textContent = "3Dmol.js did not load."; return; }
   if (!state.viewer) state.viewer = $3Dmol.createViewer($("viewer"), { backgroundColor: "white" });
@@ -702,6 +703,8 @@ function renderViewer() {
   v.setStyle({}, { sphere: { scale: 0.32, colorscheme: "Jmol" }, stick: { radius: 0.1, colorscheme: "Jmol" } });
   v.addUnitCell(model, { box: { color: "#333" }, alabel: "a", blabel: "b", clabel: "c" });
   v.zoomTo();
+  // Tilted off the c axis, so the cell reads as a box.
+  v.rotate(-20, "x"); v.rotate(30, "y");
   v.render();
   $("viewer").dataset.structure = s.id;
   $("viewer").dataset.geometry = relaxed ? "relaxed" : "proposed";
