@@ -447,7 +447,7 @@ function editJob(jobId) {
 // --- results -------------------------------------------------------------------------------
 
 function selectJob(jobId) {
-  state.selected = jobId; state.picked = null; state.structures = [];
+  state.selected = jobId; state.picked = null; state.pickedByUser = false; state.structures = [];
   document.querySelectorAll("#jobs tr").forEach(tr => { tr.className = tr.dataset.id === jobId ? "sel" : ""; });
   $("results").hidden = false;
   loadResults(jobId, true);
@@ -474,7 +474,11 @@ async function loadResults(jobId, scroll) {
     } while (cursor);
     if (jobId !== state.selected) return;
     state.structures = items;
-    if (!state.picked || !items.some(s => s.id === state.picked)) state.picked = items.length ? items[0].id : null;
+    // Follow the best rank until the user picks a structure (ranks arrive when the job ends).
+    if (!state.pickedByUser || !items.some(s => s.id === state.picked)) {
+      state.picked = items.length ? items[0].id : null;
+      state.pickedByUser = false;
+    }
     renderCards(job);
     setupAxes(job);
     renderTable();
@@ -625,7 +629,7 @@ $("structures").addEventListener("click", (ev) => {
 });
 
 function pick(id) {
-  state.picked = id;
+  state.picked = id; state.pickedByUser = true;
   document.querySelectorAll("#structures tr").forEach(tr => { tr.className = tr.dataset.id === id ? "sel" : ""; });
   renderPlot(); renderViewer();
 }
