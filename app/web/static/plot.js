@@ -1,7 +1,5 @@
 // A scatter plot of candidates in plain SVG: target bands shaded, hits ringed, S.U.N. marked,
 // colour by energy above hull. No plotting library: the page needs one chart type only.
-"use strict";
-
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 function svgEl(name, attrs = {}, text = null) {
@@ -31,7 +29,7 @@ function niceTicks(lo, hi, n = 5) {
 
 // opts: {points: [{id, x, y, ehull, hit, sun, label}], x: {label, region}, y: {label, region},
 //        selected, onSelect}; region: {lo, hi} (either may be null) shaded on that axis.
-function scatterPlot(container, opts) {
+export function scatterPlot(container, opts) {
   container.innerHTML = "";
   const W = 520, H = 360, m = { l: 62, r: 14, t: 12, b: 46 };
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "scatter plot of candidates" });
