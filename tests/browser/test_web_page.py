@@ -62,6 +62,11 @@ def test_submit_watch_and_explore_results(
     assert pg.evaluate("sessionStorage.getItem('matdesign.apikey')") == server.key
     assert pg.evaluate("localStorage.getItem('matdesign.apikey')") is None
 
+    # The catalogue (methods, oracles) loaded with the key: units in the property choices.
+    pg.wait_for_function(
+        "() => document.querySelector('#objectives select.prop').selectedOptions[0].text"
+        " === 'band_gap (eV)'"
+    )
     _fill_job(pg, step_delay=1.5)
     body = pg.input_value("#body")
     assert '"step_delay_s": 1.5' in body and '"datasets": [\n      "perov5"' in body

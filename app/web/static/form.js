@@ -1,6 +1,6 @@
 // The submit form: every request field, method parameters from their schema, 422 messages next to their fields.
 
-import { $, ApiError, FIDELITIES, GOALS, api, esc, list, state } from "./common.js";
+import { $, ApiError, CORE_PROPERTIES, FIDELITIES, GOALS, api, esc, list, state } from "./common.js";
 import { loadJobs } from "./jobs.js";
 import { selectJob } from "./results.js";
 
@@ -18,7 +18,9 @@ export async function loadCatalog() {
     for (const o of oracles) state.units[o.property] = o.unit;
     state.properties = [...new Set([...CORE_PROPERTIES, ...oracles.map(o => o.property)])];
     for (const sel of document.querySelectorAll("select.prop")) fillPropertySelect(sel, sel.value);
-  } catch (e) { /* properties stay the core set */ }
+  } catch (e) {
+    if (!(e instanceof ApiError)) throw e;  // refused: the properties stay the core set
+  }
   buildRequest();
 }
 
