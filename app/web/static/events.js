@@ -24,15 +24,16 @@ export function followJob(jobId, onJobEvent) {
             if (line.startsWith("event:")) event = line.slice(6).trim();
             else if (line.startsWith("data:")) data += line.slice(5).trim();
           }
-          if (data) onJobEvent(jobId, event, JSON.parse(data));
+          // Outside this try: an error in the handler is the page's bug, not a broken stream.
+          if (data) { const payload = JSON.parse(data); queueMicrotask(() => onJobEvent(jobId, event, payload)); }
         }
       }
     } catch (e) {
-      if (ctrl.signal.aborted) return;
+      // Aborted, or the stream broke (server restart, network): the next poll of the jobs
+      // list follows the job again while it is active.
     } finally {
-      state.streams.delete(jobId);
+      if (state.streams.get(jobId) === ctrl) state.streams.delete(jobId);
     }
-    // Stream ended without an end event (server restart, network): polling picks it up again.
   })();
 }
 
