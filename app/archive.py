@@ -1,4 +1,5 @@
-"""The archive of a job: every CIF plus summary.json and structures.csv in one zip."""
+"""The archive of a job: every CIF plus summary.json, structures.csv, structures.extxyz and
+structures.optimade.json in one zip."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import zipfile
 from collections.abc import Callable
 from typing import IO, Any
 
+from app.formats import to_extxyz, to_optimade
 from app.jobs import StructureView
 from app.models import Job
 from app.serialize import job_out
@@ -160,6 +162,8 @@ def write_archive(job: Job, rows: list[StructureView]) -> IO[bytes]:
         summary: dict[str, Any] = job_out(job)
         z.writestr("summary.json", json.dumps(summary, indent=2, default=str))
         z.writestr("structures.csv", structures_csv(rows))
+        z.writestr("structures.extxyz", to_extxyz(rows))
+        z.writestr("structures.optimade.json", json.dumps(to_optimade(rows), indent=1))
         for row in rows:
             z.writestr(cif_name(row), row.cif)
             if row.relaxed_cif:

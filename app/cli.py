@@ -110,9 +110,25 @@ def _submit(args: argparse.Namespace) -> int:
     with _client(args) as c:
         job = c.submit(request, idempotency_key=args.idempotency_key)
         if args.wait:
-            job = c.wait(job["id"], timeout=args.timeout)
+            from app.cli_views import JobProgressBar
+
+            print(f"job {job['id']} submitted", file=sys.stderr)
+            bar = JobProgressBar(sys.stderr)
+            try:
+                job = c.follow(job["id"], on_event=bar, timeout=args.timeout)
+            finally:
+                bar.close()
     print(json.dumps(job, indent=2))
     return 0 if job["status"] != "failed" else 1
+
+
+def _results(args: argparse.Namespace) -> int:
+    from app.cli_views import results_table
+
+    with _client(args) as c:
+        items = list(c.structures(args.job_id, hits_only=args.hits_only))
+    print(results_table(items[: args.limit] if args.limit else items))
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -185,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("submit", help="submit a request (JSON file, or - for stdin)")
     sm.add_argument("request")
-    sm.add_argument("--wait", action="store_true", help="poll until the job finished")
+    sm.add_argument(
+        "--wait", action="store_true", help="follow the job (progress bar) until it finished"
+    )
     sm.add_argument("--idempotency-key", default=None)
     sm.add_argument("--label", default=None, help="label to find the job by (overrides the file's)")
     client_args(sm)
@@ -196,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--wait", action="store_true")
     client_args(st)
     st.set_defaults(func=_status)
+
+    rs = sub.add_parser("results", help="print a job's structures as a ranked table")
+    rs.add_argument("job_id")
+    rs.add_argument("--hits-only", action="store_true")
+    rs.add_argument("--limit", type=int, default=None, help="show the best N only")
+    client_args(rs)
+    rs.set_defaults(func=_results)
 
     dl = sub.add_parser("download", help="download a job's archive (zip)")
     dl.add_argument("job_id")

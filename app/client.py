@@ -3,19 +3,24 @@
 from app.client import Client
 c = Client("http://127.0.0.1:8000", api_key=None)
 job = c.submit({"method": "substitution", "num_candidates": 8, ...})
-job = c.wait(job["id"])
-for s in c.structures(job["id"]):
-    print(s["rank"], s["formula"], s["scores"])
+job = c.follow(job["id"], on_event=print)      # live, from GET /v1/jobs/{id}/events
+for d in c.results(job["id"]):                 # pymatgen Structures with their scores
+    print(d.rank, d.formula, d.scores["band_gap"], d.structure.lattice.abc)
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -31,6 +36,63 @@ class ApiError(Exception):
         super().__init__(f"HTTP {response.status_code}: {detail}")
         self.status_code = response.status_code
         self.detail = detail
+
+
+@dataclass
+class DesignedStructure:
+    """A designed crystal as pymatgen objects, with the scores the service gave it."""
+
+    id: str
+    rank: int | None
+    formula: str
+    structure: Structure
+    relaxed: Structure | None
+    scores: dict[str, float | None]
+    units: dict[str, str]
+    flags: dict[str, bool]
+    energy_above_hull: float | None
+    method_score: float | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sun(self) -> bool:
+        """Stable, unique and novel."""
+        return all(self.flags.get(f, False) for f in ("stable", "unique", "novel"))
+
+    @classmethod
+    def from_api(cls, item: dict[str, Any]) -> DesignedStructure:
+        from pymatgen.core import Structure
+
+        def parse(cif: str) -> Structure:
+            return Structure.from_str(cif, fmt="cif")
+
+        return cls(
+            id=item["id"],
+            rank=item["rank"],
+            formula=item["formula"],
+            structure=parse(item["cif"]),
+            relaxed=parse(item["relaxed_cif"]) if item.get("relaxed_cif") else None,
+            scores={p: sc["value"] for p, sc in item["scores"].items()},
+            units={p: sc["unit"] for p, sc in item["scores"].items()},
+            flags=item["flags"],
+            energy_above_hull=item["energy_above_hull"],
+            method_score=item["method_score"],
+            meta=item.get("meta") or {},
+        )
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, data) pairs of a text/event-stream, data decoded as JSON."""
+    event, data = "message", ""
+    for line in lines:
+        if line == "":
+            if data:
+                yield event, json.loads(data)
+            event, data = "message", ""
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
 
 
 class Client:
@@ -90,6 +152,40 @@ class Client:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:g} s")
             time.sleep(poll)
+
+    def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The job's Server-Sent Events (progress, candidates, end) until it finishes."""
+        timeout = httpx.Timeout(30.0, read=None)  # the stream may be quiet between events
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise ApiError(r)
+            yield from parse_sse(r.iter_lines())
+
+    def follow(
+        self,
+        job_id: str,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        timeout: float = 3600.0,
+    ) -> dict[str, Any]:
+        """Wait for the job through its event stream (calling ``on_event`` for each event);
+        falls back to polling when the stream breaks off. Returns the finished job."""
+        deadline = time.monotonic() + timeout
+        try:
+            for event, data in self.events(job_id):
+                if on_event is not None:
+                    on_event(event, data)
+                if event == "end":
+                    return data
+                if time.monotonic() > deadline:
+                    break
+        except httpx.TransportError:
+            pass  # a dropped stream: polling finishes the wait
+        return self.wait(job_id, timeout=max(1.0, deadline - time.monotonic()))
+
+    def results(self, job_id: str, hits_only: bool = False) -> list[DesignedStructure]:
+        """The job's structures, best rank first, as pymatgen Structures with scores."""
+        return [DesignedStructure.from_api(s) for s in self.structures(job_id, hits_only)]
 
     def structures(
         self, job_id: str, hits_only: bool = False, page_size: int = 100

@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.resources import files
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
@@ -19,8 +17,9 @@ from app.errors import install_error_handlers
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.openapi import install_openapi
 from app.queue import make_queue
-from app.routes import catalog, health, jobs, structures
+from app.routes import catalog, events, health, jobs, structures
 from app.routes.deps import Services
+from app.routes.web import install_web
 from app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by install_web from vendored assets (no CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     install_openapi(app, settings)
     app.state.services = svc
@@ -86,11 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(structures.router)
     app.include_router(catalog.router)
+    app.include_router(events.router)
     app.include_router(health.router)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> HTMLResponse:
-        return HTMLResponse(files("app.web").joinpath("index.html").read_text())
+    install_web(app)
 
     # Added innermost first: metrics see every response, 413s included.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -15,6 +15,7 @@ from app.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 from app.models import JOB_STATES
 from app.queue import enqueue_quietly
 from app.routes.deps import Services, page_limit, services
+from app.routes.exports import EXPORT_RESPONSES, FORMAT_HELP, ExportFormat, export_response
 from app.schemas import JobOut, JobPage, MessageOut, StructurePage, ValidationErrorOut
 from app.serialize import job_out, structure_out
 from ml.request import DesignRequest
@@ -139,8 +140,8 @@ def cancel_job(
 @router.get(
     "/{job_id}/structures",
     response_model=StructurePage,
-    responses=_ERRORS,
-    summary="Structures of a job, best rank first",
+    responses={**_ERRORS, **EXPORT_RESPONSES},
+    summary="Structures of a job, best rank first (JSON pages, extxyz or OPTIMADE JSON)",
 )
 def list_structures(
     job_id: JobId,
@@ -158,7 +159,10 @@ def list_structures(
     hits_only: Annotated[
         bool, Query(description="Only structures flagged hit (all objectives and constraints).")
     ] = False,
-) -> dict[str, Any]:
+    format: Annotated[ExportFormat, Query(description=FORMAT_HELP)] = "json",
+) -> Any:
+    if format != "json":
+        return export_response(svc, owner, job_id, format, hits_only)
     rows, next_cursor = jobs_service.list_structures(
         svc.db,
         owner,
@@ -175,7 +179,8 @@ def list_structures(
     "/{job_id}/archive",
     response_class=StreamingResponse,
     responses={**_ERRORS, 200: {"content": {"application/zip": {}}}},
-    summary="Zip of the job's CIFs plus summary.json and structures.csv",
+    summary="Zip of the job's CIFs plus summary.json, structures.csv, structures.extxyz and "
+    "structures.optimade.json",
 )
 def archive(job_id: JobId, owner: Owner, svc: Svc) -> StreamingResponse:
     job = jobs_service.get_job(svc.db, owner, job_id)

@@ -287,7 +287,7 @@ def test_catalog_health_metrics_cors_page(client: TestClient, keys: list[str]) -
     )
     assert pre.headers["access-control-allow-origin"] == "http://lab.example"
     page = client.get("/")
-    assert page.status_code == 200 and "<form" in page.text and "/v1/jobs" in page.text
+    assert page.status_code == 200 and "<form" in page.text and "/static/main.js" in page.text
     spec = client.get("/openapi.json").json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}/archive", "/v1/score"} <= set(spec["paths"])
 
