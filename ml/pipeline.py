@@ -293,6 +293,7 @@ def evaluate_candidates(
     them and against earlier candidates of this batch). Ranks are not assigned here.
     Uniqueness compares final crystals, so pass each kept candidate's ``relaxed or crystal``.
     """
+    from ml.oracles.references import energy_correction
     from ml.oracles.registry import ENERGY_MODEL_OF, get_oracle
 
     constraints = request.constraints
@@ -397,7 +398,9 @@ def evaluate_candidates(
         energy = energies.get(i)
         e_hull = None
         if energy is not None:
-            e_hull = _nan_to_none(hull.e_above_hull(composition_of(final[k]), energy))
+            comp = composition_of(final[k])
+            corrected = energy + energy_correction(energy_model, comp)
+            e_hull = _nan_to_none(hull.e_above_hull(comp, corrected))
         out[i].energy_above_hull = e_hull
         out[i].meta["energy_per_atom"] = energy
         out[i].meta["energy_model"] = energy_model

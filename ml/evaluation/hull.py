@@ -111,7 +111,11 @@ class ReferenceHull:
             energy = table["energy_relaxed"].where(
                 table["energy_relaxed"] < table["energy_static"], table["energy_static"]
             )
-            table = table.assign(chgnet_energy_per_atom=energy)
+            # Same corrections as the model's formation energies (MP2020 for SevenNet).
+            from ml.oracles.references import energy_correction
+
+            corr = {f: energy_correction(model, f) for f in table["formula"].dropna().unique()}
+            table = table.assign(chgnet_energy_per_atom=energy + table["formula"].map(corr))
         else:
             table = load_reference_table(path)
         excluded = {(str(d), str(s)) for d, s in exclude_splits}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -19,10 +20,13 @@ from pymatgen.core import Composition, Structure
 
 __all__ = [
     "ELEMENTAL_REFS_PATH",
+    "MP2020_MODELS",
     "elemental_refs_path",
+    "energy_correction",
     "formation_energies",
     "formation_energy",
     "load_elemental_refs",
+    "mp2020_correction",
 ]
 
 _DATA = Path(__file__).resolve().parent / "data"
@@ -61,9 +65,13 @@ def formation_energy(
 
 
 def formation_energies(
-    structures: Sequence[object], energies: np.ndarray, refs: dict[str, float]
+    structures: Sequence[object],
+    energies: np.ndarray,
+    refs: dict[str, float],
+    model: str = "chgnet",
 ) -> np.ndarray:
-    """:func:`formation_energy` of each structure (a Crystal or pymatgen Structure)."""
+    """:func:`formation_energy` of each structure (a Crystal or pymatgen Structure), with the
+    model's energy correction (:func:`energy_correction`) added to each energy."""
     from ml.crystal import as_structure
 
     comps = [
@@ -71,6 +79,56 @@ def formation_energies(
         for s in structures
     ]
     return np.array(
-        [formation_energy(c, float(e), refs) for c, e in zip(comps, energies, strict=True)],
+        [
+            formation_energy(c, float(e) + energy_correction(model, c), refs)
+            for c, e in zip(comps, energies, strict=True)
+        ],
         dtype=np.float64,
     )
+
+
+# Energy models trained on uncorrected MPtrj energies: MP2020 corrections make their energies
+# comparable with Materials Project formation energies and hulls (MAE of SevenNet-l3i5 Eform on
+# MP-20 test: 0.208 eV/atom without, 0.022 with).
+MP2020_MODELS = frozenset({"sevennet-l3i5", "sevennet-0"})
+
+
+def energy_correction(model: str, composition: Composition | str) -> float:
+    """eV/atom to add to ``model``'s energy per atom of ``composition`` (0 for CHGNet)."""
+    if model not in MP2020_MODELS:
+        return 0.0
+    comp = Composition(composition)
+    return mp2020_correction(comp.reduced_formula) if comp.num_atoms else math.nan
+
+
+# Hubbard U (eV) of the Materials Project's GGA+U calculations, used for oxides and fluorides
+# of these metals (pymatgen's MPRelaxSet values); MP2020 corrects those energies.
+_MP_U = {"Co": 3.32, "Cr": 3.7, "Fe": 5.3, "Mn": 3.9, "Mo": 4.38, "Ni": 6.2, "V": 3.25, "W": 6.2}
+
+
+@lru_cache(maxsize=65536)
+def mp2020_correction(formula: str) -> float:
+    """MP2020 energy correction (eV/atom) of a composition, as the Materials Project applies it
+    to a GGA(+U) calculation: anion corrections (oxide, fluoride, ...) and GGA+U corrections.
+
+    Models trained on uncorrected MPtrj energies (SevenNet) need it to be compared with MP
+    formation energies and hulls; CHGNet was trained on corrected energies and does not.
+    Returns NaN where pymatgen's compatibility rejects the composition."""
+    from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    comp = Composition(formula)
+    symbols = {el.symbol for el in comp.elements}
+    hubbards = {el: u for el, u in _MP_U.items() if el in symbols} if symbols & {"O", "F"} else {}
+    entry = ComputedEntry(
+        comp,
+        0.0,
+        parameters={"run_type": "GGA+U" if hubbards else "GGA", "hubbards": hubbards},
+    )
+    compat = MaterialsProject2020Compatibility(check_potcar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no POTCAR spec" notices: POTCARs are not checked
+        processed = compat.process_entry(entry, clean=True, inplace=False)
+    if processed is None:
+        return math.nan
+    return float(processed.correction) / comp.num_atoms

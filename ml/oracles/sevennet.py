@@ -161,7 +161,8 @@ class SevennetEnergyOracle(Oracle):
 
 
 class SevennetEformOracle(SevennetEnergyOracle):
-    """SevenNet energy per atom minus its own composition-weighted elemental references."""
+    """SevenNet energy per atom plus the MP2020 correction (it was trained on uncorrected
+    energies) minus its own composition-weighted elemental references."""
 
     def __init__(self, info: OracleInfo, model: str, device: str):
         super().__init__(info, model, device)
@@ -174,7 +175,7 @@ class SevennetEformOracle(SevennetEnergyOracle):
     ) -> np.ndarray:
         from ml.oracles.references import formation_energies
 
-        return formation_energies(structures, energies, self.refs)
+        return formation_energies(structures, energies, self.refs, self.energy_model)
 
     def predict(
         self, structures: Sequence[Crystal | Structure], batch_size: int = 64

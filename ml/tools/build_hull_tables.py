@@ -68,7 +68,11 @@ def _read(data_dir: Path, splits: set[str] | None, limit: int | None) -> pd.Data
     for dataset, split, _ in SPLITS:
         if splits and f"{dataset}/{split}" not in splits:
             continue
-        df = pd.read_csv(data_dir / dataset / f"{split}.csv.gz")
+        path = data_dir / dataset / f"{split}.csv.gz"
+        if not path.is_file():
+            print(f"skipped {path}: missing")
+            continue
+        df = pd.read_csv(path)
         df = df.head(limit) if limit else df
         frames.append(
             pd.DataFrame(
