@@ -6,7 +6,8 @@ materials removed. Each test material's DFT E_hull against that hull is the trut
 prediction is its formation energy of the same (DFT-relaxed) structure against the same DFT
 hull (SevenNet energies with the MP2020 corrections, as its formation energies). Reported per
 oracle: F1, precision and recall of "E_hull <= threshold" (0.1 eV/atom by default), accuracy,
-and the MAE of E_hull, on all rows each oracle scored and on the rows all of them scored. Oracle formation energies come from the models' hull tables
+and the MAE of E_hull, on all rows each oracle scored and on the rows all of them scored.
+Oracle formation energies come from the models' hull tables
 (see :func:`test_energies`; made on a GPU by ``ml/tools/build_hull_tables.py``):
 ``static`` at the DFT geometry, and ``relaxed`` with the model's own relaxation where the table
 relaxed the row.
