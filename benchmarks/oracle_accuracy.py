@@ -2,7 +2,8 @@
 
 - Band-gap oracles (default: the trained gap-chgnet-ft and MEGNet PBE) run on the test CIFs:
   MAE, R^2, metal/non-metal accuracy and the share of negative outputs.
-- Formation energy of each energy model's hull table (``hull_<model>.csv.gz``), static.
+- Formation energy of each energy model at the DFT geometry (its full hull table when built,
+  else ``benchmarks/results/energies_<model>_mp20test.csv.gz``); SevenNet with MP2020 corrections.
 
 - MAE and R^2 of chgnet-eform and megnet-eform vs the DFT formation energy, and of
   megnet-gap-pbe vs the DFT band gap; the number of structures each oracle left unscored.
@@ -31,8 +32,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ml.evaluation.hull import ReferenceHull, hull_table_path, load_reference_table
+from ml.evaluation.hull import ReferenceHull, load_reference_table
 
 PAIRS = [
     ("chgnet-eform", "chgnet_eform", "dft_eform", "eV/atom"),
@@ -119,16 +121,25 @@ def main(argv: list[str] | None = None) -> None:
     for name, col, target, unit in PAIRS:
         mae, r2, missing = mae_r2(test[col].to_numpy(float), test[target].to_numpy(float))
         print(f"{name:<22}{mae:>9.4f}{r2:>8.4f}{missing:>10}  {target} ({unit})")
-    # Formation energy of the energy models' hull tables (static, at the DFT geometry).
+    # Formation energy of each energy model's table of static energies at the DFT geometry
+    # (SevenNet with the MP2020 corrections, as its formation-energy oracles).
+    from stability_classification import test_energies
+
+    from ml.oracles.references import energy_correction, formation_energy, load_elemental_refs
+
     for model in ("sevennet-l3i5", "sevennet-0", "chgnet"):
-        path = hull_table_path(model)
-        if not path.is_file():
-            print(f"{model + '-eform':<22} (no {path.name})")
+        h = test_energies(model)
+        if h is None:
+            print(f"{model + '-eform':<22} (no energy table)")
             continue
-        h = load_reference_table(path)
-        h = h[(h["dataset"] == "mp20") & (h["split"] == "test")]
-        pred = dict(zip(h["material_id"].astype(str), h["eform_static"], strict=True))
-        p = np.array([pred.get(m, math.nan) for m in test["material_id"].astype(str)], float)
+        energy = dict(zip(h["material_id"].astype(str), h["energy_static"], strict=True))
+        refs = load_elemental_refs(model)
+        p = np.array(
+            [
+                formation_energy(f, energy.get(m, math.nan) + energy_correction(model, f), refs)
+                for m, f in zip(test["material_id"].astype(str), test["formula"], strict=True)
+            ]
+        )
         mae, r2, missing = mae_r2(p, test["dft_eform"].to_numpy(float))
         print(f"{model + '-eform':<22}{mae:>9.4f}{r2:>8.4f}{missing:>10}  dft_eform (eV/atom)")
     if args.gap_oracles:

@@ -15,14 +15,14 @@ The data types and signatures are fixed (the service codes against them). Steps 
    meet it). Violators are scored like the rest but are never hits; ``meta["violations"]``
    names the broken fields and ``flags["constraints"]`` says whether all were met.
 3. relaxation when ``request.relax`` (FIRE on positions and cell, fmax 0.1 eV/A, 300 steps) by
-   the stability judge (``request.oracles["energy_above_hull"]``, default SevenNet-l3i5), all
+   the stability judge (``request.oracles["energy_above_hull"]``, default CHGNet; SevenNet by name), all
    valid candidates in one batch (:mod:`ml.oracles.batch_relax`). A failed relaxation (NaN
    energy, or a relaxed cell that is no longer valid) leaves ``relaxed`` None and
    ``meta["relax_error"]``; the proposed crystal is scored instead. ``space_group`` is that
    of the relaxed crystal when there is one.
 4. oracle scores on the relaxed crystal (else the proposed one), each oracle called once on the
    whole batch: the default oracle of every objective property, plus always
-   ``formation_energy`` (sevennet-l3i5-eform), ``band_gap`` (gap-chgnet-ft), ``density`` and
+   ``formation_energy`` (chgnet-eform), ``band_gap`` (gap-chgnet-ft), ``density`` and
    ``energy_above_hull``; ``request.oracles`` replaces a default by name. ``scores["band_gap"]``
    is at the fidelity of the first band-gap objective; when that is not PBE, the PBE gap is also
    kept as ``scores["band_gap_pbe"]``. The judge runs once per crystal: its energy per atom
@@ -117,7 +117,7 @@ STABILITY_RELAX_FMAX = 0.1  # eV/A, evaluation.md
 STABILITY_RELAX_STEPS = 300
 FINGERPRINT_DECIMALS = 6
 _BASE_ORACLES = {
-    "formation_energy": "sevennet-l3i5-eform",
+    "formation_energy": "chgnet-eform",
     "band_gap": "gap-chgnet-ft",
     "density": "density",
 }

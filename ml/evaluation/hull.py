@@ -24,13 +24,24 @@ from pymatgen.core import Composition, Element
 
 from ml.oracles.references import load_elemental_refs
 
-__all__ = ["REFERENCE_TABLE_PATH", "ReferenceHull", "load_reference_table"]
+__all__ = [
+    "REFERENCE_TABLE_PATH",
+    "ReferenceHull",
+    "hull_available",
+    "hull_table_path",
+    "load_reference_table",
+]
 
 REFERENCE_TABLE_PATH = Path(__file__).resolve().parent / "data" / "reference_energies.csv.gz"
 
 
 def hull_table_path(model: str) -> Path:
     return REFERENCE_TABLE_PATH.with_name(f"hull_{model}.csv.gz")
+
+
+def hull_available(model: str) -> bool:
+    """Whether ``model`` has a reference hull here (CHGNet always: its static table)."""
+    return model == "chgnet" or hull_table_path(model).is_file()
 
 
 # Above this many elements the 2^n sub-systems and the hull itself get expensive; MP-20 and
@@ -106,6 +117,8 @@ class ReferenceHull:
         ``include_elemental_refs`` adds the relaxed elemental references (Eu and Th exist only
         there) so that E_hull of an element matches the model's formation-energy zero.
         """
+        if model == "chgnet" and path is None and not hull_table_path(model).is_file():
+            model = None  # CHGNet's static table (relaxed-reference table not built yet)
         if model is not None:
             table = load_reference_table(path or hull_table_path(model))
             energy = table["energy_relaxed"].where(

@@ -54,7 +54,7 @@ def stability_flags(e_above_hull: float | None) -> tuple[bool, bool]:
         return False, False
     return (
         e_above_hull <= STABLE_EHULL + EHULL_TOLERANCE,
-        e_above_hull <= METASTABLE_EHULL + EHULL_TOLERANCE,
+        e_above_hull <= METASTABLE_EHULL + 1e-9,  # 0.1 is itself a tolerance: no extra
     )
 
 

@@ -1,5 +1,5 @@
-"""The band-gap model trained here: CHGNet 0.3.0's message-passing backbone, fine-tuned, with
-a metal/non-metal head and a non-negative gap head.
+"""The band-gap model trained here: CHGNet 0.3.0's message-passing backbone (fine-tuned, or
+frozen with only the heads trained), with a metal/non-metal head and a non-negative gap head.
 
 Why CHGNet's backbone: it was pretrained on the Materials Project relaxations (MPtrj: 1.5 M
 structures with energies, forces, stresses and magnetic moments), so its atom features already
@@ -33,16 +33,33 @@ class GapModelConfig:
     hidden: int = 128
     dropout: float = 0.0
     backbone: str = "CHGNet 0.3.0"
+    # A frozen backbone trains the heads only (features computed once: minutes on a CPU).
+    freeze_backbone: bool = False
+
+
+def crystal_features(backbone: nn.Module, graphs: Sequence[Any]) -> torch.Tensor:
+    """Size-invariant crystal features: the mean of CHGNet's final atom features, and the mean
+    and max of those before its last convolution (3 x 64 per crystal).
+
+    CHGNet's own ``crystal_fea`` is a SUM over atoms (its energy head is extensive), so it is
+    divided by the atom count here: a supercell must score like its primitive cell."""
+    out = backbone(list(graphs), task="e", return_crystal_feas=True, return_atom_feas=True)
+    n = out["atoms_per_graph"].to(out["crystal_fea"].dtype).unsqueeze(1)
+    mean_final = out["crystal_fea"] / n
+    pre = out["atom_fea"]
+    mean_pre = torch.stack([a.mean(dim=0) for a in pre])
+    max_pre = torch.stack([a.max(dim=0).values for a in pre])
+    return torch.cat([mean_final, mean_pre, max_pre], dim=1)
 
 
 class GapNet(nn.Module):
-    """CHGNet backbone -> crystal feature (mean of final atom features) -> two heads."""
+    """CHGNet backbone -> size-invariant crystal features -> two heads."""
 
     def __init__(self, backbone: nn.Module, config: GapModelConfig = GapModelConfig()):
         super().__init__()
         self.config = config
         self.backbone = backbone
-        dim = int(backbone.mlp.layers[0].in_features) if hasattr(backbone, "mlp") else 64
+        dim = 3 * int(backbone.atom_embedding.embedding.embedding_dim)
         self.trunk = nn.Sequential(
             nn.Linear(dim, config.hidden),
             nn.SiLU(),
@@ -53,11 +70,14 @@ class GapNet(nn.Module):
         self.metal_head = nn.Linear(config.hidden, 1)  # logit of "non-metal"
         self.gap_head = nn.Linear(config.hidden, 1)
 
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(non-metal logit, gap if non-metal in eV) from :func:`crystal_features`."""
+        h = self.trunk(features)
+        return self.metal_head(h).view(-1), nn.functional.softplus(self.gap_head(h)).view(-1)
+
     def forward(self, graphs: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(non-metal logit, gap if non-metal in eV) per graph; the gap is >= 0."""
-        out = self.backbone(list(graphs), task="e", return_crystal_feas=True)
-        h = self.trunk(out["crystal_fea"])
-        return self.metal_head(h).view(-1), nn.functional.softplus(self.gap_head(h)).view(-1)
+        return self.heads(crystal_features(self.backbone, graphs))
 
     @torch.no_grad()
     def predict(self, graphs: Sequence[Any]) -> torch.Tensor:

@@ -21,7 +21,7 @@ from ml.oracles.batch_relax import RelaxResult, fire_relax
 
 __all__ = ["DEFAULT_ENERGY_MODEL", "RelaxResult", "energy_potential", "relax_crystals"]
 
-DEFAULT_ENERGY_MODEL = "sevennet-l3i5"
+DEFAULT_ENERGY_MODEL = "chgnet"  # the default stability judge's model
 ENERGY_MODELS = ("sevennet-l3i5", "sevennet-0", "chgnet")
 
 

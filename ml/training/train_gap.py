@@ -32,6 +32,7 @@ from ml.oracles.gap_model import (
     GapModelConfig,
     GapNet,
     _chgnet_backbone,
+    crystal_features,
     load_gap_model,
     save_gap_model,
 )
@@ -73,7 +74,85 @@ def evaluate(model: GapNet, graphs: list, gaps: np.ndarray, batch: int) -> dict[
     preds = []
     for start in range(0, len(graphs), batch):
         preds.append(model.predict(graphs[start : start + batch]).double().cpu().numpy())
-    p = np.concatenate(preds)
+    return _metrics(np.concatenate(preds), gaps)
+
+
+def train_heads_on_frozen_backbone(
+    args: argparse.Namespace,
+    graphs: list,
+    gaps: np.ndarray,
+    train_idx: np.ndarray,
+    hold: np.ndarray,
+    rng: np.random.Generator,
+    t0: float,
+) -> None:
+    """The pretrained backbone stays as it is: its features are computed once, then the heads
+    train on them for ``--epochs`` (or ``--minutes``), keeping the best hold-out epoch."""
+    model = GapNet(_chgnet_backbone(), GapModelConfig(freeze_backbone=True)).to(args.device)
+    model.backbone.requires_grad_(False)
+    with torch.no_grad():
+        feats = torch.cat(
+            [
+                crystal_features(model.backbone, graphs[s : s + 64])
+                for s in range(0, len(graphs), 64)
+            ]
+        )
+    print(f"features {tuple(feats.shape)} by {time.time() - t0:.0f} s", flush=True)
+    y = torch.tensor(gaps, dtype=torch.float32, device=args.device)
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    opt = torch.optim.AdamW(head_params, lr=args.lr, weight_decay=args.weight_decay)
+    hold_t = torch.as_tensor(hold)
+    best: dict = {"mae": math.inf}
+    t_train = time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.as_tensor(rng.permutation(train_idx))
+        for start in range(0, len(order), args.batch):
+            idx = order[start : start + args.batch]
+            logit, gap = model.heads(feats[idx])
+            loss = gap_loss(logit, gap, y[idx], args.gap_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            logit, gap = model.heads(feats[hold_t])
+            p = torch.where(logit >= 0, gap, torch.zeros_like(gap)).double().cpu().numpy()
+        metrics = _metrics(p, gaps[hold])
+        if metrics["mae"] < best["mae"]:
+            best = {**metrics, "epoch": epoch}
+            meta = {
+                "data": "MP-20 train (10,047 with coordinates) + val",
+                "training": "frozen CHGNet 0.3.0 backbone, heads only",
+                "n_train": len(train_idx),
+                "n_holdout": len(hold),
+                "holdout": {k: round(v, 4) for k, v in metrics.items()},
+                "epoch": epoch,
+                "batch": args.batch,
+                "lr": args.lr,
+                "seconds": round(time.time() - t0),
+                "command": "python -m ml.training.train_gap " + " ".join(sys.argv[1:]),
+            }
+            save_gap_model(model, args.out, meta)
+        if epoch % 10 == 0:
+            print(json.dumps({"epoch": epoch, **{k: round(v, 4) for k, v in metrics.items()}}))
+        if time.time() - t_train > args.minutes * 60:
+            break
+    print(f"best hold-out {best} after {time.time() - t0:.0f} s; wrote {args.out}")
+
+
+def gap_loss(
+    logit: torch.Tensor, gap: torch.Tensor, y: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """BCE of "non-metal" plus ``weight`` x L1 of the gap on the non-metals."""
+    nonmetal = (y > 0).float()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, nonmetal)
+    if nonmetal.sum() > 0:
+        loss = loss + weight * (torch.abs(gap - y) * nonmetal).sum() / nonmetal.sum()
+    return loss
+
+
+def _metrics(p: np.ndarray, gaps: np.ndarray) -> dict[str, float]:
     return {
         "mae": float(np.mean(np.abs(p - gaps))),
         "r2": 1.0 - float(np.sum((p - gaps) ** 2) / np.sum((gaps - gaps.mean()) ** 2)),
@@ -100,6 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log", type=Path, default=None, help="JSON lines per epoch")
     ap.add_argument("--init", type=Path, default=None, help="continue from this checkpoint")
+    ap.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        help="train the heads only, on features computed once (fast on a CPU)",
+    )
     args = ap.parse_args(argv)
 
     from ml.settings import get_ml_settings
@@ -125,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     train_idx = np.setdiff1d(np.arange(len(graphs)), hold)
     hold_graphs = [graphs[i] for i in hold]
 
+    if args.freeze_backbone:
+        train_heads_on_frozen_backbone(args, graphs, gaps, train_idx, hold, rng, t0)
+        return
     if args.init is not None:
         model, init_meta = load_gap_model(args.init, args.device)
         print(f"continuing from {args.init}: {init_meta.get('holdout')}")
@@ -156,12 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                 group["lr"] = base * 0.5 * (1 + math.cos(math.pi * frac))
             idx = order[start : start + args.batch]
             logit, gap = model([graphs[i] for i in idx])
-            y = target[idx]
-            nonmetal = (y > 0).float()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, nonmetal)
-            if nonmetal.sum() > 0:
-                l1 = (torch.abs(gap - y) * nonmetal).sum() / nonmetal.sum()
-                loss = loss + args.gap_weight * l1
+            loss = gap_loss(logit, gap, target[idx], args.gap_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -32,6 +32,11 @@ ALL_ORACLES = {
     "density",
     "tolerance-factor",
     "hhi",
+    "gap-chgnet-ft",
+    "sevennet-l3i5-energy",
+    "sevennet-l3i5-eform",
+    "sevennet-0-energy",
+    "sevennet-0-eform",
 }
 MODEL_ORACLES = ["chgnet-energy", "chgnet-eform", "megnet-eform", "megnet-gap-pbe"]
 
@@ -84,7 +89,8 @@ def test_oracle_infos_carry_unit_model_and_version() -> None:
 
 def test_defaults_and_unknown_names() -> None:
     assert default_oracle_name("formation_energy") == "chgnet-eform"
-    assert default_oracle_name("band_gap") == "megnet-gap-pbe"
+    assert default_oracle_name("band_gap") == "gap-chgnet-ft"
+    assert default_oracle_name("band_gap", "pbe") == "gap-chgnet-ft"
     assert default_oracle_name("band_gap", "HSE") == "megnet-gap-hse"
     with pytest.raises(KeyError, match="no_such"):
         get_oracle("no_such_oracle")

@@ -23,7 +23,7 @@ def test_oracle_plan_defaults_and_fidelity() -> None:
     plain = DesignRequest(method="x")
     assert oracle_plan(plain) == {
         "formation_energy": "chgnet-eform",
-        "band_gap": "megnet-gap-pbe",
+        "band_gap": "gap-chgnet-ft",
         "density": "density",
     }
     hse = DesignRequest(
@@ -36,7 +36,7 @@ def test_oracle_plan_defaults_and_fidelity() -> None:
     )
     plan = oracle_plan(hse)
     assert plan["band_gap"] == "megnet-gap-hse"
-    assert plan["band_gap_pbe"] == "megnet-gap-pbe"
+    assert plan["band_gap_pbe"] == "gap-chgnet-ft"
     assert plan["hhi"] == "hhi"
     assert "energy_above_hull" not in plan
 
@@ -101,7 +101,7 @@ def test_pipeline_flags_scores_and_ranks() -> None:
     direct = get_oracle("chgnet-eform", "cpu").predict([nacl])[0]
     assert fe.value == pytest.approx(direct, abs=1e-5)
     gap = first.scores["band_gap"]
-    assert gap.oracle == "megnet-gap-pbe" and gap.value is not None and gap.value > 3.0
+    assert gap.oracle == "gap-chgnet-ft" and gap.value is not None and gap.value > 3.0
     density = first.scores["density"].value
     assert density == pytest.approx(nacl.to_structure().density, rel=1e-6)
     # The MP ground state at its DFT geometry sits on (or within noise of) the CHGNet hull.
@@ -150,7 +150,10 @@ def test_negative_gaps_are_clipped_and_novelty_says_why() -> None:
     [(_, nacl)] = reference_crystals(reference_formula_index()["NaCl"])
     coir = Crystal(np.eye(3) * 3.0, [[0, 0, 0], [0.5, 0.5, 0.5]], [27, 77])
     request = DesignRequest(
-        method="test", constraints=Constraints(charge_neutral=False), relax=False
+        method="test",
+        constraints=Constraints(charge_neutral=False),
+        relax=False,
+        oracles={"band_gap": "megnet-gap-pbe"},  # the trained default is never negative
     )
     cu, ref, co_ir = evaluate_candidates(
         [Candidate(_fcc(3.61, 29)), Candidate(nacl), Candidate(coir)], request, device="cpu"
