@@ -15,8 +15,8 @@ The data types and signatures are fixed (the service codes against them). Steps 
    meet it). Violators are scored like the rest but are never hits; ``meta["violations"]``
    names the broken fields and ``flags["constraints"]`` says whether all were met.
 3. relaxation when ``request.relax`` (FIRE on positions and cell, fmax 0.1 eV/A, 300 steps) by
-   the stability judge (``request.oracles["energy_above_hull"]``, default CHGNet; SevenNet by name), all
-   valid candidates in one batch (:mod:`ml.oracles.batch_relax`). A failed relaxation (NaN
+   the stability judge (``request.oracles["energy_above_hull"]``, default CHGNet), all valid
+   candidates in one batch (:mod:`ml.oracles.batch_relax`). A failed relaxation (NaN
    energy, or a relaxed cell that is no longer valid) leaves ``relaxed`` None and
    ``meta["relax_error"]``; the proposed crystal is scored instead. ``space_group`` is that
    of the relaxed crystal when there is one.
