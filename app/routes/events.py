@@ -23,6 +23,7 @@ from app.auth import current_owner
 from app.jobs import StructureView
 from app.models import FINISHED_STATES
 from app.routes.deps import Services, services
+from app.routes.jobs import JobId
 from app.schemas import MessageOut
 from app.serialize import job_out
 
@@ -111,7 +112,7 @@ async def job_events(
     },
     summary="Live progress of a job as Server-Sent Events",
 )
-async def events(job_id: str, request: Request, owner: Owner, svc: Svc) -> StreamingResponse:
+async def events(job_id: JobId, request: Request, owner: Owner, svc: Svc) -> StreamingResponse:
     # A 404 before the stream starts, not an error event inside it.
     await run_in_threadpool(jobs_service.get_job, svc.db, owner, job_id)
     return StreamingResponse(

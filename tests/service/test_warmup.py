@@ -16,12 +16,12 @@ def test_warm_up_fills_the_caches_a_job_uses() -> None:
     assert set(took) == {
         "chgnet-energy",
         "chgnet-eform",
-        "megnet-gap-pbe",
+        "gap-chgnet-ft",
         "density",
         "hull",
         "novelty",
     }
-    assert ("megnet-gap-pbe", "cpu") in _CACHE and ("chgnet-energy", "cpu") in _CACHE
+    assert ("gap-chgnet-ft", "cpu") in _CACHE and ("chgnet-energy", "cpu") in _CACHE
     again = ml.pipeline.warm_up("cpu")
     assert max(again.values()) < 0.05  # everything now comes from the caches
 
