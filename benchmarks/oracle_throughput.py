@@ -25,10 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.crystal import Crystal
 from ml.oracles.registry import get_oracle
-from ml.oracles.relax import relax_crystals
+from ml.oracles.relax import relax_crystals, relax_one_by_one
 from ml.settings import get_ml_settings
 
 ORACLES = [
+    "gap-chgnet-ft",
+    "sevennet-l3i5-energy",
+    "sevennet-0-energy",
     "chgnet-energy",
     "chgnet-eform",
     "megnet-eform",
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-single", type=int, default=None, help="structures for one-by-one")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--relax-n", type=int, default=4)
+    ap.add_argument("--relax-models", default="chgnet", help="comma-separated energy models")
     ap.add_argument("--oracles", default=",".join(ORACLES))
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -117,17 +121,24 @@ def main(argv: list[str] | None = None) -> None:
             s = c.copy()
             s.lattice = s.lattice * 1.05
             starts.append(s)
-        relax_crystals(starts[:1], device=device)  # warm-up
-        t = time.perf_counter()
-        res = relax_crystals(starts, fmax=0.1, steps=300, device=device)
-        dt = time.perf_counter() - t
-        steps = np.mean([r.steps for r in res])
-        conv = sum(r.converged for r in res)
-        print(
-            f"CHGNet relaxation (FIRE, fmax 0.1, <=300 steps, lattice x1.05 start): "
-            f"{rate(len(res), dt):.2f} relaxations/s, {steps:.0f} steps mean, "
-            f"{conv}/{len(res)} converged, {steps * len(res) / dt:.1f} steps/s"
-        )
+        for model in args.relax_models.split(","):
+            relax_crystals(starts[:1], device=device, model=model)  # warm-up
+            paths = {
+                "batched": lambda m=model: relax_crystals(starts, device=device, model=m),
+                "one by one": lambda m=model: relax_one_by_one(starts, device=device, model=m),
+            }
+            for path, run in paths.items():
+                t = time.perf_counter()
+                res = run()
+                dt = time.perf_counter() - t
+                steps = np.mean([r.steps for r in res])
+                conv = sum(r.converged for r in res)
+                print(
+                    f"{model} relaxation, {path} (FIRE, fmax 0.1, <=300 steps, lattice x1.05 "
+                    f"start): {rate(len(res), dt):.2f} relaxations/s, {steps:.0f} steps mean, "
+                    f"{conv}/{len(res)} converged",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
