@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pymatgen.core import Structure
@@ -60,3 +61,18 @@ class Oracle(ABC):
 
     def predict_one(self, structure: Crystal | Structure) -> float:
         return float(self.predict([structure])[0])
+
+
+def score_in_batches(
+    graphs: Sequence[object | None],
+    batch_size: int,
+    score: Callable[[list[Any]], np.ndarray],
+) -> np.ndarray:
+    """``score`` (one forward pass over a list of graphs -> one value each) applied to the
+    graphs ``batch_size`` at a time; a ``None`` graph (unscorable structure) gives NaN."""
+    out = np.full(len(graphs), np.nan, dtype=np.float64)
+    idx = [i for i, g in enumerate(graphs) if g is not None]
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start : start + batch_size]
+        out[chunk] = score([graphs[i] for i in chunk])
+    return out

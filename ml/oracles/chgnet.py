@@ -16,7 +16,7 @@ import torch
 from pymatgen.core import Structure
 
 from ml.crystal import Crystal, as_structure
-from ml.oracles.base import Oracle, OracleInfo
+from ml.oracles.base import Oracle, OracleInfo, score_in_batches
 from ml.oracles.references import formation_energies, load_elemental_refs
 from ml.parallel import pool_map
 
@@ -89,15 +89,13 @@ class ChgnetEnergyOracle(Oracle):
 
     def predict_graphs(self, graphs: Sequence[object | None], batch_size: int = 256) -> np.ndarray:
         """Energy per atom of pre-built graphs (``None`` -> NaN), one forward pass per batch."""
-        out = np.full(len(graphs), np.nan, dtype=np.float64)
-        idx = [i for i, g in enumerate(graphs) if g is not None]
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
-            batch = [graphs[i].to(self.device) for i in chunk]  # type: ignore[union-attr]
+
+        def score(batch: list) -> np.ndarray:
             with torch.no_grad():
-                pred = self.model(batch, task="e")
-            out[chunk] = pred["e"].reshape(-1).double().cpu().numpy()
-        return out
+                pred = self.model([g.to(self.device) for g in batch], task="e")
+            return pred["e"].reshape(-1).double().cpu().numpy()
+
+        return score_in_batches(graphs, batch_size, score)
 
     def predict(
         self, structures: Sequence[Crystal | Structure], batch_size: int = 256

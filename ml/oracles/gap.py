@@ -16,7 +16,7 @@ import torch
 from pymatgen.core import Structure
 
 from ml.crystal import Crystal
-from ml.oracles.base import Oracle, OracleInfo
+from ml.oracles.base import Oracle, OracleInfo, score_in_batches
 from ml.oracles.chgnet import ChgnetGraphBuilder
 from ml.oracles.gap_model import GapNet, load_gap_model
 
@@ -52,14 +52,13 @@ class TrainedGapOracle(Oracle):
         return self.builder
 
     def predict_graphs(self, graphs: Sequence[object | None], batch_size: int = 256) -> np.ndarray:
-        out = np.full(len(graphs), np.nan, dtype=np.float64)
-        idx = [i for i, g in enumerate(graphs) if g is not None]
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
-            batch = [graphs[i].to(self.device) for i in chunk]  # type: ignore[union-attr]
+
+        def score(batch: list) -> np.ndarray:
             with torch.no_grad():
-                out[chunk] = self.model.predict(batch).double().cpu().numpy()
-        return out
+                pred = self.model.predict([g.to(self.device) for g in batch])
+            return pred.double().cpu().numpy()
+
+        return score_in_batches(graphs, batch_size, score)
 
     def predict(
         self, structures: Sequence[Crystal | Structure], batch_size: int = 256
