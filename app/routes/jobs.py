@@ -10,10 +10,13 @@ from fastapi.responses import StreamingResponse
 from app import jobs as jobs_service
 from app.archive import write_archive
 from app.auth import current_owner
+from app.errors import BadRequest
+from app.hygiene import check_storable
 from app.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 from app.models import JOB_STATES
 from app.queue import enqueue_quietly
 from app.routes.deps import Services, page_limit, services
+from app.routes.responses import INVALID, KEYED, NOT_FOUND
 from app.schemas import JobOut, JobPage, MessageOut, StructurePage, ValidationErrorOut
 from app.serialize import job_out, structure_out
 from ml.request import DesignRequest
@@ -23,11 +26,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 Owner = Annotated[str, Depends(current_owner)]
 Svc = Annotated[Services, Depends(services)]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": MessageOut, "description": "Missing or invalid X-API-Key"},
-    404: {"model": MessageOut, "description": "No such job for this key"},
-    422: {"model": ValidationErrorOut, "description": "Invalid field (named in `field`)"},
-}
+_ERRORS: dict[int | str, dict[str, Any]] = {**KEYED, **NOT_FOUND, **INVALID}
 
 
 @router.post(
@@ -35,11 +34,29 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status_code=202,
     response_model=JobOut,
     responses={
-        **_ERRORS,
-        409: {"model": MessageOut, "description": "Idempotency-Key reused with another body"},
+        **KEYED,
+        **INVALID,
+        400: {"model": MessageOut, "description": "Empty Idempotency-Key"},
+        409: {
+            "model": MessageOut,
+            "description": "A request with this Idempotency-Key is still being processed",
+        },
         413: {"model": MessageOut, "description": "Request body too large"},
+        422: {
+            "model": ValidationErrorOut,
+            "description": "Invalid field (named in `field`), or Idempotency-Key already used "
+            "with another body (`header.Idempotency-Key`)",
+        },
+        429: {
+            **KEYED[429],
+            "description": "Rate limit, or quota of queued/running jobs or candidates per key "
+            "(`MATDESIGN_QUOTA_ACTIVE_JOBS`, `MATDESIGN_QUOTA_ACTIVE_CANDIDATES`)",
+        },
     },
     summary="Submit a design job",
+    description="Idempotency-Key (optional, 1-255 characters): the same key with the same "
+    "body returns the first job (header `Idempotent-Replayed: true`) for "
+    "`MATDESIGN_IDEMPOTENCY_KEY_TTL_S` (24 h); afterwards the key names a new job.",
 )
 def submit_job(
     body: DesignRequest,
@@ -48,13 +65,19 @@ def submit_job(
     svc: Svc,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> dict[str, Any]:
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise BadRequest("Idempotency-Key must not be empty")
+    check_storable(body.model_dump(mode="python"))
     jobs_service.validate_design(body, svc.settings)
-    job, created = jobs_service.submit_job(svc.db, owner, body, idempotency_key)
-    if created:
-        JOBS_SUBMITTED.labels(job.method).inc()
-        if not enqueue_quietly(svc.queue, job.id):
-            ENQUEUE_FAILURES.inc()
-    else:
+    with jobs_service.idempotency_guard(svc.db, owner, idempotency_key):
+        job, created = jobs_service.submit_job(
+            svc.db, owner, body, idempotency_key, settings=svc.settings
+        )
+        if created:
+            JOBS_SUBMITTED.labels(job.method).inc()
+            if not enqueue_quietly(svc.queue, job.id):
+                ENQUEUE_FAILURES.inc()
+    if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_out(job)

@@ -10,14 +10,15 @@ from app import jobs as jobs_service
 from app.auth import current_owner
 from app.errors import NotFound
 from app.routes.deps import Services, services
-from app.schemas import MessageOut, StructureOut
+from app.routes.responses import INVALID, KEYED, NOT_FOUND
+from app.schemas import StructureOut
 from app.serialize import structure_out
 
 router = APIRouter(prefix="/v1/structures", tags=["structures"])
 
 Owner = Annotated[str, Depends(current_owner)]
 Svc = Annotated[Services, Depends(services)]
-_ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": MessageOut}, 401: {"model": MessageOut}}
+_ERRORS: dict[int | str, dict[str, Any]] = {**KEYED, **NOT_FOUND, **INVALID}
 
 
 # Declared before /{structure_id} so that "<id>.cif" is not taken for an id.
