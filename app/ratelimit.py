@@ -15,9 +15,10 @@ import logging
 import math
 import time
 
+from anyio import to_thread
 from limits import RateLimitItem, parse_many
-from limits.aio.strategies import FixedWindowRateLimiter
 from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.settings import Settings
@@ -28,21 +29,15 @@ log = logging.getLogger(__name__)
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 
 
-def _storage_uri(url: str) -> str:
-    return url if url.startswith("async+") else f"async+{url}"
-
-
 class RateLimitMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.items: list[RateLimitItem] = parse_many(settings.rate_limit)
-        uri = _storage_uri(settings.limits_storage)
+        uri = settings.limits_storage
         options: dict[str, str | float | bool] = {}
-        if uri.startswith("async+redis"):
-            # redis-py is a dependency already; key prefix keeps deployments sharing one
-            # Redis (and test sessions) apart.
+        if uri.startswith("redis"):
+            # The key prefix keeps deployments sharing one Redis (and test sessions) apart.
             options = {
-                "implementation": "redispy",
                 "key_prefix": f"matdesign-limits-{settings.queue_name}",
                 "socket_connect_timeout": 1.0,
                 "socket_timeout": 1.0,
@@ -56,7 +51,9 @@ class RateLimitMiddleware:
             return
         who = _identity(scope)
         try:
-            retry_after = await self._over_limit(who)
+            # The sync client in a worker thread: a slow Redis never stalls the event loop,
+            # and it does not depend on the loop it was created on.
+            retry_after = await to_thread.run_sync(self._over_limit, who)
         except Exception as exc:  # storage down: fail open (see module doc)
             now = time.monotonic()
             if now - self._warned > 60:
@@ -80,11 +77,11 @@ class RateLimitMiddleware:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _over_limit(self, who: str) -> int | None:
+    def _over_limit(self, who: str) -> int | None:
         """None when allowed; else the seconds until the exhausted window resets."""
         for item in self.items:
-            if not await self.limiter.hit(item, who):
-                stats = await self.limiter.get_window_stats(item, who)
+            if not self.limiter.hit(item, who):
+                stats = self.limiter.get_window_stats(item, who)
                 return max(1, math.ceil(stats.reset_time - time.time()))
         return None
 
