@@ -31,10 +31,10 @@ def is_unavailable(exc: BaseException) -> bool:
     seen = 0
     cur: BaseException | None = exc
     while cur is not None and seen < 8:
-        if isinstance(cur, Unavailable | UNAVAILABLE_ERRORS):
+        if isinstance(cur, (Unavailable, *UNAVAILABLE_ERRORS)):
             return True
         if isinstance(cur, sa_exc.DBAPIError) and cur.connection_invalidated:
             return True
-        cur = cur.__cause__ or cur.__context__
+        cur = cur.__cause__
         seen += 1
     return False

@@ -51,32 +51,39 @@ def claim_job(
     settings: Settings,
     job_id: str,
     worker: str,
-    owner_gone: Callable[[str | None], bool] | None = None,
+    owner_gone: Callable[[str | None, str], bool] | None = None,
+    token: str | None = None,
 ) -> Claimed | None:
     """Take the job if it is queued or its worker died; None when someone else has it.
 
     A worker counts as dead when its heartbeat went stale, or (``owner_gone``, for a
-    redelivered message) when the check says the process that claimed it is gone.
+    redelivered message) when the check, given the owner and its claim token, says the
+    process that claimed it is gone. ``token``: this claim's token (default: a new one).
     """
-    claimed = _claim(db, settings, job_id, worker, None)
+    token = token or str(uuid.uuid4())
+    claimed = _claim(db, settings, job_id, worker, None, token)
     if claimed is not None or owner_gone is None:
         return claimed
     with db.session() as s:
         row = s.execute(select(Job.status, Job.worker, Job.claim).where(Job.id == job_id)).first()
     if row is None or row.status != RUNNING or row.claim is None:
         return None
-    if not owner_gone(row.worker):
+    if not owner_gone(row.worker, row.claim):
         return None
     log.warning("job %s: owner %s is gone; taking the job over at once", job_id, row.worker)
-    return _claim(db, settings, job_id, worker, row.claim)
+    return _claim(db, settings, job_id, worker, row.claim, token)
 
 
 def _claim(
-    db: Database, settings: Settings, job_id: str, worker: str, from_claim: str | None
+    db: Database,
+    settings: Settings,
+    job_id: str,
+    worker: str,
+    from_claim: str | None,
+    token: str,
 ) -> Claimed | None:
     now = utcnow()
     stale = now - timedelta(seconds=settings.heartbeat_stale_after_s)
-    token = str(uuid.uuid4())
     with db.session() as s:
         if from_claim is not None:  # take over exactly that (dead) owner's lease
             claimable = (Job.status == RUNNING) & (Job.claim == from_claim)

@@ -23,25 +23,27 @@ from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
+# Claim tokens of the executions running in this process. An execution registers its token
+# before it claims, so a concurrent duplicate never mistakes it for a dead one.
 _ACTIVE: set[str] = set()
 _LOCK = threading.Lock()
 
 
 @contextmanager
-def running(job_id: str) -> Iterator[None]:
-    """Marks the job as executing in this process."""
+def running(claim: str) -> Iterator[None]:
+    """Marks the execution holding (or about to take) this claim token as alive here."""
     with _LOCK:
-        _ACTIVE.add(job_id)
+        _ACTIVE.add(claim)
     try:
         yield
     finally:
         with _LOCK:
-            _ACTIVE.discard(job_id)
+            _ACTIVE.discard(claim)
 
 
-def is_running_here(job_id: str) -> bool:
+def is_running_here(claim: str) -> bool:
     with _LOCK:
-        return job_id in _ACTIVE
+        return claim in _ACTIVE
 
 
 def _split(worker: str) -> tuple[str, int | None]:
@@ -61,8 +63,9 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
-def owner_gone(owner: str | None, job_id: str, me: str, ask_nodes: bool = True) -> bool:
-    """Whether the worker ``owner`` certainly no longer runs ``job_id`` (see module doc)."""
+def owner_gone(owner: str | None, claim: str, job_id: str, me: str, ask_nodes: bool = True) -> bool:
+    """Whether the worker ``owner`` (holding ``claim``) certainly no longer runs ``job_id``
+    (see module doc)."""
     if not owner:
         return True
     node, pid = _split(owner)
@@ -71,7 +74,7 @@ def owner_gone(owner: str | None, job_id: str, me: str, ask_nodes: bool = True) 
         return False
     if node == my_node:
         if pid == my_pid:
-            return not is_running_here(job_id)
+            return not is_running_here(claim)
         return not _pid_exists(pid)
     if not ask_nodes:
         return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,15 +85,16 @@ def execute_job(job_id: str, db: Database, settings: Settings, *, worker: str) -
 
     Database outages propagate (the task requeues the message); the job is not failed.
     """
-    with running(job_id):
-        return _execute(job_id, db, settings, worker)
+    token = str(uuid.uuid4())
+    with running(token):
+        return _execute(job_id, db, settings, worker, token)
 
 
-def _execute(job_id: str, db: Database, settings: Settings, worker: str) -> str:
-    def gone(owner: str | None) -> bool:
-        return owner_gone(owner, job_id, worker, ask_nodes=not settings.embedded)
+def _execute(job_id: str, db: Database, settings: Settings, worker: str, token: str) -> str:
+    def gone(owner: str | None, claim: str) -> bool:
+        return owner_gone(owner, claim, job_id, worker, ask_nodes=not settings.embedded)
 
-    claimed = claim_job(db, settings, job_id, worker, owner_gone=gone)
+    claimed = claim_job(db, settings, job_id, worker, owner_gone=gone, token=token)
     if claimed is None:
         return "skipped"  # finished, cancelled, or running on a live worker
     job = claimed.job
