@@ -109,6 +109,15 @@ class EmbeddedWorker:
             self.last_error = f"{type(exc).__name__}: {exc}"[:500]
             log.critical("embedded worker thread died", exc_info=True)
 
+    def _fail_job(self, job_id: str, exc: BaseException) -> None:
+        """The job this dying thread held fails with the error instead of staying queued."""
+        from workers.lease import fail_unstarted
+
+        try:
+            fail_unstarted(self.db, job_id, f"{type(exc).__name__}: {exc}")
+        except Exception:
+            log.exception("could not fail job %s", job_id)
+
     def _loop(self) -> None:
         from celery import states
 
@@ -128,5 +137,8 @@ class EmbeddedWorker:
             except Exception:  # the task records failures on the job; never kill the thread
                 log.exception("embedded worker: job %s", job_id)
                 continue
+            except BaseException as exc:  # the thread dies (the supervisor restarts it)
+                self._fail_job(job_id, exc)
+                raise
             if result.state == states.REJECTED and not self.stopping.is_set():
                 self.enqueue(job_id)  # database was unreachable; the task already waited
