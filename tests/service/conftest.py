@@ -134,6 +134,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a subprocess the same settings."""
     env = dict(os.environ)
     for key, value in settings.model_dump().items():
+        if value is None:  # unset: the default applies
+            env.pop(f"MATDESIGN_{key.upper()}", None)
+            continue
         if isinstance(value, list):
             value = ",".join(value)
         env[f"MATDESIGN_{key.upper()}"] = str(value)
