@@ -12,8 +12,8 @@ from app.auth import current_owner
 from app.errors import FieldError
 from app.hygiene import check_storable
 from app.routes.deps import Services, services
-from app.routes.responses import INVALID, KEYED
-from app.schemas import MessageOut, MethodOut, OracleOut, ScoreRequest, ScoreResponse
+from app.routes.responses import INVALID, KEYED, UNPARSEABLE
+from app.schemas import MethodOut, OracleOut, ScoreRequest, ScoreResponse
 from app.scoring import ScoreInputError, ScorePool
 from ml.methods.registry import get_method, method_names
 from ml.oracles.registry import default_oracle_name, known_properties, list_oracles
@@ -99,7 +99,7 @@ def oracles(_: Owner) -> list[dict[str, Any]]:
     responses={
         **KEYED,
         **INVALID,
-        413: {"model": MessageOut, "description": "Request body too large"},
+        **UNPARSEABLE,
     },
     summary="Score uploaded CIFs with chosen oracles (synchronous)",
     description="At most `MATDESIGN_SCORE_MAX_CIFS` (64) CIFs, "

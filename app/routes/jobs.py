@@ -36,7 +36,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {**KEYED, **NOT_FOUND, **INVALID}
     responses={
         **KEYED,
         **INVALID,
-        400: {"model": MessageOut, "description": "Empty Idempotency-Key"},
+        400: {"model": MessageOut, "description": "Empty Idempotency-Key, or unparseable body"},
         409: {
             "model": MessageOut,
             "description": "A request with this Idempotency-Key is still being processed",

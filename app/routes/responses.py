@@ -35,5 +35,10 @@ INVALID: dict[int | str, dict[str, Any]] = {
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": MessageOut, "description": "No such resource for this key"}
 }
+# Routes with a JSON body.
+UNPARSEABLE: dict[int | str, dict[str, Any]] = {
+    400: {"model": MessageOut, "description": "The body could not be parsed"},
+    413: {"model": MessageOut, "description": "Request body too large"},
+}
 # Every route behind an API key.
 KEYED: dict[int | str, dict[str, Any]] = {**UNAUTHORIZED, **RATE_LIMITED, **UNAVAILABLE}
