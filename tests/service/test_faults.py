@@ -31,7 +31,7 @@ from app.main import create_app
 from app.settings import Settings
 
 from .conftest import REQUIRE_SERVICES, SMALL_JOB, WorkerProcess
-from .servers import LiveServer, PrivatePostgres
+from .servers import LiveServer, PrivatePostgres, PrivateRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -249,3 +249,73 @@ def test_worker_backlog_survives_postgres_stop(stack: Stack) -> None:
     assert dups == 0 and rows == len(ids) * JOB["num_candidates"]
     # Every job ran within a minute of the restart (6 small jobs on a 2-core machine).
     assert after < 60 + 10 * len(ids), figures
+
+
+@pytest.fixture(scope="module")
+def redis_stack(
+    integration_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[PrivateRedis, Settings, LiveServer, WorkerProcess]]:
+    try:
+        broker = PrivateRedis()
+        broker.start()
+    except Exception as exc:
+        if REQUIRE_SERVICES:
+            raise
+        pytest.skip(f"no private Redis: {exc}")
+    settings = integration_settings.model_copy(
+        update={
+            "broker_url": broker.url,
+            "queue_name": f"{integration_settings.queue_name}-redis-faults",
+            "requeue_queued_after_s": 10.0,
+        }
+    )
+    try:
+        with LiveServer(create_app(settings)) as server:
+            logs = tmp_path_factory.mktemp("redis-fault-logs")
+            worker = WorkerProcess(settings, logs / "worker.log", "redisfaults")
+            try:
+                worker.wait_ready()
+                yield broker, settings, server, worker
+            finally:
+                worker.stop()
+    finally:
+        broker.stop()
+
+
+def test_redis_restart_under_load_loses_no_job(
+    redis_stack: tuple[PrivateRedis, Settings, LiveServer, WorkerProcess],
+) -> None:
+    broker, settings, server, _worker = redis_stack
+    tally = Tally()
+    stop = threading.Event()
+    threads = _load(server.url, tally, stop)
+    time.sleep(4)
+    broker.stop()  # queued messages and unacknowledged deliveries are gone with it
+    time.sleep(8)
+    broker.start()
+    t_start_wall = time.time()
+    time.sleep(5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    other_5xx = [
+        (what, code) for _, what, code, _ in tally.responses if code >= 500 and code != 503
+    ]
+    bad_bodies = [(what, code) for _, what, code, ok in tally.responses if not ok]
+    assert not other_5xx, other_5xx[:10]
+    assert not bad_bodies, bad_bodies[:10]
+    jobs = _wait_finished(server.url, tally.accepted, timeout=420)
+    lost = [k for k, j in jobs.items() if j["status"] != "succeeded"]
+    rows, dups = _duplicates(settings.database_url, tally.accepted)
+    figures = {
+        "requests": len(tally.responses),
+        "accepted_jobs": len(tally.accepted),
+        "503": [code for _, _, code, _ in tally.responses].count(503),
+        "5xx_other_than_503": len(other_5xx),
+        "jobs_lost": len(lost),
+        "duplicated_results": dups,
+        "all_jobs_done_after_restart_s": round(_finished_after(jobs, t_start_wall), 1),
+    }
+    print("FAULT-FIGURES redis-restart-under-load", json.dumps(figures))
+    assert not lost, {k: jobs[k]["error"] for k in lost}
+    assert dups == 0 and rows == len(tally.accepted) * JOB["num_candidates"]
