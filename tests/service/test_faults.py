@@ -319,3 +319,78 @@ def test_redis_restart_under_load_loses_no_job(
     print("FAULT-FIGURES redis-restart-under-load", json.dumps(figures))
     assert not lost, {k: jobs[k]["error"] for k in lost}
     assert dups == 0 and rows == len(tally.accepted) * JOB["num_candidates"]
+
+
+def test_killed_pool_child_job_is_taken_over_without_the_sweeper(
+    stack: Stack, tmp_path: Any
+) -> None:
+    """kill -9 of the prefork pool process only: Celery hands the message back at once
+    (reject_on_worker_lost), and the new pool process takes the job over because its owner
+    process is gone, although the heartbeat is fresh (stale only after 300 s here, and the
+    sweeper is off)."""
+    import os
+    import signal
+
+    from fastapi.testclient import TestClient
+
+    settings = stack.settings.model_copy(
+        update={
+            "queue_name": f"{stack.settings.queue_name}-child",
+            "heartbeat_stale_after_s": 300.0,
+            "sweeper_enabled": False,
+        }
+    )
+    worker = WorkerProcess(settings, tmp_path / "child.log", "childkill")
+    try:
+        worker.wait_ready()
+        slow = {
+            **JOB,
+            "num_candidates": 6,
+            "seed": 77,
+            "params": {**JOB["params"], "batch_size": 2, "step_delay_s": 2},
+        }
+        with TestClient(create_app(settings)) as api:
+            job_id = api.post("/v1/jobs", json=slow).json()["id"]
+            deadline = time.monotonic() + 240
+            while True:
+                job = api.get(f"/v1/jobs/{job_id}").json()
+                if job["status"] == "running" and (job["progress"] or {}).get("stored"):
+                    break
+                assert time.monotonic() < deadline, job
+                time.sleep(0.2)
+            engine = create_engine(settings.database_url)
+            with engine.connect() as conn:
+                owner = conn.execute(
+                    text("SELECT worker FROM jobs WHERE id = :j"), {"j": job_id}
+                ).scalar_one()
+            engine.dispose()
+            child = int(owner.rpartition("/pid")[2])
+            assert child != worker.proc.pid
+            t_kill = time.monotonic()
+            os.kill(child, signal.SIGKILL)
+            while (job := api.get(f"/v1/jobs/{job_id}").json())["status"] not in (
+                "succeeded",
+                "failed",
+            ):
+                assert time.monotonic() - t_kill < 240, job
+                time.sleep(0.2)
+            recovered = time.monotonic() - t_kill
+        rows, dups = _duplicates(settings.database_url, [job_id])
+        print(
+            "FAULT-FIGURES pool-child-kill-9",
+            json.dumps(
+                {
+                    "status": job["status"],
+                    "attempts": job["attempts"],
+                    "structures": rows,
+                    "duplicated_results": dups,
+                    "finished_after_kill_s": round(recovered, 1),
+                }
+            ),
+        )
+        assert job["status"] == "succeeded", (job["error"], worker.log()[-3000:])
+        assert job["attempts"] == 2 and rows == 6 and dups == 0
+        assert "is gone; taking the job over at once" in worker.log()
+        assert recovered < 120  # far below the 300 s heartbeat staleness
+    finally:
+        worker.stop()
