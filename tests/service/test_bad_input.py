@@ -68,32 +68,37 @@ BAD_INPUTS: list[tuple[str, str, str, str | None, int, str | None]] = [
         "body.objectives.0.tolerance",
     ),
     (
-        "NUL in a params string",
+        "NaN in a method parameter",
         "POST",
         "/v1/jobs",
-        json.dumps({**SMALL_JOB, "params": {**SMALL_JOB["params"], "note": "a\u0000b"}}),
-        422,
-        "body.params.note",
-    ),
-    (
-        "NaN inside params",
-        "POST",
-        "/v1/jobs",
-        json.dumps({**SMALL_JOB, "params": {**SMALL_JOB["params"], "x": 1}}).replace(
-            '"x": 1', '"x": NaN'
+        json.dumps({**SMALL_JOB, "params": {**SMALL_JOB["params"], "temperature": 1}}).replace(
+            '"temperature": 1', '"temperature": NaN'
         ),
         422,
-        "body.params.x",
+        "body.params.temperature",
     ),
     (
-        "lone surrogate in a string",
+        "Infinity in a method parameter",
         "POST",
         "/v1/jobs",
-        json.dumps({**SMALL_JOB, "params": {**SMALL_JOB["params"], "note": "x"}}).replace(
-            '"note": "x"', '"note": "\\ud800"'
+        json.dumps({**SMALL_JOB, "params": {**SMALL_JOB["params"], "temperature": 1}}).replace(
+            '"temperature": 1', '"temperature": Infinity'
         ),
         422,
-        "body.params.note",
+        "body.params.temperature",
+    ),
+    (
+        "lone surrogate inside a template CIF",
+        "POST",
+        "/v1/jobs",
+        json.dumps(
+            {
+                **SMALL_JOB,
+                "constraints": {**SMALL_JOB["constraints"], "templates": [f"#X\n{TEMPLATE}"]},
+            }
+        ).replace("#X", "#\\ud800"),
+        422,
+        "body.constraints.templates.0",
     ),
     (
         "NUL inside a template CIF",
