@@ -13,6 +13,7 @@ import warnings
 
 import psycopg
 from fastapi.testclient import TestClient
+
 from app.main import create_app
 from app.settings import Settings
 from tests.service.test_bad_input import BAD_INPUTS, SMALL_JOB, STRUCTURE_CURSORS, _cursor
