@@ -93,7 +93,11 @@ class Tally:
             self.responses.append((time.monotonic(), what, r.status_code, ok_body))
 
 
-def _load(base: str, tally: Tally, stop: threading.Event) -> list[threading.Thread]:
+def _load(
+    base: str, tally: Tally, stop: threading.Event, posters: int = 2, pause: float = 0.8
+) -> list[threading.Thread]:
+    """``posters`` threads submitting a job every ``pause`` s, two threads reading."""
+
     def poster(k: int) -> None:
         with httpx.Client(base_url=base, timeout=30) as c:
             i = 0
@@ -104,7 +108,7 @@ def _load(base: str, tally: Tally, stop: threading.Event) -> list[threading.Thre
                 if r.status_code == 202:
                     with tally.lock:
                         tally.accepted.append(r.json()["id"])
-                stop.wait(0.5)
+                stop.wait(pause)
 
     def reader() -> None:
         with httpx.Client(base_url=base, timeout=30) as c:
@@ -117,7 +121,7 @@ def _load(base: str, tally: Tally, stop: threading.Event) -> list[threading.Thre
                 tally.record("metrics", c.get("/metrics"))
                 stop.wait(0.2)
 
-    threads = [threading.Thread(target=poster, args=(k,)) for k in (1, 2)]
+    threads = [threading.Thread(target=poster, args=(k,)) for k in range(1, posters + 1)]
     threads += [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()
@@ -288,7 +292,8 @@ def test_redis_restart_under_load_loses_no_job(
     broker, settings, server, _worker = redis_stack
     tally = Tally()
     stop = threading.Event()
-    threads = _load(server.url, tally, stop)
+    # One poster: every job accepted before the restart waits for the sweeper's re-enqueue.
+    threads = _load(server.url, tally, stop, posters=1, pause=1.0)
     time.sleep(4)
     broker.stop()  # queued messages and unacknowledged deliveries are gone with it
     time.sleep(8)
