@@ -20,6 +20,7 @@ from app.routes.responses import INVALID, KEYED, NOT_FOUND
 from app.schemas import JobOut, JobPage, MessageOut, StructurePage, ValidationErrorOut
 from app.serialize import job_out, structure_out
 from ml.request import DesignRequest
+from workers.sweeper import mark_unsent
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -77,6 +78,7 @@ def submit_job(
             JOBS_SUBMITTED.labels(job.method).inc()
             if not enqueue_quietly(svc.queue, job.id):
                 ENQUEUE_FAILURES.inc()
+                mark_unsent(svc.db, job.id)  # the next sweep sends it
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -429,3 +429,22 @@ def test_fail_unstarted_fails_only_queued_or_own_jobs(db: Database, settings: Se
     claim_job(db, settings, other, "someone/pid1")
     assert not fail_unstarted(db, other, "boom", worker="me/pid2")
     assert _job(db, other).status == "running"
+
+
+def test_job_the_broker_never_took_is_sent_at_the_next_sweep(
+    db: Database, settings: Settings
+) -> None:
+    from workers.sweeper import mark_unsent
+
+    job_id = _submit(db)
+    mark_unsent(db, job_id)  # the API's enqueue after the commit failed (broker down)
+
+    def broker_down(_: str) -> None:
+        raise ConnectionError("broker unreachable")
+
+    assert sweep(db, settings, broker_down)["enqueued_unsent"] == 1
+    assert _job(db, job_id).enqueued_at is None  # still unsent: tried again next pass
+    sent: list[str] = []
+    assert sweep(db, settings, sent.append)["enqueued_unsent"] == 1  # broker back
+    assert sent == [job_id] and _job(db, job_id).enqueued_at is not None
+    assert sweep(db, settings, sent.append)["enqueued_unsent"] == 0 and sent == [job_id]
