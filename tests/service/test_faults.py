@@ -257,7 +257,7 @@ def test_worker_backlog_survives_postgres_stop(stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 def redis_stack(
-    integration_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[PrivateRedis, Settings, LiveServer, WorkerProcess]]:
     try:
         broker = PrivateRedis()
@@ -266,10 +266,12 @@ def redis_stack(
         if REQUIRE_SERVICES:
             raise
         pytest.skip(f"no private Redis: {exc}")
-    settings = integration_settings.model_copy(
+    # Its own database: no other test's queued jobs for its sweeper to hand to its worker.
+    settings = stack.settings.model_copy(
         update={
+            "database_url": stack.pg.create_database("redis_faults"),
             "broker_url": broker.url,
-            "queue_name": f"{integration_settings.queue_name}-redis-faults",
+            "queue_name": f"{stack.settings.queue_name}-redis",
             "requeue_queued_after_s": 10.0,
         }
     )
@@ -338,8 +340,10 @@ def test_killed_pool_child_job_is_taken_over_without_the_sweeper(
 
     from fastapi.testclient import TestClient
 
+    # Its own database: the stack's API sweeper (5 s staleness) must not be what saves it.
     settings = stack.settings.model_copy(
         update={
+            "database_url": stack.pg.create_database("child_kill"),
             "queue_name": f"{stack.settings.queue_name}-child",
             "heartbeat_stale_after_s": 300.0,
             "sweeper_enabled": False,
@@ -395,7 +399,14 @@ def test_killed_pool_child_job_is_taken_over_without_the_sweeper(
         )
         assert job["status"] == "succeeded", (job["error"], worker.log()[-3000:])
         assert job["attempts"] == 2 and rows == 6 and dups == 0
-        assert "is gone; taking the job over at once" in worker.log()
+        engine = create_engine(settings.database_url)
+        with engine.connect() as conn:
+            final_owner = conn.execute(
+                text("SELECT worker FROM jobs WHERE id = :j"), {"j": job_id}
+            ).scalar_one()
+        engine.dispose()
+        # The same node's new pool process took it over (no other worker or sweeper exists).
+        assert final_owner.startswith("childkill@") and final_owner != owner
         assert recovered < 120  # far below the 300 s heartbeat staleness
     finally:
         worker.stop()

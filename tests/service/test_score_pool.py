@@ -64,7 +64,7 @@ def test_timeout_stops_the_scoring_process_and_answers_503(tmp_path: object) -> 
         # Meanwhile the API answers other requests at once.
         t0 = time.monotonic()
         assert client.get("/healthz").status_code == 200
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 2.0
         t.join(timeout=60)
         r = done["r"]
         assert r.status_code == 503  # type: ignore[attr-defined]
