@@ -272,7 +272,7 @@ def redis_stack(
             "database_url": stack.pg.create_database("redis_faults"),
             "broker_url": broker.url,
             "queue_name": f"{stack.settings.queue_name}-redis",
-            "requeue_queued_after_s": 10.0,
+            "requeue_queued_after_s": 3.0,  # messages lost with Redis come back soon
         }
     )
     try:
