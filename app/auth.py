@@ -11,6 +11,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request, Security
@@ -48,15 +49,17 @@ def create_key(db: Database, name: str) -> tuple[ApiKey, str]:
 @dataclass
 class _Cached:
     owner: str | None
+    name: str | None
     expires: float
 
 
 class KeyResolver:
     """Maps an ``X-API-Key`` header to the owner id of the jobs it may see."""
 
-    def __init__(self, db: Database, require_key: bool) -> None:
+    def __init__(self, db: Database, require_key: bool, admin_names: Sequence[str] = ()) -> None:
         self.db = db
         self.require_key = require_key
+        self.admin_names = frozenset(admin_names)
         self._cache: dict[str, _Cached] = {}
         self._lock = threading.Lock()
 
@@ -65,6 +68,19 @@ class KeyResolver:
             if self.require_key:
                 raise HTTPException(401, "missing X-API-Key header")
             return ANONYMOUS
+        hit = self._lookup(key)
+        if hit.owner is None:
+            raise HTTPException(401, "invalid API key")
+        return hit.owner
+
+    def is_admin(self, key: str | None) -> bool:
+        """A valid key whose name is in ``MATDESIGN_ADMIN_KEYS``."""
+        if not key or not self.admin_names:
+            return False
+        hit = self._lookup(key)
+        return hit.owner is not None and hit.name in self.admin_names
+
+    def _lookup(self, key: str) -> _Cached:
         digest = hash_key(key)
         now = time.monotonic()
         with self._lock:
@@ -74,14 +90,12 @@ class KeyResolver:
                 row = s.scalars(
                     select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
                 ).first()
-            hit = _Cached(row.id if row else None, now + _CACHE_TTL_S)
+            hit = _Cached(row.id if row else None, row.name if row else None, now + _CACHE_TTL_S)
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
                 self._cache[digest] = hit
-        if hit.owner is None:
-            raise HTTPException(401, "invalid API key")
-        return hit.owner
+        return hit
 
 
 _API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)

@@ -5,19 +5,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy import Select, and_, delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import Database, utcnow
-from app.errors import Conflict, FieldError, NotFound, loc_from_dotted
+from app.errors import Conflict, FieldError, NotFound, TooMany, loc_from_dotted
+from app.hygiene import unstorable_text
 from app.models import (
     CANCELLED,
     CANCELLING,
@@ -35,6 +38,9 @@ from ml.request import DesignRequest
 
 # Sort key of a structure that has no rank yet (job still running): after every ranked one.
 _UNRANKED = 2**31 - 1
+# Retry-After of a quota refusal: jobs take minutes, so asking again sooner is pointless.
+QUOTA_RETRY_AFTER_S = 30
+_ACTIVE = (QUEUED, RUNNING, CANCELLING)
 
 
 def with_server_defaults(request: DesignRequest, settings: Settings) -> DesignRequest:
@@ -82,19 +88,93 @@ def request_hash(request: DesignRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def check_quota(db: Database, owner: str, request: DesignRequest, settings: Settings) -> None:
+    """429 when the key already has too many queued/running jobs or candidates.
+
+    A soft limit: two submits racing may both pass; it bounds a key's backlog, not exactly.
+    """
+    with db.session() as s:
+        n_jobs, n_candidates = s.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(Job.request["num_candidates"].as_integer()), 0),
+            ).where(Job.owner == owner, Job.status.in_(_ACTIVE))
+        ).one()
+    if n_jobs + 1 > settings.quota_active_jobs:
+        raise TooMany(
+            f"quota: at most {settings.quota_active_jobs} queued or running jobs per key",
+            QUOTA_RETRY_AFTER_S,
+        )
+    if n_candidates + request.num_candidates > settings.quota_active_candidates:
+        raise TooMany(
+            f"quota: at most {settings.quota_active_candidates} candidates in queued or "
+            f"running jobs per key ({n_candidates} now)",
+            QUOTA_RETRY_AFTER_S,
+        )
+
+
+_IN_FLIGHT: set[tuple[str, str]] = set()
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+@contextmanager
+def idempotency_guard(db: Database, owner: str, key: str | None) -> Iterator[None]:
+    """Held while a request with this Idempotency-Key is processed; a concurrent duplicate is
+    a :class:`Conflict` (409, IETF idempotency-key draft). Postgres: an advisory lock, so it
+    holds across API replicas; SQLite (one embedded process): a lock in this process."""
+    if key is None:
+        yield
+        return
+    if db.is_sqlite:
+        with _IN_FLIGHT_LOCK:
+            if (owner, key) in _IN_FLIGHT:
+                raise Conflict("a request with this Idempotency-Key is still being processed")
+            _IN_FLIGHT.add((owner, key))
+        try:
+            yield
+        finally:
+            with _IN_FLIGHT_LOCK:
+                _IN_FLIGHT.discard((owner, key))
+        return
+    digest = hashlib.sha256(f"{owner}\x00{key}".encode()).digest()
+    lock_id = int.from_bytes(digest[:8], "big", signed=True)
+    with db.engine.connect() as conn:
+        got = conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_id})
+        conn.commit()
+        if not got:
+            raise Conflict("a request with this Idempotency-Key is still being processed")
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+                conn.commit()
+            except Exception:  # connection gone: the server released the lock with it
+                conn.invalidate()
+
+
 def submit_job(
-    db: Database, owner: str, request: DesignRequest, idempotency_key: str | None
+    db: Database,
+    owner: str,
+    request: DesignRequest,
+    idempotency_key: str | None,
+    settings: Settings | None = None,
 ) -> tuple[Job, bool]:
     """Store a queued job; returns (job, created). The caller enqueues it after this commit.
 
     The same Idempotency-Key with the same body returns the earlier job (created False);
-    with a different body it is a :class:`Conflict`.
+    with a different body it is a 422 :class:`FieldError`. Keys expire after
+    ``idempotency_key_ttl_s``; quotas are checked (``settings.limits_on``) for new jobs only.
     """
     digest = request_hash(request)
     if idempotency_key is not None:
+        if settings is not None:
+            _expire_key(db, owner, idempotency_key, settings.idempotency_key_ttl_s)
         earlier = _by_idempotency_key(db, owner, idempotency_key, digest)
         if earlier is not None:
             return earlier, False
+    if settings is not None and settings.limits_on:
+        check_quota(db, owner, request, settings)
     now = utcnow()
     job = Job(
         id=str(uuid.uuid4()),
@@ -125,11 +205,26 @@ def submit_job(
     return job, True
 
 
+def _expire_key(db: Database, owner: str, key: str, ttl_s: float) -> None:
+    """Forget the key on a job older than the TTL, so that it can name a new job."""
+    cutoff = utcnow() - timedelta(seconds=ttl_s)
+    with db.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.owner == owner, Job.idempotency_key == key, Job.created_at < cutoff)
+            .values(idempotency_key=None)
+        )
+
+
 def _by_idempotency_key(db: Database, owner: str, key: str, digest: str) -> Job | None:
     with db.session() as s:
         job = s.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
     if job is not None and job.request_hash != digest:
-        raise Conflict("Idempotency-Key was already used with a different request body")
+        raise FieldError(
+            ["header", "Idempotency-Key"],
+            "already used with a different request body",
+            "idempotency_key_reused",
+        )
     return job
 
 
@@ -188,15 +283,24 @@ def encode_cursor(values: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(values)).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, n: int) -> list[Any]:
+def decode_cursor(cursor: str, types: Sequence[type]) -> list[Any]:
+    """The cursor's values, each of the given type (ints within a 32-bit row key), else 422."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(values, list) or len(values) != n:
-            raise ValueError
-        return values
-    except (ValueError, json.JSONDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise FieldError(["query", "cursor"], "invalid cursor") from exc
+    if not isinstance(values, list) or len(values) != len(types):
+        raise FieldError(["query", "cursor"], "invalid cursor")
+    for v, t in zip(values, types, strict=True):
+        ok = type(v) is t  # bool is not an int here
+        if ok and t is int:
+            ok = 0 <= v <= _UNRANKED
+        if ok and t is str:
+            ok = len(v) <= 64 and not unstorable_text(v)
+        if not ok:
+            raise FieldError(["query", "cursor"], "invalid cursor")
+    return values
 
 
 def list_jobs(
@@ -218,11 +322,13 @@ def list_jobs(
     if label:
         q = q.where(Job.label == label)
     if cursor:
-        created_iso, last_id = decode_cursor(cursor, 2)
+        created_iso, last_id = decode_cursor(cursor, (str, str))
         try:
             created = datetime.fromisoformat(created_iso)
         except (TypeError, ValueError) as exc:
             raise FieldError(["query", "cursor"], "invalid cursor") from exc
+        if created.tzinfo is None:
+            raise FieldError(["query", "cursor"], "invalid cursor")
         q = q.where(
             or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id))
         )
@@ -326,14 +432,14 @@ def list_structures(
         q = q.where(Structure.hit.is_(True))
     if sort == "rank":
         if cursor:
-            last_rank, last_seq = decode_cursor(cursor, 2)
+            last_rank, last_seq = decode_cursor(cursor, (int, int))
             q = q.where(
                 or_(rank_key > last_rank, and_(rank_key == last_rank, Structure.seq > last_seq))
             )
         q = q.order_by(rank_key, Structure.seq)
     else:
         if cursor:
-            (last_seq,) = decode_cursor(cursor, 1)
+            (last_seq,) = decode_cursor(cursor, (int,))
             q = q.where(Structure.seq > last_seq)
         q = q.order_by(Structure.seq)
     with db.session() as s:

@@ -14,12 +14,15 @@ from app import __version__
 from app.auth import KeyResolver
 from app.db import Database
 from app.errors import install_error_handlers
+from app.hygiene import UnstorableInputMiddleware
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.openapi import install_openapi
 from app.queue import make_queue
+from app.ratelimit import RateLimitMiddleware
 from app.routes import catalog, events, health, jobs, structures
 from app.routes.deps import Services
 from app.routes.web import install_web
+from app.scoring import ScorePool
 from app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if sweeper is not None:
                 sweeper.stop()  # type: ignore[attr-defined]
             svc.queue.stop()
+            score_pool.stop()
             db.dispose()
 
     app = FastAPI(
@@ -82,8 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_openapi(app, settings)
+    score_pool = ScorePool(settings)
     app.state.services = svc
-    app.state.keys = KeyResolver(db, settings.require_api_key)
+    app.state.score_pool = score_pool
+    app.state.keys = KeyResolver(db, settings.require_api_key, settings.admin_keys)
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(structures.router)
@@ -92,15 +98,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     install_web(app)
 
-    # Added innermost first: metrics see every response, 413s included.
+    # Added innermost first: metrics see every response, 413s and 429s included; CORS
+    # headers go on 429s too.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(UnstorableInputMiddleware)
+    if settings.limits_on:
+        app.add_middleware(RateLimitMiddleware, settings=settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["X-API-Key", "Idempotency-Key", "Content-Type"],
-            expose_headers=["Location", "Idempotent-Replayed"],
+            expose_headers=["Location", "Idempotent-Replayed", "Retry-After"],
         )
     app.add_middleware(MetricsMiddleware)
     return app

@@ -82,6 +82,19 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+# Label values come from closed sets only: a client must not be able to add series (any
+# token is a valid HTTP method, so unknown ones are counted as "other").
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else "other"
+
+
 class MetricsMiddleware:
     """Counts requests and their latency by route template (not raw path: bounded labels)."""
 
@@ -106,6 +119,6 @@ class MetricsMiddleware:
         finally:
             route: Any = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            REQUESTS.labels(method, path, str(status)).inc()
+            method = method_label(scope.get("method", ""))
+            REQUESTS.labels(method, path, status_label(status)).inc()
             REQUEST_LATENCY.labels(method, path).observe(time.perf_counter() - t0)

@@ -36,8 +36,7 @@ class EmbeddedQueue:
         return True, "embedded"
 
     def workers_ok(self) -> tuple[bool, str]:
-        n = self.worker.alive()
-        return n > 0, f"{n} embedded worker thread(s)"
+        return self.worker.status()
 
     def start(self) -> None:
         self.worker.start()

@@ -33,6 +33,29 @@ class Settings(BaseSettings):
     page_limit_default: int = Field(default=50, ge=1)
     page_limit_max: int = Field(default=500, ge=1)
     score_max_cifs: int = Field(default=64, ge=1)
+    # POST /v1/score runs in a pool of worker processes (outside the API's memory), capped
+    # in atoms per CIF and per request, and killed after the timeout.
+    score_max_atoms_per_cif: int = Field(default=500, ge=1)
+    score_max_atoms_per_request: int = Field(default=2000, ge=1)
+    score_timeout_s: float = Field(default=120.0, gt=0)
+    score_processes: int = Field(default=1, ge=1, le=16)
+    score_max_waiting: int = Field(default=4, ge=0)  # more waiting requests get 503
+    # Keys (by name, `matdesign keys create --name`) that see /readyz details.
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # An Idempotency-Key is remembered this long, then may be used again for a new job.
+    idempotency_key_ttl_s: float = Field(default=24 * 3600, gt=0)
+    # Sent as Retry-After with 503 when the database or the broker is unreachable.
+    unavailable_retry_after_s: int = Field(default=5, ge=1)
+
+    # --- rate limits and quotas per API key (429 + Retry-After) -------------------------
+    # None: on with a Celery broker, off on the single-user embedded default.
+    limits_enabled: bool | None = None
+    # Requests per key (per client address without a key); `limits` syntax.
+    rate_limit: str = "20/second;600/minute"
+    # Counters' storage: default the Redis broker; "memory://" keeps them per process.
+    rate_limit_storage_url: str | None = None
+    quota_active_jobs: int = Field(default=100, ge=1)  # queued or running jobs per key
+    quota_active_candidates: int = Field(default=50_000, ge=1)  # their num_candidates summed
 
     # --- limits of one job (may only lower the request schema's hard limits) ------------
     max_candidates: int = Field(default=10_000, ge=1)
@@ -68,7 +91,7 @@ class Settings(BaseSettings):
     broker_visibility_timeout_s: int = Field(default=7200, ge=60)
     readyz_worker_timeout_s: float = Field(default=1.0, gt=0)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "admin_keys", mode="before")
     @classmethod
     def _split_origins(cls, v: object) -> object:
         if isinstance(v, str):
@@ -103,6 +126,18 @@ class Settings(BaseSettings):
         if self.default_num_candidates is not None:
             return min(self.default_num_candidates, self.max_candidates)
         return min(8 if self.embedded else 64, self.max_candidates)
+
+    @property
+    def limits_on(self) -> bool:
+        return self.limits_enabled if self.limits_enabled is not None else not self.embedded
+
+    @property
+    def limits_storage(self) -> str:
+        if self.rate_limit_storage_url:
+            return self.rate_limit_storage_url
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return "memory://"
 
 
 @lru_cache(maxsize=1)

@@ -29,6 +29,11 @@ def configure_celery(settings: Settings) -> Celery:
     # Celery's own limits stay above the runner's cooperative limit: the runner fails the
     # job with a readable error first; these catch a step that never returns (prefork only).
     soft = int(settings.job_time_limit_s) + 120
+    if celery_app.conf.broker_url not in (None, broker):
+        # Another broker than before (a second app in one process, e.g. tests): drop the
+        # producer pool, whose connections still point at the old one; otherwise messages
+        # would go to the old broker's queue.
+        celery_app.close()
     celery_app.conf.update(
         broker_url=broker,
         result_backend=None,

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 
 from app.db import Database, utcnow
-from app.models import CANCELLING, QUEUED, RUNNING, Job
+from app.models import CANCELLING, FAILED, QUEUED, RUNNING, Job
 from app.settings import Settings
 from ml.methods.base import Cancelled
 from workers.runtime import interrupted
@@ -45,22 +46,55 @@ class Claimed:
     claim: str
 
 
-def claim_job(db: Database, settings: Settings, job_id: str, worker: str) -> Claimed | None:
-    """Take the job if it is queued or its worker died; None when someone else has it."""
+def claim_job(
+    db: Database,
+    settings: Settings,
+    job_id: str,
+    worker: str,
+    owner_gone: Callable[[str | None, str], bool] | None = None,
+    token: str | None = None,
+) -> Claimed | None:
+    """Take the job if it is queued or its worker died; None when someone else has it.
+
+    A worker counts as dead when its heartbeat went stale, or (``owner_gone``, for a
+    redelivered message) when the check, given the owner and its claim token, says the
+    process that claimed it is gone. ``token``: this claim's token (default: a new one).
+    """
+    token = token or str(uuid.uuid4())
+    claimed = _claim(db, settings, job_id, worker, None, token)
+    if claimed is not None or owner_gone is None:
+        return claimed
+    with db.session() as s:
+        row = s.execute(select(Job.status, Job.worker, Job.claim).where(Job.id == job_id)).first()
+    if row is None or row.status != RUNNING or row.claim is None:
+        return None
+    if not owner_gone(row.worker, row.claim):
+        return None
+    log.warning("job %s: owner %s is gone; taking the job over at once", job_id, row.worker)
+    return _claim(db, settings, job_id, worker, row.claim, token)
+
+
+def _claim(
+    db: Database,
+    settings: Settings,
+    job_id: str,
+    worker: str,
+    from_claim: str | None,
+    token: str,
+) -> Claimed | None:
     now = utcnow()
     stale = now - timedelta(seconds=settings.heartbeat_stale_after_s)
-    token = str(uuid.uuid4())
     with db.session() as s:
+        if from_claim is not None:  # take over exactly that (dead) owner's lease
+            claimable = (Job.status == RUNNING) & (Job.claim == from_claim)
+        else:
+            claimable = or_(
+                Job.status == QUEUED,
+                (Job.status == RUNNING) & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
+            )
         taken = s.execute(
             update(Job)
-            .where(
-                Job.id == job_id,
-                or_(
-                    Job.status == QUEUED,
-                    (Job.status == RUNNING)
-                    & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
-                ),
-            )
+            .where(Job.id == job_id, claimable)
             .values(
                 status=RUNNING,
                 claim=token,
@@ -75,6 +109,22 @@ def claim_job(db: Database, settings: Settings, job_id: str, worker: str) -> Cla
             return None
         job = s.scalars(select(Job).where(Job.id == job_id)).one()
     return Claimed(job=job, claim=token)
+
+
+def fail_unstarted(db: Database, job_id: str, error: str, worker: str | None = None) -> bool:
+    """Fail a job whose execution raised before its method ran (it would stay queued, or
+    running under ``worker``, until the sweeper's long back-off). True if it was failed."""
+    states = [Job.status == QUEUED]
+    if worker:
+        states.append((Job.status == RUNNING) & (Job.worker == worker))
+    with db.session() as s:
+        return bool(
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, or_(*states))
+                .values(status=FAILED, finished_at=utcnow(), claim=None, error=error[:4000])
+            ).rowcount
+        )
 
 
 class JobLease:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import platform
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from app import __version__
+from app.availability import is_unavailable
 from app.db import Database, utcnow
 from app.models import CANCELLED, FAILED, SUCCEEDED
 from app.settings import Settings
@@ -31,6 +33,7 @@ from ml.methods.registry import get_method
 from ml.request import MAX_CANDIDATES, DesignRequest
 from ml.settings import get_ml_settings
 from workers.lease import Interrupted, JobLease, JobTimeLimit, LostClaim, claim_job
+from workers.liveness import owner_gone, running
 from workers.runtime import interrupted
 from workers.store import StructureStore, clean_json
 
@@ -109,8 +112,20 @@ def _timed_events(gen: Iterator[Any], timer: _Timer) -> Iterator[Any]:
 
 
 def execute_job(job_id: str, db: Database, settings: Settings, *, worker: str) -> str:
-    """Run a job if this worker can claim it; returns the outcome for the logs."""
-    claimed = claim_job(db, settings, job_id, worker)
+    """Run a job if this worker can claim it; returns the outcome for the logs.
+
+    Database outages propagate (the task requeues the message); the job is not failed.
+    """
+    token = str(uuid.uuid4())
+    with running(token):
+        return _execute(job_id, db, settings, worker, token)
+
+
+def _execute(job_id: str, db: Database, settings: Settings, worker: str, token: str) -> str:
+    def gone(owner: str | None, claim: str) -> bool:
+        return owner_gone(owner, claim, job_id, worker, ask_nodes=not settings.embedded)
+
+    claimed = claim_job(db, settings, job_id, worker, owner_gone=gone, token=token)
     if claimed is None:
         return "skipped"  # finished, cancelled, or running on a live worker
     job = claimed.job
@@ -225,6 +240,8 @@ def _run(
     except RequestError as exc:
         return _fail(lease, f"invalid request: {exc.field}: {exc.message}")
     except Exception as exc:
+        if is_unavailable(exc):
+            raise  # not the job's fault: the message is requeued and the job resumed
         log.exception("job %s failed", job.id)
         return _fail(lease, f"{type(exc).__name__}: {exc}")
 

@@ -3,9 +3,11 @@
 - running (or cancelling) jobs whose heartbeat went stale: their worker died. Running ones are
   re-queued (the runner resumes them; stored structures are not duplicated), cancelling ones
   become cancelled, and a job that already used ``max_attempts`` fails.
-- queued jobs whose message may have been lost (enqueue failed after the commit, broker
-  restarted, embedded server restarted): re-enqueued after ``requeue_queued_after_s``, then
-  after twice as long, and so on. A duplicate message is harmless: the claim is atomic.
+- queued jobs that never reached the broker (the enqueue after the commit failed, marked by
+  an empty ``enqueued_at``): enqueued again at every pass until the broker takes them.
+- queued jobs whose message may have been lost (broker restarted, embedded server
+  restarted): re-enqueued after ``requeue_queued_after_s``, then after twice as long, and so
+  on. A duplicate message is harmless: the claim is atomic.
 
 Every change is a conditional UPDATE, so several sweepers (API replicas) can run at once.
 """
@@ -32,7 +34,13 @@ def sweep(db: Database, settings: Settings, enqueue: Enqueue) -> dict[str, int]:
     """One pass; returns counts of what it did."""
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.heartbeat_stale_after_s)
-    counts = {"requeued_stale": 0, "cancelled_stale": 0, "failed_stale": 0, "requeued_lost": 0}
+    counts = {
+        "requeued_stale": 0,
+        "cancelled_stale": 0,
+        "failed_stale": 0,
+        "enqueued_unsent": 0,
+        "requeued_lost": 0,
+    }
     to_enqueue: list[str] = []
     with db.session() as s:
         stale = s.execute(
@@ -68,6 +76,23 @@ def sweep(db: Database, settings: Settings, enqueue: Enqueue) -> dict[str, int]:
                 if key == "requeued_stale":
                     to_enqueue.append(job_id)
 
+    with db.session() as s:
+        never = list(
+            s.scalars(
+                select(Job.id).where(Job.status == QUEUED, Job.enqueued_at.is_(None)).limit(1000)
+            )
+        )
+    for job_id in never:
+        with db.session() as s:
+            moved = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == QUEUED, Job.enqueued_at.is_(None))
+                .values(enqueued_at=now, enqueue_count=Job.enqueue_count + 1)
+            ).rowcount
+        if moved:
+            counts["enqueued_unsent"] += 1
+            to_enqueue.append(job_id)
+
     base = settings.requeue_queued_after_s
     with db.session() as s:
         waiting = s.execute(
@@ -95,9 +120,22 @@ def sweep(db: Database, settings: Settings, enqueue: Enqueue) -> dict[str, int]:
             enqueue(job_id)
         except Exception:  # broker down: the job stays queued and is retried next pass
             log.exception("sweeper could not enqueue job %s", job_id)
+            mark_unsent(db, job_id)
     if any(counts.values()):
         log.info("sweeper: %s", counts)
     return counts
+
+
+def mark_unsent(db: Database, job_id: str) -> None:
+    """The job's message did not reach the broker: the next sweep sends it (not only after
+    the lost-message delay)."""
+    try:
+        with db.session() as s:
+            s.execute(
+                update(Job).where(Job.id == job_id, Job.status == QUEUED).values(enqueued_at=None)
+            )
+    except Exception:  # database down too: the lost-message path still finds the job
+        log.exception("could not mark job %s as not enqueued", job_id)
 
 
 def queued_job_ids(db: Database) -> list[str]:

@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Annotated, Any, get_args
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
 from app.auth import current_owner
 from app.errors import FieldError
+from app.hygiene import check_storable
 from app.routes.deps import Services, services
-from app.schemas import MethodOut, OracleOut, ScoreRequest, ScoreResponse, ValidationErrorOut
-from ml.crystal import Crystal
+from app.routes.responses import INVALID, KEYED, UNPARSEABLE
+from app.schemas import MethodOut, OracleOut, ScoreRequest, ScoreResponse
+from app.scoring import ScoreInputError, ScorePool
 from ml.methods.registry import get_method, method_names
 from ml.oracles.registry import (
     NON_PBE_GAP_CAVEAT,
     default_oracle_name,
-    get_oracle,
     known_properties,
     list_oracles,
 )
 from ml.request import Fidelity
-from ml.settings import get_ml_settings
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 log = logging.getLogger(__name__)
@@ -33,14 +32,19 @@ Svc = Annotated[Services, Depends(services)]
 
 # Default oracles of POST /v1/score when the body names none.
 SCORE_DEFAULT_PROPERTIES = ("formation_energy", "band_gap", "density")
+# The PBE gap that other MEGNet fidelities are compared with; gap-chgnet-ft is PBE too.
 PBE_GAP_ORACLE = "megnet-gap-pbe"
+PBE_GAP_ORACLES = frozenset({PBE_GAP_ORACLE, "gap-chgnet-ft"})
 # A non-PBE gap this far below the PBE one is worth pointing out (metals sit at ~0 in both).
 GAP_NOTE_MARGIN_EV = 0.05
-# Scoring loads models into the API process; one request at a time keeps memory bounded.
-_SCORE_LOCK = threading.Lock()
 
 
-@router.get("/methods", response_model=list[MethodOut], summary="Design methods and parameters")
+@router.get(
+    "/methods",
+    response_model=list[MethodOut],
+    responses=KEYED,
+    summary="Design methods and parameters",
+)
 def methods(_: Owner) -> list[dict[str, Any]]:
     out = []
     for name in method_names():
@@ -81,7 +85,7 @@ def _defaults() -> dict[str, list[str]]:
     return out
 
 
-@router.get("/oracles", response_model=list[OracleOut], summary="Property oracles")
+@router.get("/oracles", response_model=list[OracleOut], responses=KEYED, summary="Property oracles")
 def oracles(_: Owner) -> list[dict[str, Any]]:
     defaults = _defaults()
     return [
@@ -102,45 +106,38 @@ def oracles(_: Owner) -> list[dict[str, Any]]:
 @router.post(
     "/score",
     response_model=ScoreResponse,
-    responses={422: {"model": ValidationErrorOut}},
+    responses={
+        **KEYED,
+        **INVALID,
+        **UNPARSEABLE,
+    },
     summary="Score uploaded CIFs with chosen oracles (synchronous)",
+    description="At most `MATDESIGN_SCORE_MAX_CIFS` (64) CIFs, "
+    "`MATDESIGN_SCORE_MAX_ATOMS_PER_CIF` (500) atoms per CIF and "
+    "`MATDESIGN_SCORE_MAX_ATOMS_PER_REQUEST` (2000) in all (422 naming the CIF). Runs in a "
+    "separate process pool; 503 + Retry-After when the pool is busy or the request runs past "
+    "`MATDESIGN_SCORE_TIMEOUT_S` (120 s).",
 )
-def score(body: ScoreRequest, _: Owner, svc: Svc) -> dict[str, Any]:
+def score(body: ScoreRequest, request: Request, _: Owner, svc: Svc) -> dict[str, Any]:
     limit = svc.settings.score_max_cifs
     if len(body.cifs) > limit:
         raise FieldError(["body", "cifs"], f"at most {limit} CIFs per request")
-    infos = {info.name: info for info in list_oracles()}
+    check_storable(body.model_dump(mode="python"))
+    infos = {info.name for info in list_oracles()}
     names = body.oracles or [default_oracle_name(p) for p in SCORE_DEFAULT_PROPERTIES]
     for i, name in enumerate(names):
         if name not in infos:
             raise FieldError(
                 ["body", "oracles", i], f"unknown oracle {name!r}; see GET /v1/oracles"
             )
-    crystals = []
-    for i, cif in enumerate(body.cifs):
-        try:
-            crystals.append(Crystal.from_cif(cif))
-        except ValueError as exc:
-            raise FieldError(["body", "cifs", i], str(exc)) from exc
-    device = get_ml_settings().torch_device()
-    values: dict[str, list[float]] = {}
-    with _SCORE_LOCK:
-        for name in dict.fromkeys(names):
-            values[name] = [float(v) for v in get_oracle(name, device).predict(crystals)]
-    items = []
-    for i, c in enumerate(crystals):
-        scores = {}
-        for name, vals in values.items():
-            info = infos[name]
-            v = vals[i]
-            scores[name] = {
-                "value": v if v == v and abs(v) != float("inf") else None,
-                "unit": info.unit,
-                "oracle": name,
-                "version": info.version,
-            }
-        _add_gap_notes(scores, infos)
-        items.append({"index": i, "formula": c.formula, "n_atoms": c.num_atoms, "scores": scores})
+    pool: ScorePool = request.app.state.score_pool
+    try:
+        items = pool.score(list(body.cifs), list(names))
+    except ScoreInputError as exc:
+        raise FieldError(exc.loc, exc.message) from None
+    info_by_name = {info.name: info for info in list_oracles()}
+    for item in items:
+        _add_gap_notes(item["scores"], info_by_name)
     return {"items": items}
 
 
@@ -150,7 +147,8 @@ def _add_gap_notes(scores: dict[str, dict[str, Any]], infos: dict[str, Any]) -> 
     pbe = scores.get(PBE_GAP_ORACLE, {}).get("value")
     for name, score in scores.items():
         info = infos[name]
-        if info.property != "band_gap" or name == PBE_GAP_ORACLE:
+        if info.property != "band_gap" or name in PBE_GAP_ORACLES:
+            score.setdefault("note", None)
             continue
         note = NON_PBE_GAP_CAVEAT
         value = score["value"]

@@ -10,15 +10,19 @@ from fastapi.responses import StreamingResponse
 from app import jobs as jobs_service
 from app.archive import write_archive
 from app.auth import current_owner
+from app.errors import BadRequest
 from app.examples import request_examples
+from app.hygiene import check_storable
 from app.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 from app.models import JOB_STATES
 from app.queue import enqueue_quietly
 from app.routes.deps import Services, page_limit, services
 from app.routes.exports import EXPORT_RESPONSES, FORMAT_HELP, ExportFormat, export_response
+from app.routes.responses import INVALID, KEYED, NOT_FOUND
 from app.schemas import JobOut, JobPage, MessageOut, StructurePage, ValidationErrorOut
 from app.serialize import job_out, structure_out
 from ml.request import DesignRequest
+from workers.sweeper import mark_unsent
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -28,11 +32,7 @@ JobId = Annotated[str, Path(description="Job id (UUID), from POST /v1/jobs.")]
 _LIMIT = "Page size (default and maximum: MATDESIGN_PAGE_LIMIT_DEFAULT / _MAX)."
 _CURSOR = "next_cursor of the previous page; leave out for the first page."
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": MessageOut, "description": "Missing or invalid X-API-Key"},
-    404: {"model": MessageOut, "description": "No such job for this key"},
-    422: {"model": ValidationErrorOut, "description": "Invalid field (named in `field`)"},
-}
+_ERRORS: dict[int | str, dict[str, Any]] = {**KEYED, **NOT_FOUND, **INVALID}
 
 
 @router.post(
@@ -40,11 +40,29 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status_code=202,
     response_model=JobOut,
     responses={
-        **_ERRORS,
-        409: {"model": MessageOut, "description": "Idempotency-Key reused with another body"},
+        **KEYED,
+        **INVALID,
+        400: {"model": MessageOut, "description": "Empty Idempotency-Key, or unparseable body"},
+        409: {
+            "model": MessageOut,
+            "description": "A request with this Idempotency-Key is still being processed",
+        },
         413: {"model": MessageOut, "description": "Request body too large"},
+        422: {
+            "model": ValidationErrorOut,
+            "description": "Invalid field (named in `field`), or Idempotency-Key already used "
+            "with another body (`header.Idempotency-Key`)",
+        },
+        429: {
+            **KEYED[429],
+            "description": "Rate limit, or quota of queued/running jobs or candidates per key "
+            "(`MATDESIGN_QUOTA_ACTIVE_JOBS`, `MATDESIGN_QUOTA_ACTIVE_CANDIDATES`)",
+        },
     },
     summary="Submit a design job",
+    description="Idempotency-Key (optional, 1-255 characters): the same key with the same "
+    "body returns the first job (header `Idempotent-Replayed: true`) for "
+    "`MATDESIGN_IDEMPOTENCY_KEY_TTL_S` (24 h); afterwards the key names a new job.",
 )
 def submit_job(
     body: Annotated[DesignRequest, Body(openapi_examples=request_examples())],
@@ -61,13 +79,20 @@ def submit_job(
         ),
     ] = None,
 ) -> dict[str, Any]:
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise BadRequest("Idempotency-Key must not be empty")
+    check_storable(body.model_dump(mode="python"))
     body = jobs_service.validate_design(body, svc.settings)
-    job, created = jobs_service.submit_job(svc.db, owner, body, idempotency_key)
-    if created:
-        JOBS_SUBMITTED.labels(job.method).inc()
-        if not enqueue_quietly(svc.queue, job.id):
-            ENQUEUE_FAILURES.inc()
-    else:
+    with jobs_service.idempotency_guard(svc.db, owner, idempotency_key):
+        job, created = jobs_service.submit_job(
+            svc.db, owner, body, idempotency_key, settings=svc.settings
+        )
+        if created:
+            JOBS_SUBMITTED.labels(job.method).inc()
+            if not enqueue_quietly(svc.queue, job.id):
+                ENQUEUE_FAILURES.inc()
+                mark_unsent(svc.db, job.id)  # the next sweep sends it
+    if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_out(job)

@@ -10,7 +10,8 @@ from app import jobs as jobs_service
 from app.auth import current_owner
 from app.errors import NotFound
 from app.routes.deps import Services, services
-from app.schemas import MessageOut, StructureOut
+from app.routes.responses import INVALID, KEYED, NOT_FOUND
+from app.schemas import StructureOut
 from app.serialize import structure_out
 
 router = APIRouter(prefix="/v1/structures", tags=["structures"])
@@ -18,10 +19,7 @@ router = APIRouter(prefix="/v1/structures", tags=["structures"])
 Owner = Annotated[str, Depends(current_owner)]
 Svc = Annotated[Services, Depends(services)]
 StructureId = Annotated[str, Path(description="Structure id (UUID), from a job's structures.")]
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": MessageOut, "description": "No such structure for this key"},
-    401: {"model": MessageOut, "description": "Missing or invalid X-API-Key"},
-}
+_ERRORS: dict[int | str, dict[str, Any]] = {**KEYED, **NOT_FOUND, **INVALID}
 
 
 # Declared before /{structure_id} so that "<id>.cif" is not taken for an id.

@@ -107,6 +107,11 @@ def integration_settings(postgres_url: str, redis_url: str) -> Iterator[Settings
         broker_url=redis_url,
         queue_name=queue,
         readyz_worker_timeout_s=2.0,
+        # Limits on, but loose enough for the tests' bursts (test_limits.py tests them).
+        rate_limit="10000/second",
+        quota_active_jobs=10_000,
+        quota_active_candidates=10_000_000,
+        admin_keys=["admin"],
         **FAST,
     )
     # The session's queue, kombu's bindings for it, and the unacknowledged message the

@@ -123,7 +123,7 @@ def test_archive_holds_cifs_summary_and_table(
 def test_readyz_and_score_endpoint(client: TestClient, finished_job: dict[str, Any]) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"]["workers"]["ok"]
+    assert ready.json() == {"status": "ready"}  # details are for admin keys only
     items = client.get(f"/v1/jobs/{finished_job['id']}/structures?limit=2").json()["items"]
     r = client.post("/v1/score", json={"cifs": [s["cif"] for s in items]})
     assert r.status_code == 200, r.text

@@ -356,3 +356,118 @@ def test_relaxation_is_a_progress_phase_of_its_own(
     monkeypatch.setattr(runner.pipeline, "evaluate_candidates", spy)
     assert execute_job(job_id, db, settings, worker="t") == "succeeded"
     assert phases == (["relaxing", "relaxing"] if relax else ["making", "making"])
+
+
+# --- issue 19: faster recovery and database outages ------------------------------------------
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_redelivered_job_of_a_dead_process_is_taken_over_at_once(
+    db: Database, settings: Settings, scoring: Any
+) -> None:
+    import os
+
+    job_id = _submit(db, n=4, batch=2, crash_after=1)
+    dead = f"node1@host/pid{_dead_pid()}"
+    with pytest.raises(Crash):
+        execute_job(job_id, db, settings, worker=dead)  # the pool child "dies" mid-job
+    assert _job(db, job_id).status == "running"  # heartbeat still fresh
+    FakeMethod.hook = None
+    with db.session() as s:  # the resumed run must not crash again
+        job = s.get(Job, job_id)
+        job.request = {**job.request, "params": {"batch": 2}}
+    me = f"node1@host/pid{os.getpid()}"
+    assert execute_job(job_id, db, settings, worker=me) == "succeeded"
+    job = _job(db, job_id)
+    assert job.attempts == 2 and len(_rows(db, job_id)) == 4
+
+
+def test_job_of_a_live_owner_is_not_taken_over(db: Database, settings: Settings) -> None:
+    import os
+
+    from workers.liveness import owner_gone, running
+
+    job_id = _submit(db)
+    alive = f"node1@host/pid{os.getppid()}"
+    assert claim_job(db, settings, job_id, alive) is not None
+    me = f"node1@host/pid{os.getpid()}"
+    gone = lambda owner, claim: owner_gone(owner, claim, job_id, me, ask_nodes=False)  # noqa: E731
+    assert claim_job(db, settings, job_id, me, owner_gone=gone) is None
+    # This process itself, while it still runs the job: not gone either.
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(worker=me))
+        claim = s.get(Job, job_id).claim
+    with running(claim):
+        assert claim_job(db, settings, job_id, me, owner_gone=gone) is None
+    # ... and once its execution ended (e.g. on a database outage), taken over.
+    assert claim_job(db, settings, job_id, me, owner_gone=gone) is not None
+
+
+def test_database_outage_mid_job_is_not_a_job_failure(
+    db: Database, settings: Settings, scoring: FakeScoring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from sqlalchemy.exc import OperationalError
+
+    from app.availability import is_unavailable
+
+    job_id = _submit(db, n=4, batch=2)
+    real = scoring.__call__
+    calls = {"n": 0}
+
+    def flaky(candidates: Any, request: DesignRequest, **kw: Any) -> list[Any]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return real(candidates, request, **kw)
+
+    monkeypatch.setattr(runner.pipeline, "evaluate_candidates", flaky)
+    me = f"node1@host/pid{os.getpid()}"
+    with pytest.raises(OperationalError) as err:
+        execute_job(job_id, db, settings, worker=me)
+    assert is_unavailable(err.value)
+    job = _job(db, job_id)
+    assert job.status == "running" and job.error is None  # not failed: it is resumed
+    # The requeued message comes back to this process: taken over without the sweeper.
+    assert execute_job(job_id, db, settings, worker=me) == "succeeded"
+    assert len(_rows(db, job_id)) == 4 and _job(db, job_id).attempts == 2
+
+
+def test_fail_unstarted_fails_only_queued_or_own_jobs(db: Database, settings: Settings) -> None:
+    from workers.lease import fail_unstarted
+
+    queued = _submit(db)
+    assert fail_unstarted(db, queued, "ImportError: no module")
+    assert _job(db, queued).status == "failed" and "ImportError" in _job(db, queued).error
+    other = _submit(db)
+    claim_job(db, settings, other, "someone/pid1")
+    assert not fail_unstarted(db, other, "boom", worker="me/pid2")
+    assert _job(db, other).status == "running"
+
+
+def test_job_the_broker_never_took_is_sent_at_the_next_sweep(
+    db: Database, settings: Settings
+) -> None:
+    from workers.sweeper import mark_unsent
+
+    job_id = _submit(db)
+    mark_unsent(db, job_id)  # the API's enqueue after the commit failed (broker down)
+
+    def broker_down(_: str) -> None:
+        raise ConnectionError("broker unreachable")
+
+    assert sweep(db, settings, broker_down)["enqueued_unsent"] == 1
+    assert _job(db, job_id).enqueued_at is None  # still unsent: tried again next pass
+    sent: list[str] = []
+    assert sweep(db, settings, sent.append)["enqueued_unsent"] == 1  # broker back
+    assert sent == [job_id] and _job(db, job_id).enqueued_at is not None
+    assert sweep(db, settings, sent.append)["enqueued_unsent"] == 0 and sent == [job_id]
