@@ -264,9 +264,13 @@ def test_relaxed_and_proposed_geometry_toggle(
         timeout=120_000,
     )
     pg.check("input[name='geometry'][value='relaxed']")
-    pg.wait_for_function("() => document.getElementById('viewer').dataset.geometry === 'relaxed'")
+    pg.wait_for_function(
+        "() => document.getElementById('viewer').dataset.geometry === 'relaxed'", timeout=120_000
+    )
     assert "(relaxed)" in pg.inner_text("#viewer-title")
     pg.locator(".views").screenshot(path=str(screenshots / "viewer_relaxed.png"))
     pg.check("input[name='geometry'][value='proposed']")
-    pg.wait_for_function("() => document.getElementById('viewer').dataset.geometry === 'proposed'")
+    pg.wait_for_function(
+        "() => document.getElementById('viewer').dataset.geometry === 'proposed'", timeout=120_000
+    )
     assert offsite.urls == []

@@ -275,8 +275,15 @@ def test_every_method_example_is_accepted(client: TestClient, method: str) -> No
 
 
 def test_readyz_is_not_ready_without_models_and_data(
-    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from app.auth import create_key
+    from app.db import Database
+
+    # Each check's detail goes to admin keys only (issue 19); everyone sees the status.
+    admin_settings = settings.model_copy(update={"admin_keys": ["ops"]})
+    _, key = create_key(Database(settings.database_url), "ops")
+    client = TestClient(create_app(admin_settings), headers={"X-API-Key": key})
     ok = client.get("/readyz").json()["checks"]["models_data"]
     assert ok["ok"] is True, ok
     monkeypatch.setenv("MATDESIGN_MODELS_DIR", str(tmp_path / "models"))
