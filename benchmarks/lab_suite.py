@@ -149,6 +149,17 @@ def matches_known(crystal: Crystal, references: list[PreparedStructure]) -> bool
     return any(p.matches(ref) for ref in references)
 
 
+def rejection(request: DesignRequest) -> str | None:
+    """Why the request's method rejects it (its ``validate``, as the API would: 422), or None."""
+    try:
+        get_method(request.method).validate(request)
+    except RequestError as exc:
+        return f"{exc.field}: {exc.message}"
+    except ValueError as exc:  # pydantic's error for bad params
+        return str(exc)
+    return None
+
+
 def run_job(
     request: DesignRequest, device: str
 ) -> tuple[list[pipeline.ScoredCandidate], dict[str, Any], Generation]:
@@ -223,6 +234,8 @@ def row_of(
         "valid_rate": summary["valid_rate"],
         "hit_rate": summary["hit_rate"],
         "metastable_rate": summary["n_metastable"] / n if n else 0.0,
+        "unique_rate": summary["n_unique"] / n if n else 0.0,
+        "novel_rate": summary["n_novel"] / n if n else 0.0,
         "sun_hit_rate": summary["sun_hit_rate"],
         "stable_sun_hit_rate": summary["stable_sun_hit_rate"],
         "n_sun_hit": summary["n_sun_hit"],
@@ -263,6 +276,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         ("valid", "valid_rate"),
         ("hit", "hit_rate"),
         ("metastable", "metastable_rate"),
+        ("unique", "unique_rate"),
+        ("novel", "novel_rate"),
         ("S.U.N.-hit", "sun_hit_rate"),
         ("formulas", "unique_formulas"),
         ("oracle calls", "oracle_calls"),
@@ -323,16 +338,13 @@ def main() -> None:
             print(f"[{name}] {len(refs)} reference structure(s) of {target[0]} in {target[1]}")
         for method in methods:
             request = build_request(name, method, args.n, args.relax, args.seed)
-            t = time.perf_counter()
-            try:
-                ranked, summary, generation = run_job(request, device)
-            except (RequestError, ValueError) as exc:
-                reason = (
-                    f"{exc.field}: {exc.message}" if isinstance(exc, RequestError) else str(exc)
-                )
+            reason = rejection(request)
+            if reason is not None:
                 print(f"[{name}] {method}: skipped ({reason})", flush=True)
                 rows.append({"request": name, "method": method, "skipped": reason})
                 continue
+            t = time.perf_counter()
+            ranked, summary, generation = run_job(request, device)
             wall = time.perf_counter() - t
             found = (
                 any(matches_known(s.relaxed or s.crystal, refs) for s in ranked if s.flags["valid"])
@@ -344,6 +356,7 @@ def main() -> None:
             print(
                 f"[{name}] {method}: n={row['n_returned']} valid={row['valid_rate']:.2f} "
                 f"hit={row['hit_rate']:.2f} metastable={row['metastable_rate']:.2f} "
+                f"unique={row['unique_rate']:.2f} novel={row['novel_rate']:.2f} "
                 f"sun_hit={row['sun_hit_rate']:.2f} formulas={row['unique_formulas']} "
                 f"oracle_calls={row['oracle_calls']} wall={wall:.1f}s"
                 + (f" known_found={found}" if target else ""),
