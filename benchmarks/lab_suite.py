@@ -363,24 +363,32 @@ def main() -> None:
                 flush=True,
             )
 
+            _save(args, device, rows)  # after every job, so a stopped run keeps its rows
+
     table = markdown_table(rows)
     print()
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "suite_version": SUITE_VERSION,
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": platform.node(),
-            "device": device,
-            "relax": args.relax,
-            "n": args.n,
-            "seed": args.seed,
-            "rows": rows,
-            "table": table,
-        }
-        args.out.write_text(json.dumps(payload, indent=2, default=str))
+        _save(args, device, rows)
         print(f"\nwritten {args.out}")
+
+
+def _save(args: argparse.Namespace, device: str, rows: list[dict[str, Any]]) -> None:
+    if not args.out:
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "suite_version": SUITE_VERSION,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": platform.node(),
+        "device": device,
+        "relax": args.relax,
+        "n": args.n,
+        "seed": args.seed,
+        "rows": rows,
+        "table": markdown_table(rows),
+    }
+    args.out.write_text(json.dumps(payload, indent=2, default=str))
 
 
 if __name__ == "__main__":
