@@ -290,13 +290,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         if "skipped" in r:
-            cells = [r["request"], r["method"], "skipped", *["–"] * (len(cols) - 3)]
+            what = "failed" if r["skipped"].startswith("failed") else "skipped"
+            cells = [r["request"], r["method"], what, *["–"] * (len(cols) - 3)]
         else:
             cells = [_fmt(r[k]) for _, k in cols]
         lines.append("| " + " | ".join(cells) + " |")
     skipped = [f"- {r['request']} / {r['method']}: {r['skipped']}" for r in rows if "skipped" in r]
     if skipped:
-        lines += ["", "Skipped (the method's validate() rejects the request):", *skipped]
+        lines += ["", "Skipped (the method's validate() rejects the request) or failed:", *skipped]
     return "\n".join(lines)
 
 
@@ -344,7 +345,14 @@ def main() -> None:
                 rows.append({"request": name, "method": method, "skipped": reason})
                 continue
             t = time.perf_counter()
-            ranked, summary, generation = run_job(request, device)
+            try:
+                ranked, summary, generation = run_job(request, device)
+            except RequestError as exc:
+                # The runner fails such a job with "invalid request: <field>: <message>".
+                reason = f"failed after {time.perf_counter() - t:.0f} s: {exc.field}: {exc.message}"
+                print(f"[{name}] {method}: {reason}", flush=True)
+                rows.append({"request": name, "method": method, "skipped": reason})
+                continue
             wall = time.perf_counter() - t
             found = (
                 any(matches_known(s.relaxed or s.crystal, refs) for s in ranked if s.flags["valid"])
