@@ -255,6 +255,15 @@ def test_relaxed_and_proposed_geometry_toggle(
     }
     headers = {"X-API-Key": server.key}
     job = httpx.post(f"{server.url}/v1/jobs", json=request, headers=headers).json()
+    # Let the job finish first: while it runs, new events re-render the view and may
+    # select another candidate under the pointer.
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{server.url}/v1/jobs/{job['id']}", headers=headers).json()
+        if state["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.5)
+    assert state["status"] == "succeeded", state
     pg, offsite = page
     _login(pg, server)
     pg.wait_for_selector(f"#jobs button[data-view='{job['id']}']")
