@@ -195,14 +195,8 @@ def run_job(
                 )
                 generation.n_evaluated += len(scored)
                 if limit is not None:
-                    meeting = [
-                        s
-                        for s in scored
-                        if s.flags.get("valid")
-                        and pipeline.EHULL_CONSTRAINT not in s.meta.get("violations", [])
-                    ]
-                    generation.n_rejected += len(scored) - len(meeting)
-                    scored = pipeline.rank_candidates(meeting)[:remaining]
+                    scored, rejected = pipeline.within_stability_limit(scored, remaining)
+                    generation.n_rejected += rejected
                 kept.extend(scored)
                 previous.extend(s.relaxed or s.crystal for s in scored)
             if len(kept) >= request.num_candidates:

@@ -501,6 +501,19 @@ def apply_final_hits(scored: Sequence[ScoredCandidate], request: DesignRequest) 
     return changed
 
 
+def within_stability_limit(
+    scored: Sequence[ScoredCandidate], remaining: int
+) -> tuple[list[ScoredCandidate], int]:
+    """The valid candidates of a batch that meet ``constraints.max_energy_above_hull``, best
+    first (ranking order), at most ``remaining`` of them; and how many were rejected."""
+    meeting = [
+        s
+        for s in scored
+        if s.flags.get("valid") and EHULL_CONSTRAINT not in s.meta.get("violations", [])
+    ]
+    return rank_candidates(meeting)[:remaining], len(scored) - len(meeting)
+
+
 def _sort_key(sc: ScoredCandidate) -> tuple[bool, bool, bool, float, bool, float]:
     loss = sc.objective_loss if sc.objective_loss == sc.objective_loss else math.inf
     ms = sc.method_score

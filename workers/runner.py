@@ -273,14 +273,8 @@ def _evaluate_and_store(
     if limit is not None:
         # Only crystals meeting the stability limit are returned; of those, the batch's best
         # (the pipeline's ranking order) fill the remaining places.
-        meeting = [
-            s
-            for s in scored
-            if s.flags.get("valid")
-            and pipeline.EHULL_CONSTRAINT not in s.meta.get("violations", [])
-        ]
-        generation.n_rejected += len(scored) - len(meeting)
-        scored = pipeline.rank_candidates(meeting)[:remaining]
+        scored, rejected = pipeline.within_stability_limit(scored, remaining)
+        generation.n_rejected += rejected
         for s in scored:
             s.rank = None  # ranks are the job's, set at the end
         if not scored:
