@@ -6,7 +6,8 @@ many graphs per forward pass); "forward only" scores pre-built graphs, the ceili
 graph builder can reach. Relaxations start from the structure with its lattice scaled by 1.05.
 
     OMP_NUM_THREADS=2 python benchmarks/oracle_throughput.py --device cpu --n 64 --relax-n 4
-    python benchmarks/oracle_throughput.py --device cuda --n 1024 --relax-n 16
+    python benchmarks/oracle_throughput.py --device cuda --n 1024 --max-atoms 20 \
+        --relax-n 256 --relax-n-single 32 --workers 12 --relax-models chgnet,sevennet-l3i5
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ def device_name(device: str) -> str:
     return f"{cpu}, torch threads {torch.get_num_threads()}"
 
 
-def load_structures(n: int) -> list[Crystal]:
+def load_structures(n: int, max_atoms: int | None = None) -> list[Crystal]:
     path = Path(get_ml_settings().data_dir) / "mp20" / "test.csv.gz"
-    df = pd.read_csv(path, nrows=n)
-    return [Crystal.from_cif(c) for c in df["cif"]]
+    df = pd.read_csv(path)
+    if max_atoms:
+        df = df[df["n_atoms"] <= max_atoms]
+    return [Crystal.from_cif(c) for c in df["cif"].head(n)]
 
 
 def rate(n: int, seconds: float) -> float:
@@ -78,12 +81,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--relax-n", type=int, default=4)
     ap.add_argument("--relax-models", default="chgnet", help="comma-separated energy models")
+    ap.add_argument("--relax-n-single", type=int, default=None, help="relaxations timed one by one")
+    ap.add_argument("--max-atoms", type=int, default=None, help="only cells this small")
+    ap.add_argument(
+        "--workers", type=int, default=0, help="processes building graphs for batched relaxation"
+    )
     ap.add_argument("--oracles", default=",".join(ORACLES))
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
 
     device = args.device or get_ml_settings().torch_device()
-    crystals = load_structures(args.n)
+    crystals = load_structures(max(args.n, args.relax_n), args.max_atoms)
+    relax_pool = crystals[: args.relax_n]
+    crystals = crystals[: args.n]
     n_single = min(args.n_single or min(args.n, 64), len(crystals))
     atoms = sum(c.num_atoms for c in crystals) / len(crystals)
     print(f"device: {device_name(device)}")
@@ -117,15 +127,23 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.relax_n:
         starts = []
-        for c in crystals[: args.relax_n]:
+        for c in relax_pool:
             s = c.copy()
             s.lattice = s.lattice * 1.05
             starts.append(s)
+        pool = None
+        if args.workers:
+            import multiprocessing as mp
+
+            pool = mp.get_context("fork").Pool(args.workers)
+        single = starts[: args.relax_n_single or len(starts)]
         for model in args.relax_models.split(","):
             relax_crystals(starts[:1], device=device, model=model)  # warm-up
             paths = {
-                "batched": lambda m=model: relax_crystals(starts, device=device, model=m),
-                "one by one": lambda m=model: relax_one_by_one(starts, device=device, model=m),
+                "batched": lambda m=model: relax_crystals(
+                    starts, device=device, model=m, pool=pool
+                ),
+                "one by one": lambda m=model: relax_one_by_one(single, device=device, model=m),
             }
             for path, run in paths.items():
                 t = time.perf_counter()

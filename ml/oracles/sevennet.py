@@ -126,23 +126,49 @@ class SevennetPotential:
         graphs = self.graphs(structures)
         out = np.full(len(graphs), np.nan, dtype=np.float64)
         idx = [i for i, g in enumerate(graphs) if g is not None]
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
+        for chunk in _edge_bounded_chunks(graphs, idx, batch_size):
             res = self.forward_graphs([graphs[i] for i in chunk])
             for i, e in zip(chunk, res["energy"], strict=True):
                 out[i] = e / int(graphs[i].num_atoms)  # type: ignore[index]
         return out
 
     def efs(self, crystals: Sequence[Crystal]) -> list[tuple[float, np.ndarray, np.ndarray] | None]:
-        """(energy eV, forces, stress) per crystal in one forward pass; None if unscorable."""
+        """(energy eV, forces, stress) per crystal, batched; None if unscorable."""
         graphs = self.graphs(crystals)
         idx = [i for i, g in enumerate(graphs) if g is not None]
         results: list[tuple[float, np.ndarray, np.ndarray] | None] = [None] * len(crystals)
-        if idx:
-            res = self.forward_graphs([graphs[i] for i in idx])
-            for k, i in enumerate(idx):
+        for chunk in _edge_bounded_chunks(graphs, idx, len(idx)):
+            res = self.forward_graphs([graphs[i] for i in chunk])
+            for k, i in enumerate(chunk):
                 results[i] = (float(res["energy"][k]), res["forces"][k], res["stress"][k])
         return results
+
+
+# Memory of a SevenNet forward + force/stress backward grows with the edge count; 256 cells of
+# up to 200 atoms ran an H200 out of memory, 256 of ~10 atoms (~100k edges) did not.
+MAX_EDGES_PER_PASS = 120_000
+
+
+def _edge_bounded_chunks(
+    graphs: Sequence[Any], idx: list[int], max_items: int, max_edges: int = MAX_EDGES_PER_PASS
+) -> list[list[int]]:
+    """Consecutive runs of ``idx`` with at most ``max_items`` graphs and ``max_edges`` edges
+    (a single larger graph still gets its own pass)."""
+    import sevenn._keys as KEY
+
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    edges = 0
+    for i in idx:
+        e = int(graphs[i][KEY.EDGE_IDX].shape[1])
+        if current and (len(current) >= max_items or edges + e > max_edges):
+            chunks.append(current)
+            current, edges = [], 0
+        current.append(i)
+        edges += e
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 class SevennetEnergyOracle(Oracle):

@@ -120,6 +120,15 @@ def main(argv: list[str] | None = None) -> None:
         "--static-only", action="store_true", help="static energies and elemental refs only"
     )
     ap.add_argument("--out-dir", type=Path, default=None, help="write here, not into the repo")
+    ap.add_argument(
+        "--resume", type=Path, default=None,
+        help="a hull table written earlier: keep its energies, relax the rows not yet relaxed",
+    )  # fmt: skip
+    ap.add_argument("--relax-steps", type=int, default=RELAX_STEPS, help="FIRE steps at most")
+    ap.add_argument(
+        "--stop-after", type=float, default=None,
+        help="seconds since start after which no new chunk is relaxed (a call's time limit)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
 
@@ -129,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_ml_settings()
     device = args.device or settings.torch_device()
     t0 = time.time()
+    if args.resume:
+        _resume(args, device, t0)
+        return
     everything = _read(Path(settings.data_dir), None, args.limit)
     # Elemental references always come from every data set, whatever --splits scores.
     tasks = _elemental_tasks(everything)
@@ -192,42 +204,120 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
 
-    entries = [(f, float(e)) for f, e in zip(formulas, static, strict=True) if f and np.isfinite(e)]
-    entries += list(refs.items())
+    e_hull = _static_e_hull(pool, rows, refs)
+    print(f"static E_hull of all rows by {time.time() - t0:.0f} s")
+
+    order = [
+        i for i in np.argsort(e_hull) if np.isfinite(e_hull[i]) and e_hull[i] <= args.relax_below
+    ]
+    # Written before relaxing, and again after every chunk: a run stopped by its time limit
+    # keeps what it relaxed.
+    _write(args, table, formulas, static, relaxed, e_hull, refs, sources, rows, relaxed_up_to, t0)
+
+    def save(up_to: float) -> None:
+        _write(args, table, formulas, static, relaxed, e_hull, refs, sources, rows, up_to, t0)
+
+    relaxed_up_to = _relax_rows(args, potential, crystals, order, e_hull, relaxed, t0, save)
+    pool.close()
+
+    _write(args, table, formulas, static, relaxed, e_hull, refs, sources, rows, relaxed_up_to, t0)
+
+
+def _static_e_hull(pool, rows: list[tuple[str, float]], refs: dict[str, float]) -> np.ndarray:
+    """Each row's E_hull against the hull of all rows' static energies and the references."""
+    entries = [(f, e) for f, e in rows if f and np.isfinite(e)] + list(refs.items())
     # Rows of one chemical system in one chunk, so each worker builds each phase diagram once.
     by_system = sorted(
         range(len(rows)), key=lambda i: "".join(sorted(_ELEMENT.findall(rows[i][0])))
     )
     chunks = [by_system[s : s + 1000] for s in range(0, len(by_system), 1000)]
     jobs = [(entries, [rows[i] for i in c]) for c in chunks]
+    e_hull = np.full(len(rows), np.nan)
     for chunk, values in zip(chunks, pool.map(_e_hull_chunk, jobs), strict=True):
         e_hull[chunk] = values
-    print(f"static E_hull of all rows by {time.time() - t0:.0f} s")
+    return e_hull
 
-    order = [
-        i for i in np.argsort(e_hull) if np.isfinite(e_hull[i]) and e_hull[i] <= args.relax_below
-    ]
+
+def _relax_rows(args, potential, crystals, order, e_hull, relaxed, t0, save) -> float:
+    """Relax ``order``'s rows (lowest static E_hull first) until done or out of time.
+
+    Returns the static E_hull up to which every row was relaxed (-inf when none was).
+    ``crystals`` maps a row index to its Crystal (or a callable building them for a chunk).
+    """
+    from ml.oracles.batch_relax import fire_relax
+
     deadline = time.time() + args.minutes * 60
-    step = args.relax_batch * 4
+    if args.stop_after is not None:
+        deadline = min(deadline, t0 + args.stop_after)
+    step = args.relax_batch * 2
+    relaxed_up_to = -math.inf
     for start in range(0, len(order), step):
         if time.time() > deadline:
             break
         chunk = order[start : start + step]
+        batch = crystals(chunk) if callable(crystals) else [crystals[i] for i in chunk]
+        keep = [k for k, c in enumerate(batch) if c is not None]
         res = fire_relax(
-            [crystals[i] for i in chunk], potential.efs, fmax=RELAX_FMAX, steps=RELAX_STEPS,
+            [batch[k] for k in keep], potential.efs, fmax=RELAX_FMAX, steps=args.relax_steps,
             max_batch=args.relax_batch,
         )  # fmt: skip
-        for i, r in zip(chunk, res, strict=True):
-            relaxed[i] = r.energy_per_atom
+        for k, r in zip(keep, res, strict=True):
+            relaxed[chunk[k]] = r.energy_per_atom
         relaxed_up_to = float(e_hull[chunk[-1]])
+        save(relaxed_up_to)
         print(
             f"  relaxed {start + len(chunk)}/{len(order)} (static E_hull <= "
             f"{relaxed_up_to:.3f}) by {time.time() - t0:.0f} s",
             flush=True,
         )
-    pool.close()
+    return relaxed_up_to
 
-    _write(args, table, formulas, static, relaxed, e_hull, refs, sources, rows, relaxed_up_to, t0)
+
+def _resume(args, device: str, t0: float) -> None:
+    """Continue an earlier table: relax its unrelaxed rows near the hull, in E_hull order."""
+    from ml.oracles.references import elemental_refs_path
+    from ml.oracles.relax import energy_potential
+    from ml.settings import get_ml_settings
+
+    old = pd.read_csv(args.resume, keep_default_na=False, na_values=[""])
+    refs_path = args.resume.parent / elemental_refs_path(args.model).name
+    if not refs_path.is_file():
+        refs_path = elemental_refs_path(args.model)
+    refs = json.loads(refs_path.read_text())
+    src = refs_path.with_name(refs_path.stem + "_sources.json")
+    sources = json.loads(src.read_text()) if src.is_file() else {}
+    data = _read(Path(get_ml_settings().data_dir), None, args.limit)
+    table = old.merge(
+        data[["dataset", "split", "material_id", "cif"]], how="left",
+        on=["dataset", "split", "material_id"],
+    )  # fmt: skip
+    formulas = table["formula"].fillna("").astype(str).tolist()
+    static = table["energy_static"].to_numpy(float)
+    relaxed = table["energy_relaxed"].to_numpy(float)
+    e_hull = table["e_hull_static"].to_numpy(float)
+    rows = [(f, float(e)) for f, e in zip(formulas, static, strict=True)]
+    pool = mp.get_context("fork").Pool(args.workers, initializer=_init_worker)
+    if not np.isfinite(e_hull).any():  # a --static-only table
+        e_hull = _static_e_hull(pool, rows, refs)
+        print(f"static E_hull of all rows by {time.time() - t0:.0f} s")
+    order = [
+        i
+        for i in np.argsort(e_hull)
+        if np.isfinite(e_hull[i]) and e_hull[i] <= args.relax_below and not np.isfinite(relaxed[i])
+    ]
+    done = np.isfinite(relaxed) & np.isfinite(e_hull)
+    print(f"resumed {args.resume}: {int(done.sum())} rows relaxed, {len(order)} to go")
+    potential = energy_potential(args.model, device, pool)
+    cifs = table["cif"].tolist()
+
+    def parse(chunk: list[int]) -> list:
+        return pool.map(_parse_crystal, [cifs[i] for i in chunk], chunksize=16)
+
+    def save(up_to: float) -> None:
+        _write(args, table, formulas, static, relaxed, e_hull, refs, sources, rows, up_to, t0)
+
+    _relax_rows(args, potential, parse, order, e_hull, relaxed, t0, save)
+    pool.close()
 
 
 def _write(args, table, formulas, static, relaxed, e_hull, refs, sources, rows, relaxed_up_to, t0):

@@ -174,3 +174,16 @@ def test_request_names_oracles_and_scores_name_them() -> None:
 def test_request_rejects_unusable_oracles(oracles: dict[str, str], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         DesignRequest(method="t", oracles=oracles)
+
+
+def test_sevennet_passes_are_bounded_by_edges_and_items():
+    """Big cells are split across forward passes (an H200 ran out of memory on 256 of them)."""
+    import numpy as np
+    import sevenn._keys as KEY
+
+    from ml.oracles.sevennet import _edge_bounded_chunks
+
+    graphs = [{KEY.EDGE_IDX: np.zeros((2, e))} for e in (50, 50, 80, 10, 200, 5)]
+    chunks = _edge_bounded_chunks(graphs, list(range(6)), max_items=2, max_edges=100)
+    assert chunks == [[0, 1], [2, 3], [4], [5]]
+    assert sorted(i for c in chunks for i in c) == list(range(6))
