@@ -83,6 +83,22 @@ class SubstitutionParams(MethodParams):
         le=10,
         description="0: most probable first; >0: seeded sampling, weights p^(1/T).",
     )
+    parent_max_e_hull: float | None = Field(
+        default=0.05,
+        ge=0,
+        le=10,
+        description="Only references whose CHGNet energy lies at most this far above the "
+        "reference hull (eV/atom, static): a substitution into a stable structure type is the "
+        "cheapest route to a near-hull candidate. None: any reference.",
+    )
+    parent_property_weight: float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="Preference for references whose DFT band gap and formation energy already "
+        "meet the request's objectives (log-weight added to the substitution probability; 0: "
+        "probability alone).",
+    )
     batch_size: int = Field(default=16, ge=1, le=1024, description="Candidates per batch.")
     step_delay_s: float = Field(
         default=0.0,
@@ -99,6 +115,7 @@ class _Reference:
     formula: str
     n_atoms: int
     space_group: int | None
+    fit: float = 0.0  # log-weight: how well the reference's DFT labels meet the objectives
 
 
 @dataclass(frozen=True)
@@ -322,6 +339,8 @@ class SubstitutionMethod(DesignMethod):
                 )
                 ids = table["material_id"].astype(str).to_numpy()
                 formulas = table["pretty_formula"].astype(str).to_numpy()
+                fits = _label_fit(table, request)
+                e_hull = _parent_e_hull(dataset, split, ids)
                 known.update(reduced_formula(f) for f in formulas)
                 sizes = table["n_atoms"].to_numpy()
                 for row in np.flatnonzero(sizes <= c.max_atoms):
@@ -333,9 +352,18 @@ class SubstitutionMethod(DesignMethod):
                         continue  # more ions than allowed elements: no injective exchange
                     if c.crystal_family == "perovskite" and not _is_perovskite(formula):
                         continue
+                    if params.parent_max_e_hull is not None and not (
+                        e_hull[row] <= params.parent_max_e_hull  # NaN (unknown) is excluded
+                    ):
+                        continue
                     refs.append(
                         _Reference(
-                            f"{dataset}/{split}/{row}", ids[row], formula, int(sizes[row]), sg
+                            f"{dataset}/{split}/{row}",
+                            ids[row],
+                            formula,
+                            int(sizes[row]),
+                            sg,
+                            float(fits[row]),
                         )
                     )
         if params.skip_known:
@@ -447,6 +475,7 @@ class SubstitutionMethod(DesignMethod):
         if not proposals:
             return []
         logp = np.log(np.array([p.probability for p in proposals]))
+        logp = logp + params.parent_property_weight * np.array([p.reference.fit for p in proposals])
         noise = rng.gumbel(size=len(proposals))
         # Gumbel-top-k: a sample without replacement with weights p^(1/T); T = 0 keeps the
         # probability order (the noise only breaks ties).
@@ -501,6 +530,65 @@ class SubstitutionMethod(DesignMethod):
                 new = structure.copy()
                 new.replace_species(mapping)
         return Crystal.from_structure(new)
+
+
+# DFT labels of the reference tables, by objective property (perov5 has none comparable).
+_LABELS = {"band_gap": "band_gap", "formation_energy": "formation_energy_per_atom"}
+_FIT_SCALE = 0.25  # eV or eV/atom: misses smaller than this barely lower the preference
+
+
+def _label_fit(table, request: DesignRequest) -> np.ndarray:
+    """Per row, a Gaussian log-weight of how far its DFT labels miss the request's
+    target/below/above objectives (0 where met or unlabelled; minimise/maximise: the value in
+    units of 1 eV, signed). Substitution keeps the structure type and mostly the chemistry
+    class, so parents that already meet the request pass it on more often than not."""
+    fit = np.zeros(len(table))
+    for obj in request.objectives:
+        column = _LABELS.get(obj.property)
+        if column is None or column not in table.columns:
+            continue
+        if obj.property == "band_gap" and obj.fidelity not in (None, "pbe"):
+            continue  # the tables hold PBE gaps
+        x = table[column].to_numpy(dtype=float)
+        if obj.goal == "target":
+            scale = max(obj.tolerance or 0.0, _FIT_SCALE)
+            miss = np.maximum(np.abs(x - obj.value) - (obj.tolerance or 0.0), 0.0) / scale
+        elif obj.goal == "below":
+            miss = np.maximum(x - obj.value, 0.0) / _FIT_SCALE
+        elif obj.goal == "above":
+            miss = np.maximum(obj.value - x, 0.0) / _FIT_SCALE
+        else:
+            sign = 1.0 if obj.goal == "minimize" else -1.0
+            fit -= np.nan_to_num(sign * x)
+            continue
+        fit -= obj.weight * np.nan_to_num(miss) ** 2 / 2
+    return fit
+
+
+@cache
+def _static_e_hull_index() -> dict[tuple[str, str, str], float]:
+    """(dataset, split, material_id) -> CHGNet static E_hull (eV/atom) of the reference hull."""
+    import pandas as pd
+
+    from ml.evaluation.hull import hull_table_path
+
+    path = hull_table_path("chgnet")
+    if not path.is_file():
+        return {}
+    t = pd.read_csv(path, usecols=["dataset", "split", "material_id", "e_hull_static"])
+    return {
+        (d, sp, str(m)): float(e)
+        for d, sp, m, e in zip(
+            t["dataset"], t["split"], t["material_id"], t["e_hull_static"], strict=True
+        )
+    }
+
+
+def _parent_e_hull(dataset: str, split: str, ids: np.ndarray) -> np.ndarray:
+    index = _static_e_hull_index()
+    if not index:  # no table: no stability filter rather than no references
+        return np.zeros(len(ids))
+    return np.array([index.get((dataset, split, i), math.nan) for i in ids])
 
 
 def _formula_after(
