@@ -129,6 +129,11 @@ def _execute(job_id: str, db: Database, settings: Settings, worker: str, token: 
     if claimed is None:
         return "skipped"  # finished, cancelled, or running on a live worker
     job = claimed.job
+    from workers.shards import dispatch, wants_shards
+
+    if wants_shards(job, db, settings):
+        # A large job: sent as shard tasks and a join (attempts are counted per shard).
+        return dispatch(claimed, db, settings)
     lease = JobLease(db, settings, job_id, claimed.claim)
     if job.attempts > settings.max_attempts:
         lease.write(
