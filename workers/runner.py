@@ -272,7 +272,9 @@ def _evaluate_and_store(
         # CHGNet relaxation dominates a batch's time on CPU: show it as its own phase.
         reporter.report("relaxing", kept, request.num_candidates, None)
     t = time.perf_counter()
-    scored = pipeline.evaluate_candidates(batch, request, previous=previous, device=device)
+    scored = pipeline.evaluate_candidates(
+        batch, request, previous=previous, device=device, timings=timer.totals
+    )
     timer.add("pipeline_s", time.perf_counter() - t)
     generation.n_evaluated += len(scored)
     if limit is not None:

@@ -406,7 +406,7 @@ def _evaluate_and_store(
     t = time.perf_counter()
     # Uniqueness against the rest of the job is judged by the join (previous: none here).
     scored = pipeline.evaluate_candidates(
-        [c for _, c in picked], request, previous=(), device=device
+        [c for _, c in picked], request, previous=(), device=device, timings=timer.totals
     )
     timer.add("pipeline_s", time.perf_counter() - t)
     t = time.perf_counter()

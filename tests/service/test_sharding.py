@@ -115,6 +115,9 @@ def test_two_workers_share_a_job_and_match_the_unsharded_run(
         assert hosts == {"sa", "sb"}, shards  # both workers took shards
         assert any(total == 3 for total, _ in seen_shards)  # progress aggregated the shards
         sharded = _structures(client, job_id)
+        for s in shards:  # per-shard timings, for RESULTS.md (pytest -s)
+            print("shard", s["shard"], s["worker"], s["wall_s"], s["timings"])
+        print("job timings", summary["timings"])
 
     # The same request and seed, run whole by the same runner (sharding off), in-process.
     ref_settings = shard_settings.model_copy(
