@@ -152,3 +152,27 @@ class OracleScore(Base):
     unit: Mapped[str] = mapped_column(String(32))
 
     structure: Mapped[Structure] = relationship(back_populates="scores")
+
+
+class JobShard(Base):
+    """One shard of a sharded job: candidates ``lo`` to ``hi - 1`` of the method's stream.
+
+    A shard is claimed like a job (conditional UPDATE, claim token, heartbeat), so a
+    redelivered shard message is harmless; its structures are rows of the job itself."""
+
+    __tablename__ = "job_shards"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lo: Mapped[int] = mapped_column(Integer)
+    hi: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    claim: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    timings: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

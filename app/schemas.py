@@ -24,6 +24,11 @@ class JobProgress(BaseModel):
         default=None, description="Lowest objective loss so far (unitless; 0: all met)."
     )
     stored: int | None = Field(default=None, description="Structures stored so far.")
+    shards: dict[str, int] | None = Field(
+        default=None,
+        description="Sharded jobs only: shard tasks in all (total) and by state (queued, "
+        "running, done, cancelled, failed).",
+    )
 
 
 class JobOut(BaseModel):

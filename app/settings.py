@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     worker_warm_up: bool = True
     broker_visibility_timeout_s: int = Field(default=7200, ge=60)
     readyz_worker_timeout_s: float = Field(default=1.0, gt=0)
+    # Sharding (Celery only): a job of at least ``shard_min_candidates`` candidates (0: never)
+    # runs as shard tasks of ``shard_candidates`` candidates each, joined by a chord.
+    shard_min_candidates: int = Field(default=2048, ge=0)
+    shard_candidates: int = Field(default=512, ge=1)
 
     @field_validator("cors_origins", "admin_keys", mode="before")
     @classmethod

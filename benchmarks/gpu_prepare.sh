@@ -22,6 +22,8 @@ dl matgl==4.1.2 pymatgen==2026.10.24 pymatgen-core monty spglib ruamel.yaml ruam
   uncertainties palettable tabulate chgnet==0.4.2 torchdata orjson ase smact \
   pydantic==2.13.4 pydantic-core==2.46.4 pydantic-settings python-dotenv annotated-types \
   typing-inspection
+# The job runner's store (job_profile.py: SQLite) and pymatgen's phase diagram (imports plotly).
+dl sqlalchemy greenlet plotly narwhals
 # SevenNet (the default energy judge): the box has e3nn; keep only the two checkpoints the
 # oracles use (l3i5, SevenNet-0 11Jul2024) and drop the LAMMPS/D3 binaries (30 MB).
 dl sevenn==0.13.0 matscipy braceexpand

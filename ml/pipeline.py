@@ -286,8 +286,12 @@ def evaluate_candidates(
     *,
     previous: Sequence[Crystal] = (),
     device: str | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[ScoredCandidate]:
     """Check, (optionally) relax, score and evaluate one batch of candidates.
+
+    ``timings``: when given, seconds per phase are added to it (``validity_s``, ``relax_s``,
+    ``oracles_s``, ``hull_s``, ``uniqueness_s``, ``novelty_s``), for job summaries.
 
     ``previous`` holds the crystals already kept by the same job (uniqueness is judged against
     them and against earlier candidates of this batch). Ranks are not assigned here.
@@ -296,6 +300,7 @@ def evaluate_candidates(
     from ml.oracles.references import energy_correction
     from ml.oracles.registry import ENERGY_MODEL_OF, get_oracle
 
+    clock = _PhaseClock(timings)
     constraints = request.constraints
     judge = stability_oracle(request)
     energy_model = ENERGY_MODEL_OF[judge]
@@ -328,6 +333,7 @@ def evaluate_candidates(
         flags["charge_neutral"] = neutrality_ok(crystal, requested=constraints.charge_neutral)
         eligible.append(len(out) - 1)
 
+    clock.lap("validity_s")
     if not eligible:
         return out
 
@@ -342,6 +348,7 @@ def evaluate_candidates(
                 energies[i] = energy
                 out[i].space_group = space_group_number(crystal)
     final = [out[i].relaxed or out[i].crystal for i in eligible]
+    clock.lap("relax_s")
 
     # Constraints are judged on the final crystal (a relaxation may reach the requested
     # space group). Violators are still scored, since the user sees their properties, but
@@ -386,6 +393,7 @@ def evaluate_candidates(
             values[i][key] = value
             out[i].scores[key] = OracleScore(value, oracle.unit, oracle.name, oracle.version)
 
+    clock.lap("oracles_s")
     # Energy above hull from the same energies, against the model's own relaxed-reference hull.
     hull = _reference_hull(energy_model)
     protocol = (
@@ -411,15 +419,19 @@ def evaluate_candidates(
             out[i].meta["violations"] = [*out[i].meta.get("violations", []), EHULL_CONSTRAINT]
             out[i].flags["constraints"] = meets[i] = False
 
+    clock.lap("hull_s")
     # Evaluation flags on the final crystals.
     prepared = [_prepared(c) or PreparedStructure(c) for c in final]  # final ones are valid
     previous_prepared = [p for p in map(_prepared, previous) if p is not None]
     unique = unique_flags(prepared, previous_prepared)
+    clock.lap("uniqueness_s")
     refs = get_reference_set()
+    novelties = [refs.judge(p) for p in prepared]
+    clock.lap("novelty_s")
     for k, i in enumerate(eligible):
         sc = out[i]
         sc.flags["unique"] = unique[k]
-        novelty = refs.judge(prepared[k])
+        novelty = novelties[k]
         sc.flags["novel"] = novelty.novel
         sc.meta["novelty_basis"] = novelty.basis
         if novelty.reference is not None:
@@ -429,6 +441,24 @@ def evaluate_candidates(
         sc.objective_loss = request.objective_loss(values[i])
     apply_final_hits(out, request)
     return out
+
+
+class _PhaseClock:
+    """Adds the seconds since the previous lap to ``timings[phase]`` (no-op without one)."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        import time
+
+        self.timings = timings
+        self._t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        import time
+
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[phase] = self.timings.get(phase, 0.0) + now - self._t
+        self._t = now
 
 
 def _score_values(sc: ScoredCandidate) -> dict[str, float | None]:

@@ -18,6 +18,8 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from app.settings import Settings, get_settings
 
 RUN_JOB_TASK = "matdesign.run_job"
+RUN_SHARD_TASK = "matdesign.run_job_shard"
+JOIN_SHARDS_TASK = "matdesign.join_sharded_job"
 
 celery_app = Celery("matdesign", include=["workers.tasks"])
 
@@ -36,7 +38,9 @@ def configure_celery(settings: Settings) -> Celery:
         celery_app.close()
     celery_app.conf.update(
         broker_url=broker,
-        result_backend=None,
+        # Sharded jobs' chords count their shards in the result backend (the broker's
+        # Redis); other tasks ignore results.
+        result_backend=None if settings.embedded else settings.broker_url,
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
@@ -46,7 +50,10 @@ def configure_celery(settings: Settings) -> Celery:
         worker_concurrency=1,
         worker_pool=settings.worker_pool,
         task_default_queue=settings.queue_name,
-        task_routes={RUN_JOB_TASK: {"queue": settings.queue_name}},
+        task_routes={
+            name: {"queue": settings.queue_name}
+            for name in (RUN_JOB_TASK, RUN_SHARD_TASK, JOIN_SHARDS_TASK)
+        },
         task_soft_time_limit=soft,
         task_time_limit=soft + 120,
         broker_connection_retry_on_startup=True,

@@ -129,6 +129,11 @@ def _execute(job_id: str, db: Database, settings: Settings, worker: str, token: 
     if claimed is None:
         return "skipped"  # finished, cancelled, or running on a live worker
     job = claimed.job
+    from workers.shards import dispatch, wants_shards
+
+    if wants_shards(job, db, settings):
+        # A large job: sent as shard tasks and a join (attempts are counted per shard).
+        return dispatch(claimed, db, settings)
     lease = JobLease(db, settings, job_id, claimed.claim)
     if job.attempts > settings.max_attempts:
         lease.write(
@@ -267,7 +272,9 @@ def _evaluate_and_store(
         # CHGNet relaxation dominates a batch's time on CPU: show it as its own phase.
         reporter.report("relaxing", kept, request.num_candidates, None)
     t = time.perf_counter()
-    scored = pipeline.evaluate_candidates(batch, request, previous=previous, device=device)
+    scored = pipeline.evaluate_candidates(
+        batch, request, previous=previous, device=device, timings=timer.totals
+    )
     timer.add("pipeline_s", time.perf_counter() - t)
     generation.n_evaluated += len(scored)
     if limit is not None:

@@ -101,10 +101,16 @@ class StructureStore:
             return [crystal_from_json(relaxed or crystal) for crystal, relaxed in rows]
 
     def add(
-        self, scored: Sequence[ScoredCandidate], progress: dict[str, Any]
+        self,
+        scored: Sequence[ScoredCandidate],
+        progress: dict[str, Any],
+        seqs: Sequence[int] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Store the batch's new candidates and the job's progress in one transaction;
-        returns how many rows were new and the progress written (with ``stored``)."""
+        returns how many rows were new and the progress written (with ``stored``).
+
+        ``seqs``: each candidate's place in the job (a shard's candidates keep the place
+        they have in the method's stream; shards insert concurrently); default: appended."""
         with self.db.session() as s:
             # Lease first: a worker that lost the job writes nothing.
             self.lease.write_in(s)
@@ -122,13 +128,18 @@ class StructureStore:
             )
             now = utcnow()
             new = 0
-            for sc, fp in zip(scored, fps, strict=True):
+            for k, (sc, fp) in enumerate(zip(scored, fps, strict=True)):
                 if fp in existing:
                     continue
                 existing.add(fp)
-                seq += 1
+                seq = seqs[k] if seqs is not None else seq + 1
                 new += 1
                 s.add(self._row(sc, fp, seq, now))
+            if seqs is not None:
+                s.flush()
+                seq = int(
+                    s.scalar(select(func.count()).where(Structure.job_id == self.job_id)) or 0
+                )
             # Keep the stored count in the progress the API shows.
             progress = {**progress, "stored": seq}
             self.lease.write_in(s, progress=progress)
@@ -204,6 +215,13 @@ class StructureStore:
             for r in rows
         ]
         return scored, [r.id for r in rows]
+
+    def write_unique(self, unique: dict[str, bool]) -> None:
+        """Set the ``unique`` flag of the rows in ``unique`` (row id -> flag), under the lease."""
+        with self.db.session() as s:
+            self.lease.write_in(s)
+            for row in s.scalars(select(Structure).where(Structure.id.in_(list(unique)))):
+                row.flags = {**row.flags, "unique": unique[row.id]}
 
     def write_ranks(
         self,

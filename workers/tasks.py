@@ -7,11 +7,12 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 from celery.exceptions import Reject
 
 from app.availability import is_unavailable
-from workers.celery_app import RUN_JOB_TASK, celery_app
+from workers.celery_app import JOIN_SHARDS_TASK, RUN_JOB_TASK, RUN_SHARD_TASK, celery_app
 
 log = logging.getLogger(__name__)
 
@@ -62,4 +63,52 @@ def run_design_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
         raise
     db_backoff(False)
     log.info("job %s: %s", job_id, outcome)
+    return outcome
+
+
+def _worker_name(task: Any) -> str:
+    return f"{task.request.hostname or socket.gethostname()}/pid{os.getpid()}"
+
+
+# Chord members must store a result (the chord counts them in the result backend).
+@celery_app.task(name=RUN_SHARD_TASK, bind=True, ignore_result=False)
+def run_job_shard(self, job_id: str, shard: int) -> str:  # type: ignore[no-untyped-def]
+    """Run one shard of a sharded job (see ``workers/shards.py``). Never raises, so the
+    chord's join always runs; an unreachable database requeues the message as for a job."""
+    from workers.runtime import current_runtime
+    from workers.shards import SHARD_FAILED, execute_shard
+
+    settings, db = current_runtime()
+    try:
+        outcome = execute_shard(job_id, shard, db, settings, _worker_name(self))
+    except Exception as exc:
+        if is_unavailable(exc):
+            wait = db_backoff(True)
+            log.warning("job %s shard %d: database unreachable; requeued", job_id, shard)
+            time.sleep(wait)
+            raise Reject(f"database unreachable: {exc}", requeue=True) from exc
+        log.exception("job %s shard %d: failed", job_id, shard)
+        return SHARD_FAILED
+    db_backoff(False)
+    log.info("job %s shard %d: %s", job_id, shard, outcome)
+    return outcome
+
+
+@celery_app.task(name=JOIN_SHARDS_TASK, bind=True, max_retries=None)
+def join_sharded_job(self, job_id: str, dispatch_claim: str) -> str:  # type: ignore[no-untyped-def]
+    """Rank and summarise a sharded job; retries itself while a shard still runs (a
+    duplicate shard message can complete the chord before the shard's real run ends)."""
+    from workers.runtime import current_runtime
+    from workers.shards import join_job
+
+    settings, db = current_runtime()
+    try:
+        outcome = join_job(job_id, dispatch_claim, db, settings)
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise self.retry(countdown=DB_RETRY_MAX_S, exc=exc) from exc
+        raise
+    if outcome is None:
+        raise self.retry(countdown=settings.heartbeat_interval_s)
+    log.info("job %s join: %s", job_id, outcome)
     return outcome
