@@ -5,14 +5,9 @@
 # A later call continues the relaxation with RESUME=1 (tables carried in .hullwork/).
 # Results land in $OUT/hull.tar.gz; copy hull_*.csv.gz to ml/evaluation/data/ and
 # elemental_refs*.json to ml/oracles/data/.
-#   carry: .whl .devdata (bash benchmarks/gpu_prepare.sh first) [.hullwork with RESUME=1]
+#   carry: .whl .devpack .devdata/models (bash benchmarks/gpu_prepare.sh first) [.hullwork]
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-# pymatgen.analysis.phase_diagram imports plotly at module level, for plotting only; the box has
-# no plotly and its wheel does not fit a call's size limit, so an empty module stands in.
-mkdir -p /tmp/site/plotly && : > /tmp/site/plotly/__init__.py && : > /tmp/site/plotly/graph_objects.py
-export PYTHONPATH=/tmp/site:$PWD MATDESIGN_DATA_DIR=$PWD/.devdata/data \
-  MATDESIGN_MODELS_DIR=$PWD/.devdata/models PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+source benchmarks/gpu_env.sh || exit 1
 R=${OUT:-/tmp/out}/res; mkdir -p "$R"
 STOP_AFTER=${STOP_AFTER:-470}; MODELS=${MODELS:-"sevennet-l3i5 chgnet"}; LIMIT=${LIMIT:-}
 lim=${LIMIT:+--limit $LIMIT}

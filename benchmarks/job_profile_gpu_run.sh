@@ -3,13 +3,12 @@
 # substitution jobs with relax: true at 256 then 1,024 candidates through the real runner
 # (benchmarks/job_profile.py), per-phase timings + cProfile top. Results (json, per-job
 # profiles, log) land in $OUT/job_profile.tar.gz, saved after every job.
-#   carry: .whl .devdata (bash benchmarks/gpu_prepare.sh first: it adds sqlalchemy + plotly)
+#   carry: .whl .devpack .devdata/models (bash benchmarks/gpu_prepare.sh first)
 # CPU smoke: DEVICE=cpu N1=2 N2= METHODS=substitution BUDGET=400 bash benchmarks/job_profile_gpu_run.sh
 set -uo pipefail
 O=${OUT:-/tmp/out}; R=$O/res; mkdir -p "$R"
 if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD MATDESIGN_DATA_DIR=$PWD/.devdata/data MATDESIGN_MODELS_DIR=$PWD/.devdata/models
+  source benchmarks/gpu_env.sh || exit 1
 else  # this CPU machine: the installed environment and the shared data
   export PYTHONPATH=$PWD
 fi
