@@ -27,7 +27,9 @@ class ChgnetTopology:
     edges: NeighborList  # directed atom-graph edges (src = center atom)
     directed2undirected: torch.Tensor  # (E,) long
     undirected2directed: torch.Tensor  # (U,) long
-    bond_graph: torch.Tensor  # (A, 5) long: atom, undirected 1, directed 1, undirected 2, directed 2
+    bond_graph: (
+        torch.Tensor
+    )  # (A, 5) long: atom, undirected 1, directed 1, undirected 2, directed 2
 
 
 @torch.no_grad()

@@ -202,9 +202,10 @@ class SoftChgnet(nn.Module):
         the last convolution."""
         pre = torch.cat(out["atom_fea"], dim=0)
         mean_final = out["crystal_fea"] / n[:, None]
-        mean_pre = torch.zeros(num_graphs, pre.shape[1], device=pre.device).index_add(
-            0, site_batch, pre
-        ) / n[:, None]
+        mean_pre = (
+            torch.zeros(num_graphs, pre.shape[1], device=pre.device).index_add(0, site_batch, pre)
+            / n[:, None]
+        )
         idx = site_batch[:, None].expand_as(pre)
         max_pre = torch.full((num_graphs, pre.shape[1]), -math.inf, device=pre.device)
         max_pre = max_pre.scatter_reduce(0, idx, pre, reduce="amax", include_self=False)
