@@ -23,7 +23,7 @@ from ml.request import DesignRequest
 pytestmark = pytest.mark.slow
 
 ALLOWED = ["Li", "Na", "K", "Mg", "Ca", "Al", "Ga", "Si", "Zn", "O", "S", "F", "Cl"]
-TINY = {"steps": 8, "template_pool": 60, "progress_every": 4}
+TINY = {"steps": 8, "template_pool": 60, "progress_every": 4, "relax_steps": 3}
 
 
 def _request(**kw: object) -> DesignRequest:

@@ -271,10 +271,20 @@ def _relax_and_rescore(
     relaxed crystals with the predictors again (a failed relaxation keeps the design)."""
     from ml.oracles.relax import relax_crystals
 
-    relaxed = relax_crystals(
-        result.crystals, fmax=params.relax_fmax, steps=params.relax_steps, device=device,
-        model="chgnet", max_batch=max(len(result.crystals), 1),
-    )  # fmt: skip
+    def relax(pool: object = None) -> list:
+        return relax_crystals(
+            result.crystals, fmax=params.relax_fmax, steps=params.relax_steps, device=device,
+            model="chgnet", max_batch=max(len(result.crystals), 1), pool=pool,
+        )  # fmt: skip
+
+    if params.relax_workers > 0:
+        import multiprocessing
+
+        # spawn: the workers only build graphs on the CPU and must not inherit a CUDA context.
+        with multiprocessing.get_context("spawn").Pool(params.relax_workers) as pool:
+            relaxed = relax(pool)
+    else:
+        relaxed = relax()
     crystals = [r.crystal for r in relaxed]
     pop.set_geometry(crystals)
     out = engine.finalize(pop)

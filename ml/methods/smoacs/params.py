@@ -31,7 +31,9 @@ class SmoacsParams(MethodParams):
     # Final batched CHGNet relaxation (FIRE, positions and cell) of the designs, which are
     # then re-scored by the predictors; "auto": on with the chgnet predictor.
     relax_final: Literal["auto", "on", "off"] = "auto"
-    relax_steps: int = Field(default=150, ge=1, le=2000)
+    relax_steps: int = Field(default=100, ge=1, le=2000)
+    # Processes building CHGNet graphs during the relaxation (0: in this process).
+    relax_workers: int = Field(default=0, ge=0, le=64)
     relax_fmax: float = Field(default=0.1, gt=0, le=10.0)
     # Per-copy jitter of a reused template (coordinates Å, relative lengths, logit U(0, x)).
     jitter_coords: float = Field(default=0.1, ge=0, le=2.0)
