@@ -204,6 +204,7 @@ def perovskite(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": args.perov_candidates,
             "supercell": args.supercell,
             "tie_sites": not args.untied,
+            **args.extra,
         },
     )
     cands, wall = run_method(req, args.device)
