@@ -23,7 +23,7 @@ from ml.request import DesignRequest
 pytestmark = pytest.mark.slow
 
 ALLOWED = ["Li", "Na", "K", "Mg", "Ca", "Al", "Ga", "Si", "Zn", "O", "S", "F", "Cl"]
-TINY = {"steps": 8, "template_pool": 60, "progress_every": 4}
+TINY = {"steps": 8, "template_pool": 60, "progress_every": 4, "relax_steps": 3}
 
 
 def _request(**kw: object) -> DesignRequest:
@@ -124,7 +124,7 @@ def test_perovskite_mode_keeps_geometry_and_neutrality() -> None:
     request = _request(
         constraints={"crystal_family": "perovskite", "max_atoms": 40},
         num_candidates=2,
-        params={**TINY, "supercell": 2},
+        params={**TINY, "supercell": 2, "relax_final": "off"},  # the designed geometry
     )
     _, cands = _run(request)
     for c in cands:
@@ -155,6 +155,24 @@ def test_user_template_cif() -> None:
         assert c.crystal.num_atoms == 8
         assert c.meta["source"] == "user-0"
         assert is_charge_neutral(c.crystal)
+
+
+def test_one_user_template_gives_distinct_designs() -> None:
+    """Ten copies of one template are jittered apart (geometry and logits): >= 8 unique."""
+    from ml.evaluation.uniqueness import unique_flags
+
+    nacl = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0] * 3, [0.5] * 3]
+    )
+    request = _request(
+        constraints={"templates": [Crystal.from_structure(nacl).to_cif()]},
+        num_candidates=10,
+        params={"steps": 3, "progress_every": 3, "relax_final": "off"},
+    )
+    _, cands = _run(request)
+    assert len(cands) == 10
+    assert sum(unique_flags([c.crystal for c in cands])) >= 8
+    assert len({c.crystal.formula for c in cands}) >= 5
 
 
 @pytest.mark.parametrize(

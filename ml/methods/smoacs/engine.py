@@ -19,25 +19,39 @@ from ml.methods.smoacs.population import (
     initial_logits,
 )
 from ml.methods.smoacs.predictors import SoftMEGNet
+from ml.methods.smoacs.soft_chgnet import SoftChgnet
 
 __all__ = ["EngineConfig", "FinalResult", "Predictors", "SmoacsEngine", "StepReport"]
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 
+# Prediction keys the CHGNet predictor gives (one pass for all).
+CHGNET_KEYS = ("band_gap:pbe", "formation_energy", "energy")
+
+
 @dataclass
 class Predictors:
-    """Differentiable predictors by prediction key (``band_gap:pbe``, ``formation_energy``)."""
+    """Differentiable predictors by prediction key (``band_gap:pbe``, ``formation_energy``):
+    MEGNet models per key, and/or one CHGNet predictor for :data:`CHGNET_KEYS`."""
 
     models: dict[str, SoftMEGNet]
+    chgnet: SoftChgnet | None = None
+
+    def has(self, key: str) -> bool:
+        return key in self.models or (self.chgnet is not None and key in CHGNET_KEYS)
+
+    def _cutoffs(self) -> list[float]:
+        cut = [m.cutoff for m in self.models.values()]
+        return cut + ([self.chgnet.cutoff] if self.chgnet is not None else [])
 
     @property
     def max_cutoff(self) -> float:
-        return max(m.cutoff for m in self.models.values())
+        return max(self._cutoffs())
 
     @property
     def min_cutoff(self) -> float:
-        return min(m.cutoff for m in self.models.values())
+        return min(self._cutoffs())
 
 
 @dataclass
@@ -62,6 +76,17 @@ class EngineConfig:
     straight_through_start: int
     keep_best: bool
     logit_noise: float = 0.0
+    # Stability term (CHGNet predictor only): weights of the formation energy (eV/atom), the
+    # RMS force (eV/Å) and the stress norm (GPa), added to every candidate's loss.
+    stability_energy: float = 0.0
+    stability_force: float = 0.0
+    stability_stress: float = 0.0
+    # Uniform logit noise of a mutated copy (the paper draws its logits uniformly).
+    mutation_logit_noise: float = 1.0
+
+    @property
+    def stability(self) -> bool:
+        return self.stability_energy > 0 or self.stability_force > 0 or self.stability_stress > 0
 
 
 @dataclass
@@ -107,18 +132,39 @@ class SmoacsEngine:
         nl: NeighborList,
         keys: set[str],
         exact_graph: bool = False,
+        stability: bool = False,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Predictions for ``keys`` (B,) and the geometry penalty (B,).
 
         With ``exact_graph`` a candidate with an atom that has no neighbour within a model's
-        cutoff gets NaN from that model (as the MEGNet oracle does).
+        cutoff gets NaN from that model (as the oracles do), and CHGNet's gap follows the
+        oracle's metal rule. ``stability`` adds CHGNet's ``force`` and ``stress`` keys.
         """
         lattice = pop.lattice()
         batch = pop.site_batch
         b = pop.num_candidates
         dist = edge_lengths(nl, pop.site["frac"], lattice, batch)
         out: dict[str, torch.Tensor] = {}
+        chgnet = self.predictors.chgnet
+        if chgnet is not None and (stability or any(k in CHGNET_KEYS for k in keys)):
+            res = chgnet(
+                pop.site["frac"], lattice, nl, soft.types, batch, b,
+                forces=stability, hard=exact_graph,
+            )  # fmt: skip
+            got = {
+                "band_gap:pbe": res.band_gap,
+                "formation_energy": res.formation_energy,
+                "energy": res.energy,
+            }
+            if res.force is not None and res.stress is not None:
+                got["force"], got["stress"] = res.force, res.stress
+            if exact_graph:
+                nan = torch.full_like(res.energy, math.nan)
+                got = {k: torch.where(res.lonely, nan, v) for k, v in got.items()}
+            out.update(got)
         for key in keys:
+            if key in out:
+                continue
             if key in self.predictors.models:
                 model = self.predictors.models[key]
                 sel = dist < model.cutoff
@@ -155,6 +201,18 @@ class SmoacsEngine:
         pen = torch.zeros(b, device=dist.device).index_add(0, batch, far)
         pen = pen.index_add(0, batch[nl.src], close)
         return cfg.geometry_weight * pen
+
+    def stability_loss(self, preds: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Weighted formation energy, RMS force and stress norm: low in energy for the
+        composition and near a local minimum of CHGNet's energy surface."""
+        cfg = self.config
+        if not cfg.stability or "force" not in preds:
+            return None
+        return (
+            cfg.stability_energy * preds["formation_energy"]
+            + cfg.stability_force * preds["force"]
+            + cfg.stability_stress * preds["stress"]
+        )
 
     def objective_loss(self, preds: dict[str, torch.Tensor]) -> torch.Tensor:
         total = None
@@ -210,6 +268,7 @@ class SmoacsEngine:
         final population last."""
         cfg = self.config
         keys = {t.key for t in self.terms}
+        stability = cfg.stability and self.predictors.chgnet is not None
         nl = self._neighbors(pop)
         mutation_steps = set(cfg.mutation_steps)
         for step in range(cfg.steps):
@@ -221,8 +280,11 @@ class SmoacsEngine:
             types = pop.soft_types(self.tables, self.temperature(step))
             if discrete:
                 types = _straight_through(types, pop.hard_types(self.tables)[1])
-            preds, geometry = self.predict(pop, types, nl, keys)
+            preds, geometry = self.predict(pop, types, nl, keys, stability=stability)
             loss = self.objective_loss(preds) + geometry
+            extra = self.stability_loss(preds)
+            if extra is not None:
+                loss = loss + extra
             if discrete and cfg.keep_best:
                 pop.record_best(loss.detach())
             # A non-finite candidate must not stall the others: its terms get no gradient.
@@ -282,7 +344,7 @@ class SmoacsEngine:
         nl = self._neighbors(pop)
         elements, hard = pop.hard_types(self.tables)
         keys = {t.key for t in self.terms} | set(self.report_keys)
-        keys = {k for k in keys if k in self.predictors.models or k in _EXACT}
+        keys = {k for k in keys if self.predictors.has(k) or k in _EXACT}
         preds, _ = self.predict(pop, hard, nl, keys, exact_graph=True)
         loss = self.objective_loss(preds)
         loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf))
@@ -340,7 +402,8 @@ def mutate(
     Kept: candidates that already meet every objective, and the best ``top_rate`` fraction of
     the others. Each remaining candidate is, with probability ``replace_prob``, replaced by a
     random kept one; the copy gets Gaussian noise on coordinates and scaled lattice variables,
-    fresh (uniform) element logits, its source's oxidation patterns, and a fresh Adam state.
+    fresh element logits drawn uniformly (so copies of one source differ), its source's
+    oxidation patterns, and a fresh Adam state.
     """
     b = pop.num_candidates
     loss_cpu = torch.nan_to_num(loss.cpu(), nan=math.inf)
@@ -379,7 +442,8 @@ def mutate(
     new.cand["length"] = new.cand["length"] + noise((b, 3)) * rep[:, None]
     angle_ok = (rep & ~new.cand["angles_fixed"])[:, None]
     new.cand["angle"] = new.cand["angle"] + noise((b, 3)) * angle_ok
-    fresh = initial_logits(tuple(new.site["logits"].shape), cfg.logit_noise, generator).to(dev)
+    noise_scale = max(cfg.logit_noise, cfg.mutation_logit_noise)
+    fresh = initial_logits(tuple(new.site["logits"].shape), noise_scale, generator).to(dev)
     new.site["logits"] = torch.where(rep_site[:, None], fresh, new.site["logits"])
     for name, level in LEARNABLE.items():
         store = new._level(level)

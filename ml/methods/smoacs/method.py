@@ -19,15 +19,23 @@ from ml.methods.base import (
     Progress,
     RequestError,
 )
-from ml.methods.smoacs.engine import EngineConfig, FinalResult, Predictors, SmoacsEngine, StepReport
+from ml.methods.smoacs.engine import (
+    CHGNET_KEYS,
+    EngineConfig,
+    FinalResult,
+    Predictors,
+    SmoacsEngine,
+    StepReport,
+)
 from ml.methods.smoacs.objectives import (
     DIFFERENTIABLE_PROPERTIES,
     prediction_key,
     terms_from_request,
 )
 from ml.methods.smoacs.params import SmoacsParams
-from ml.methods.smoacs.population import Population
+from ml.methods.smoacs.population import Population, reused_templates
 from ml.methods.smoacs.predictors import EFORM_MODEL, GAP_MODEL, load_soft_megnet
+from ml.methods.smoacs.soft_chgnet import load_soft_chgnet
 from ml.methods.smoacs.sources import (
     allowed_elements,
     build_tables,
@@ -117,6 +125,18 @@ class SmoacsMethod(DesignMethod):
         self, request: DesignRequest, params: MethodParams, ctx: MethodContext
     ) -> Iterator[MethodEvent]:
         assert isinstance(params, SmoacsParams)
+        # Deterministic kernels where CUDA has them (warn_only: scatter-adds have none), so a
+        # re-run with the same seed regenerates the same designs as closely as the device allows.
+        was = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield from self._run(request, params, ctx)
+        finally:
+            torch.use_deterministic_algorithms(was)
+
+    def _run(
+        self, request: DesignRequest, params: SmoacsParams, ctx: MethodContext
+    ) -> Iterator[MethodEvent]:
         device = ctx.device
         yield Progress(phase="setup", step=0, total=1)
         perovskite = resolve_source(request, params) == "perovskite"
@@ -134,7 +154,7 @@ class SmoacsMethod(DesignMethod):
         report = {gap_key, "formation_energy", "density"}
         if perovskite:
             report.add("tolerance_factor")
-        predictors = _load_predictors({t.key for t in terms} | report, device)
+        predictors = _load_predictors({t.key for t in terms} | report, device, params.predictor)
         engine = SmoacsEngine(
             terms, predictors, tables, _engine_config(params), report_keys=tuple(sorted(report))
         )
@@ -155,6 +175,13 @@ class SmoacsMethod(DesignMethod):
                 random_geometry=params.init_geometry == "random",
                 logit_noise=params.logit_init_noise,
             )
+            # Copies of one template would otherwise start (and end) identical.
+            reused = reused_templates(templates)
+            if bool(reused.any()):
+                pop.jitter(
+                    reused, generator, params.jitter_coords, params.jitter_lattice,
+                    params.jitter_logits,
+                )  # fmt: skip
             final_pop = pop
             for event in engine.optimize(pop, generator, ctx.check_cancelled):
                 if isinstance(event, StepReport):
@@ -169,11 +196,18 @@ class SmoacsMethod(DesignMethod):
                     final_pop = event
             ctx.check_cancelled()
             result = engine.finalize(final_pop)
-            yield _candidates(result, gap_key, bi * params.batch_size)
+            designed = result.crystals
+            if params.relaxes():
+                yield Progress(phase="relax", step=bi, total=n_batches)
+                result = _relax_and_rescore(engine, final_pop, result, params, device)
+            yield _candidates(result, gap_key, bi * params.batch_size, designed)
 
     def describe(self) -> dict[str, object]:
         out = super().describe()
-        out["predictors"] = [GAP_MODEL, EFORM_MODEL]
+        out["predictors"] = {
+            "chgnet": ["gap-chgnet-ft (CHGNet 0.3.0 backbone)", "chgnet-eform (CHGNet 0.3.0)"],
+            "megnet": [GAP_MODEL, EFORM_MODEL],
+        }
         return out
 
 
@@ -203,21 +237,69 @@ def _engine_config(params: SmoacsParams) -> EngineConfig:
         straight_through_start=params.straight_through_start(),
         keep_best=params.keep_best,
         logit_noise=params.logit_init_noise,
+        stability_energy=params.stability_energy if params.predictor == "chgnet" else 0.0,
+        stability_force=params.stability_force if params.predictor == "chgnet" else 0.0,
+        stability_stress=params.stability_stress if params.predictor == "chgnet" else 0.0,
+        mutation_logit_noise=params.jitter_logits,
     )
 
 
-def _load_predictors(keys: set[str], device: str) -> Predictors:
+def _load_predictors(keys: set[str], device: str, predictor: str = "megnet") -> Predictors:
+    """MEGNet per key, or CHGNet for its keys (PBE gap, formation energy) and MEGNet for
+    gap fidelities the trained gap model does not cover."""
     models = {}
+    chgnet = load_soft_chgnet(device) if predictor == "chgnet" else None
     for key in keys:
+        if chgnet is not None and key in CHGNET_KEYS:
+            continue
         if key.startswith("band_gap:"):
             fid = key.split(":", 1)[1]
             models[key] = load_soft_megnet(GAP_MODEL, device, state=_GAP_STATES[fid])
         elif key == "formation_energy":
             models[key] = load_soft_megnet(EFORM_MODEL, device, state=None)
-    return Predictors(models)
+    return Predictors(models, chgnet)
 
 
-def _candidates(result: FinalResult, gap_key: str, offset: int) -> list[Candidate]:
+def _relax_and_rescore(
+    engine: SmoacsEngine,
+    pop: Population,
+    result: FinalResult,
+    params: SmoacsParams,
+    device: str,
+) -> FinalResult:
+    """Relax the designs together with CHGNet (the service's stability judge) and score the
+    relaxed crystals with the predictors again (a failed relaxation keeps the design)."""
+    from ml.oracles.relax import relax_crystals
+
+    def relax(pool: object = None) -> list:
+        return relax_crystals(
+            result.crystals, fmax=params.relax_fmax, steps=params.relax_steps, device=device,
+            model="chgnet", max_batch=max(len(result.crystals), 1), pool=pool,
+        )  # fmt: skip
+
+    if params.relax_workers > 0:
+        import multiprocessing
+
+        # spawn: the workers only build graphs on the CPU and must not inherit a CUDA context.
+        with multiprocessing.get_context("spawn").Pool(params.relax_workers) as pool:
+            relaxed = relax(pool)
+    else:
+        relaxed = relax()
+    crystals = [r.crystal for r in relaxed]
+    pop.set_geometry(crystals)
+    out = engine.finalize(pop)
+    for meta, r in zip(out.meta, relaxed, strict=True):
+        meta["relax"] = {
+            "converged": r.converged,
+            "steps": r.steps,
+            "failed": not math.isfinite(r.energy_per_atom),
+        }
+    return out
+
+
+def _candidates(
+    result: FinalResult, gap_key: str, offset: int, designed: list | None = None
+) -> list[Candidate]:
     preds = {k: v.detach().double().cpu().numpy() for k, v in result.predictions.items()}
     loss = result.loss.cpu().numpy()
     met = result.met.cpu().numpy()
@@ -244,7 +326,20 @@ def _candidates(result: FinalResult, gap_key: str, offset: int) -> list[Candidat
                     "index": offset + i,
                     "site_oxidation": result.site_oxidation[i],
                     "objectives_met": bool(met[i]),
+                    # The design before the final relaxation (the candidate is the relaxed one).
+                    **(
+                        {"designed": _geometry(designed[i])}
+                        if designed is not None and "relax" in result.meta[i]
+                        else {}
+                    ),
                 },
             )
         )
     return out
+
+
+def _geometry(crystal: object) -> dict[str, list]:
+    return {
+        "lattice": crystal.lattice.round(6).tolist(),  # type: ignore[attr-defined]
+        "frac_coords": crystal.frac_coords.round(6).tolist(),  # type: ignore[attr-defined]
+    }

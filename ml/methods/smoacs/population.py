@@ -28,7 +28,15 @@ from ml.crystal import Crystal, lattice_from_params, lattice_from_params_torch
 from ml.methods.smoacs.elements import NUM_ELEMENTS, OX_MAX, OX_MIN, element_index
 from ml.methods.smoacs.templates import NO_MASK, Template
 
-__all__ = ["ANGLE_MAX", "ANGLE_MIN", "LEARNABLE", "Population", "SoftTypes", "TypeTables"]
+__all__ = [
+    "ANGLE_MAX",
+    "ANGLE_MIN",
+    "LEARNABLE",
+    "Population",
+    "SoftTypes",
+    "TypeTables",
+    "reused_templates",
+]
 
 ANGLE_MIN, ANGLE_MAX = 30.0, 150.0
 _NO_MASK_ROW = OX_MAX - OX_MIN + 1
@@ -327,6 +335,50 @@ class Population:
         meta = [dict(self.meta[int(i)]) for i in source.tolist()]
         return Population(cand, site, group, meta)
 
+    # ---- diversity and relaxation ------------------------------------------------------------
+    @torch.no_grad()
+    def jitter(
+        self,
+        which: torch.Tensor,
+        generator: torch.Generator,
+        coords: float,
+        lattice: float,
+        logits: float,
+    ) -> None:
+        """Perturb the candidates in ``which`` (B,) bool: Gaussian noise of ``coords`` Å on the
+        coordinates and relative ``lattice`` on the lengths, and ``logits`` * U(0, 1) on the
+        element and pattern logits, so copies of one template start apart. Noise is drawn on
+        the CPU for every candidate (device-independent and the same whichever are jittered)."""
+        dev = self.device
+        b, s, g = self.num_candidates, len(self.site["frac"]), len(self.group["pattern"])
+        w = which.to(dev)
+        ws, wg = w[self.site_batch], w[self.group_batch]
+        ref = self.cand["length_ref"][self.site_batch][:, None]
+        d_frac = torch.randn((s, 3), generator=generator).to(dev) * coords / ref
+        d_len = torch.randn((b, 3), generator=generator).to(dev) * lattice
+        d_log = torch.rand((s, self.site["logits"].shape[1]), generator=generator).to(dev)
+        d_pat = torch.rand((g, self.group["pattern"].shape[1]), generator=generator).to(dev)
+        self.site["frac"] = self.site["frac"] + d_frac * ws[:, None]
+        self.cand["length"] = self.cand["length"] * (1.0 + d_len * w[:, None])
+        self.site["logits"] = self.site["logits"] + logits * d_log * ws[:, None]
+        self.group["pattern"] = self.group["pattern"] + logits * d_pat * wg[:, None]
+        self.project()
+        for name, level in LEARNABLE.items():
+            store = self._level(level)
+            store[f"best_{name}"] = store[name].detach().clone()
+
+    @torch.no_grad()
+    def set_geometry(self, crystals: Sequence[Crystal]) -> None:
+        """Take the lattices and coordinates of ``crystals`` (same candidates and site order,
+        e.g. relaxed), without clipping them into the optimisation boxes."""
+        dev = self.device
+        lengths = torch.tensor(np.stack([c.lengths for c in crystals]), dtype=torch.float32)
+        angles = torch.tensor(np.stack([c.angles for c in crystals]), dtype=torch.float32)
+        frac = np.concatenate([c.frac_coords for c in crystals])
+        self.cand["length"] = lengths.to(dev) / self.cand["length_ref"][:, None]
+        self.cand["angle"] = ((angles - ANGLE_MIN) / (ANGLE_MAX - ANGLE_MIN)).to(dev)
+        self.site["frac"] = torch.tensor(frac, dtype=torch.float32, device=dev)
+
     # ---- output ---------------------------------------------------------------------------
     def to_crystals(self, elements: torch.Tensor) -> list[Crystal]:
         from ml.methods.smoacs.elements import ELEMENTS
@@ -341,6 +393,19 @@ class Population:
             ).wrapped()
             for i in range(self.num_candidates)
         ]
+
+
+def reused_templates(templates: Sequence[Template]) -> torch.Tensor:
+    """(B,) bool: the template (geometry, species, source) already occurs earlier in the batch."""
+    seen: set[bytes] = set()
+    out = []
+    for t in templates:
+        c = t.crystal
+        key = t.source.encode() + np.round(c.lattice, 6).tobytes()
+        key += np.round(c.frac_coords, 6).tobytes() + np.asarray(c.numbers).tobytes()
+        out.append(key in seen)
+        seen.add(key)
+    return torch.tensor(out, dtype=torch.bool)
 
 
 def initial_logits(
