@@ -6,15 +6,13 @@
 # CPU rescore (E_hull, novelty, S.U.N.-hit need pymatgen's phase diagram, absent on the box):
 #   python benchmarks/smoacs_paper.py --rescore <res>/cands_main.json --device cpu
 # Results: $OUT/smoacs_v2.tar.gz (logs, JSON, saved candidates).
-#   carry: .whl .devdata (bash benchmarks/gpu_prepare.sh first)
+#   carry: .whl .devpack .devdata/models (bash benchmarks/gpu_prepare.sh first)
 # CPU smoke: CAND=4 STEPS=4 TARGETS=2.0 PCAND=2 PSTEPS=2 SUPER=1 DEVICE=cpu NOINSTALL=1 \
 #   EXTRA='{"relax_steps": 3}' OUT=/tmp/s14 bash benchmarks/smoacs_v2_gpu_run.sh
 set -uo pipefail
 START=$(date +%s)
 if [ -z "${NOINSTALL:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD MATDESIGN_DATA_DIR=$PWD/.devdata/data \
-    MATDESIGN_MODELS_DIR=$PWD/.devdata/models
+  source benchmarks/gpu_env.sh || exit 1
 fi
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 R=${OUT:-/tmp/out}/res; mkdir -p "$R"
