@@ -21,7 +21,7 @@ dl() {
 dl matgl==4.1.2 pymatgen==2026.10.24 pymatgen-core monty spglib ruamel.yaml ruamel.yaml.clib \
   uncertainties palettable tabulate chgnet==0.4.2 torchdata orjson ase smact \
   pydantic==2.13.4 pydantic-core==2.46.4 pydantic-settings python-dotenv annotated-types \
-  typing-inspection
+  typing-inspection pyxtal==1.1.5
 # SevenNet (the default energy judge): the box has e3nn; keep only the two checkpoints the
 # oracles use (l3i5, SevenNet-0 11Jul2024) and drop the LAMMPS/D3 binaries (30 MB).
 dl sevenn==0.13.0 matscipy braceexpand

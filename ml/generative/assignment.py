@@ -9,7 +9,8 @@ Statistical prior, counted on MP-20 train + val in the Wyckoff representation:
   assignment whose multiplicities sum to the counts (positions without free parameters used at
   most once) is enumerated depth-first with a bound, and ranked by
   ``2 log(1 + #training crystals with the same template) + sum log P(letter | sg)``, where a
-  template is the multiset, over elements, of each element's multiset of letters.
+  template is the multiset, over elements, of each element's multiset of letters. Assignments
+  that cannot have the group (generic parameters give a supergroup) are dropped.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 
+import numpy as np
+import spglib
 from pymatgen.core import Composition, Element
 
 from ml.generative.wyckoff import _group, multiplicity, orbit_ops, wyckoff_letter
@@ -179,14 +182,34 @@ def _element_options(
     return out
 
 
+@cache
+def faithful(space_group: int, orbits: tuple[tuple[str, int], ...]) -> bool:
+    """Whether an assignment, with generic free parameters and lattice, has exactly this space
+    group. Some do not: e.g. Zn and O both on 2a of P6_3mc put every atom on the c axis with
+    a c/2 translation, which is P6mm with half the cell, whatever the parameters."""
+    from ml.generative.wyckoff import Orbit, WyckoffCrystal
+
+    rng = np.random.default_rng(len(orbits))  # fixed: the answer must not vary between calls
+    ws = WyckoffCrystal(
+        space_group,
+        np.array([4.1, 5.3, 6.7, 81.0, 97.0, 109.0]),
+        [Orbit(x, z, tuple(rng.uniform(0.05, 0.95, 3))) for x, z in orbits],
+    )
+    c = ws.conventional()
+    ds = spglib.get_symmetry_dataset((c.lattice, c.frac_coords, c.numbers), symprec=1e-3)
+    return ds is not None and int(ds.number) == space_group
+
+
 def enumerate_assignments(
     space_group: int,
     counts: Mapping[int, int],
     stats: TemplateStats | None = None,
     limit: int = MAX_RESULTS,
+    keep: int | None = None,
 ) -> list[Assignment]:
     """Wyckoff assignments of a conventional cell with ``counts`` (atomic number -> atoms),
-    best first (by ``stats``; without stats, fewest orbits first)."""
+    best first (by ``stats``; without stats, fewest orbits first). ``keep``: return only the
+    best ``keep`` that are :func:`faithful` (checked lazily, in rank order)."""
     positions = []
     for wp in _group(space_group):
         _, _, free = orbit_ops(space_group, wp.letter)
@@ -223,7 +246,15 @@ def enumerate_assignments(
 
     rec(0, set(), [])
     results.sort(key=lambda a: (-a.score, len(a.orbits), a.orbits))
-    return results
+    if keep is None:
+        return results
+    out = []
+    for a in results:
+        if faithful(space_group, tuple(a.orbits)):
+            out.append(a)
+            if len(out) == keep:
+                break
+    return out
 
 
 def conventional_counts(numbers: Sequence[int], space_group: int) -> dict[int, int]:

@@ -52,10 +52,12 @@ def plan(
     formation_energy: float | None = None,
     band_gap: float | None = None,
     space_group_options: int = 5,
+    per_template: int = 4,
 ) -> list[WyckoffCondition]:
     """``n`` conditions for a primitive cell with atoms ``numbers``: in ``space_group``, or
     (None) in the likeliest groups for the composition; samples go round-robin over the top
-    templates (one sample: the likeliest group and assignment). Empty when nothing fits."""
+    templates, ``per_template`` samples each (one sample: the likeliest group and assignment).
+    Empty when nothing fits."""
     from pymatgen.core import Element
 
     amounts: dict[str, int] = {}
@@ -69,7 +71,7 @@ def plan(
         groups = [g for g, _ in proposed]
     options: list[tuple[int, list[tuple[str, int]]]] = []
     per_group = [
-        enumerate_assignments(g, conventional_counts(numbers, g), stats)[: max(n, 1)]
+        enumerate_assignments(g, conventional_counts(numbers, g), stats, keep=max(n, 1))
         for g in groups
     ]
     # Interleave: best template of each group by group likelihood, then the second best, ...
@@ -84,7 +86,7 @@ def plan(
         WyckoffCondition(
             options[k][0], tuple(options[k][1]), formation_energy, band_gap, template_rank=k
         )
-        for k in allocate(n, len(options))
+        for k in allocate(n, len(options), per_template)
     ]
 
 
@@ -136,5 +138,9 @@ def generate(
     cfg: WyckoffSampleConfig = WyckoffSampleConfig(),
     seed: int = 0,
     batch_size: int = 512,
+    primitive: bool = True,
 ) -> list[Crystal]:
-    return [c for b in generate_batches(model, conditions, cfg, seed, batch_size) for _, c in b]
+    """Expanded crystals only; ``primitive=False`` keeps the conventional cells (no spglib
+    reduction: faster, and StructureMatcher reduces cells itself)."""
+    batches = generate_batches(model, conditions, cfg, seed, batch_size, primitive)
+    return [c for b in batches for _, c in b]
