@@ -30,7 +30,7 @@ from ml.symmetry import centring, compatible
 
 __all__ = ["Assignment", "TemplateStats", "enumerate_assignments", "template_key"]
 
-MAX_RESULTS = 2000  # assignments enumerated per (composition, space group) at most
+MAX_RESULTS = 500  # assignments enumerated per (composition, space group) at most
 MAX_ORBITS_PER_ELEMENT = 8
 
 
@@ -144,10 +144,17 @@ class TemplateStats:
             out[g] += v
         return out
 
+    @cached_property
+    def _logp(self) -> dict[tuple[int, str], float]:
+        return {}
+
     def letter_logp(self, space_group: int, letter: str) -> float:
-        n = self._orbits_per_group[space_group]
-        k = len(_group(space_group))
-        return math.log((self.letters[(space_group, letter)] + 0.5) / (n + 0.5 * k))
+        key = (space_group, letter)
+        if key not in self._logp:
+            n = self._orbits_per_group[space_group]
+            k = len(_group(space_group))
+            self._logp[key] = math.log((self.letters[key] + 0.5) / (n + 0.5 * k))
+        return self._logp[key]
 
     def score(self, space_group: int, by_element: Sequence[Sequence[str]]) -> float:
         key = template_key(space_group, by_element)

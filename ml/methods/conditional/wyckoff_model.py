@@ -33,7 +33,7 @@ PROPERTIES: tuple[str, ...] = ("formation_energy", "band_gap")
 
 @dataclass
 class WyckoffModelConfig:
-    d_model: int = 160
+    d_model: int = 144
     layers: int = 4
     heads: int = 8
     ff_mult: int = 2
