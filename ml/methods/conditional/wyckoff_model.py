@@ -68,8 +68,10 @@ def wrap(x: torch.Tensor) -> torch.Tensor:
 
 def atom_positions(batch: OrbitBatch, xyz: torch.Tensor) -> torch.Tensor:
     """(B, N, 3) fractional positions of every atom from the orbits' parameters (B, O, 3)."""
-    u = torch.gather(xyz * batch.free, 1, batch.orbit[..., None].expand(-1, -1, 3))
-    return wrap(torch.einsum("bnij,bnj->bni", batch.rot, u) + batch.trans)
+    u = torch.gather(xyz.float() * batch.free, 1, batch.orbit[..., None].expand(-1, -1, 3))
+    # float32 even under autocast: bf16 would blur positions by ~0.004.
+    with torch.autocast(u.device.type, enabled=False):
+        return wrap(torch.einsum("bnij,bnj->bni", batch.rot.float(), u) + batch.trans)
 
 
 class WyckoffFlowModel(nn.Module):
@@ -162,7 +164,8 @@ class WyckoffFlowModel(nn.Module):
         h = self.norm_out(h) * (1 + scale) + shift
         v_lat = self.lattice_out(h[:, 0]).float() * batch.lat_free
         v_atom = self.coord_out(h[:, 1:]).float() * batch.amask[..., None]
-        per_atom = torch.einsum("bnij,bnj->bni", batch.back, v_atom)
+        with torch.autocast(v_atom.device.type, enabled=False):
+            per_atom = torch.einsum("bnij,bnj->bni", batch.back.float(), v_atom)
         total = torch.zeros_like(xyz).scatter_add_(
             1, batch.orbit[..., None].expand(-1, -1, 3), per_atom
         )
