@@ -21,7 +21,7 @@ dl() {
 dl matgl==4.1.2 pymatgen==2026.10.24 pymatgen-core monty spglib ruamel.yaml ruamel.yaml.clib \
   uncertainties palettable tabulate chgnet==0.4.2 torchdata orjson ase smact \
   pydantic==2.13.4 pydantic-core==2.46.4 pydantic-settings python-dotenv annotated-types \
-  typing-inspection
+  typing-inspection pyxtal==1.1.5
 # The job runner's store (job_profile.py: SQLite). (plotly, imported by pymatgen's phase
 # diagram for plotting only, is too big to carry: benchmarks/gpu_env.sh stands in for it.)
 dl sqlalchemy greenlet

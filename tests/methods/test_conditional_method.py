@@ -36,6 +36,8 @@ def tiny_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "conditional-uniform.pt"
     save_release(model, path, {"note": "test"})
     monkeypatch.setattr(method_mod, "find_weights", lambda prior="uniform": path)
+    # These tests are about the free-cell (v1) model, whichever checkpoints ship.
+    monkeypatch.setattr(method_mod, "_default_model", lambda: "free-cell")
     method_mod._load_model.cache_clear()
     return path
 

@@ -60,3 +60,40 @@ def save_training_state(path: Path, **state: Any) -> None:
 
 def load_training_state(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# --- the Wyckoff (v2) generator ---------------------------------------------------------------
+FORMAT_WYCKOFF = "matdesign-conditional-wyckoff-v1"
+
+
+def save_wyckoff_release(
+    model: torch.nn.Module, path: Path, stats: dict[str, Any], info: dict[str, Any] | None = None
+) -> None:
+    """float32 EMA weights + config + the template statistics the method proposes space groups
+    and Wyckoff assignments with (so it needs no data set at run time)."""
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT_WYCKOFF,
+        "config": model.config.to_dict(),  # type: ignore[operator]
+        "state": state,
+        "stats": stats,
+        "info": info or {},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_wyckoff_release(path: Path, device: str | torch.device = "cpu"):  # type: ignore[no-untyped-def]
+    """(model, TemplateStats, info) of a Wyckoff-generator release file."""
+    from ml.generative.assignment import TemplateStats
+    from ml.methods.conditional.wyckoff_model import WyckoffFlowModel, WyckoffModelConfig
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != FORMAT_WYCKOFF:
+        raise ValueError(f"{path} is not a Wyckoff conditional-generator checkpoint")
+    model = WyckoffFlowModel(WyckoffModelConfig(**payload["config"]))
+    model.load_state_dict(payload["state"])
+    stats = TemplateStats.from_dict(payload["stats"])
+    return model.to(device).eval(), stats, dict(payload.get("info", {}))

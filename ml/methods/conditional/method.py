@@ -23,11 +23,15 @@ from ml.methods.base import (
     Progress,
     RequestError,
 )
-from ml.methods.conditional.checkpoint import find_weights, load_release
+from ml.methods.conditional.checkpoint import find_weights, load_release, load_wyckoff_release
 from ml.methods.conditional.composition import propose_compositions
 from ml.methods.conditional.flow import SampleConfig
 from ml.methods.conditional.model import PROPERTIES, ConditionalFlowModel
 from ml.methods.conditional.sampler import GenerationCondition, generate_batches
+from ml.methods.conditional.wyckoff_flow import WyckoffSampleConfig
+from ml.methods.conditional.wyckoff_sampler import WyckoffCondition
+from ml.methods.conditional.wyckoff_sampler import generate_batches as generate_wyckoff
+from ml.methods.conditional.wyckoff_sampler import plan as plan_wyckoff
 from ml.request import Constraints, DesignRequest, Objective, reduced_amounts
 from ml.symmetry import compatible
 
@@ -42,6 +46,20 @@ TRAINING_MAX_ATOMS = 20
 
 
 class ConditionalParams(MethodParams):
+    model: Literal["wyckoff", "free-cell"] | None = Field(
+        default=None,
+        description="generator: 'wyckoff' (v2, generates the free Wyckoff parameters of an "
+        "assignment in a space group, so the space group is exact) or 'free-cell' (v1, lattice "
+        "and all coordinates, then snapped). Default: 'wyckoff' when its checkpoint exists",
+    )
+    template_options: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="wyckoff: samples share the top Wyckoff assignments round-robin, one "
+        "assignment per this many samples (space groups proposed from the composition when "
+        "the request gives none)",
+    )
     samples_per_composition: int = Field(
         default=8, ge=1, le=1000, description="structures per (composition, space group)"
     )
@@ -82,6 +100,19 @@ class ConditionalParams(MethodParams):
         description="snap a structure that has the conditioned space group within 0.5 A onto "
         "that group's ideal cell (spglib), so it meets a space-group constraint",
     )
+
+
+def _default_model() -> str:
+    try:
+        find_weights("wyckoff")
+    except FileNotFoundError:
+        return "free-cell"
+    return "wyckoff"
+
+
+@cache
+def _load_wyckoff(device: str):  # type: ignore[no-untyped-def]
+    return load_wyckoff_release(find_weights("wyckoff"), device)
 
 
 @cache
@@ -141,10 +172,18 @@ class ConditionalMethod(DesignMethod):
 
     def validate(self, request: DesignRequest) -> ConditionalParams:
         params = ConditionalParams.model_validate(request.params)
-        try:
-            find_weights(params.prior)
-        except FileNotFoundError as exc:
-            raise RequestError("params.prior", f"no checkpoint for this prior: {exc}") from exc
+        if params.model is None:
+            params = params.model_copy(update={"model": _default_model()})
+        if params.model == "wyckoff":
+            try:
+                find_weights("wyckoff")
+            except FileNotFoundError as exc:
+                raise RequestError("params.model", f"no Wyckoff checkpoint: {exc}") from exc
+        else:
+            try:
+                find_weights(params.prior)
+            except FileNotFoundError as exc:
+                raise RequestError("params.prior", f"no checkpoint for this prior: {exc}") from exc
         cons = request.constraints
         if cons.composition is not None and cons.crystal_family == "perovskite":
             cells = (Composition(cons.composition) * z for z in cons.formula_unit_choices())
@@ -239,6 +278,9 @@ class ConditionalMethod(DesignMethod):
         self, request: DesignRequest, params: MethodParams, ctx: MethodContext
     ) -> Iterator[MethodEvent]:
         assert isinstance(params, ConditionalParams)
+        if (params.model or _default_model()) == "wyckoff":
+            yield from self._run_wyckoff(request, params, ctx)
+            return
         yield Progress("load", 0, 1)
         model = _load_model(params.prior, ctx.device)
         ctx.check_cancelled()
@@ -285,5 +327,92 @@ class ConditionalMethod(DesignMethod):
                     )
                 )
             done += len(crystals)
+            yield out
+            yield Progress("generate", k + 1, total)
+
+    # ---- v2: Wyckoff generator ---------------------------------------------------------
+    def _wyckoff_plan(
+        self,
+        request: DesignRequest,
+        params: ConditionalParams,
+        model,
+        stats,  # type: ignore[no-untyped-def]
+    ) -> list[tuple[WyckoffCondition, str]]:
+        targets = {
+            o.property: _target(o, model)
+            for o in request.objectives
+            if o.property in model.config.properties
+        }
+        cells = self._cells(request, params)
+        # Every cell plans num_candidates, so cells that no assignment fits (e.g. a number of
+        # formula units whose only assignments give a supergroup) leave their share to others.
+        per_cell = request.num_candidates
+        planned = [
+            [
+                (c, source)
+                for c in plan_wyckoff(
+                    numbers,
+                    per_cell,
+                    stats,
+                    space_group=spg,
+                    formation_energy=targets.get("formation_energy"),
+                    band_gap=targets.get("band_gap"),
+                    per_template=params.template_options,
+                )
+            ]
+            for numbers, spg, source in cells
+        ]
+        # Interleave the cells so every one gets its share of num_candidates.
+        out = [p[k] for k in range(per_cell) for p in planned if k < len(p)]
+        if not out:
+            raise RequestError(
+                "constraints.space_groups",
+                "no Wyckoff assignment of the requested composition fits these space groups",
+            )
+        return out[: request.num_candidates]
+
+    def _run_wyckoff(
+        self, request: DesignRequest, params: ConditionalParams, ctx: MethodContext
+    ) -> Iterator[MethodEvent]:
+        yield Progress("load", 0, 1)
+        model, stats, _ = _load_wyckoff(ctx.device)
+        ctx.check_cancelled()
+        planned = self._wyckoff_plan(request, params, model, stats)
+        conditions = [c for c, _ in planned]
+        cfg = WyckoffSampleConfig(steps=params.steps, guidance=params.guidance)
+        total = math.ceil(len(conditions) / params.batch_size)
+        yield Progress("generate", 0, total)
+        batches = generate_wyckoff(model, conditions, cfg, request.seed, params.batch_size)
+        done = 0
+        for k in range(total):
+            ctx.check_cancelled()
+            with torch.inference_mode():
+                pairs = next(batches)
+            out: list[Candidate] = []
+            for (wyck, crystal), (cond, source) in zip(
+                pairs, planned[done : done + len(pairs)], strict=True
+            ):
+                comp = crystal.to_structure().composition
+                targets = {
+                    p: v for p in model.config.properties if (v := cond.value(p)) is not None
+                }
+                out.append(
+                    Candidate(
+                        crystal=crystal,
+                        meta={
+                            "composition": comp.formula,
+                            "formula_units": round(comp.get_reduced_composition_and_factor()[1]),
+                            "composition_source": source,
+                            "space_group_condition": cond.space_group,
+                            "space_group_generated": wyck.space_group,
+                            "wyckoff": [f"{o.letter}:{o.number}" for o in wyck.orbits],
+                            "template_rank": cond.template_rank,
+                            "targets": targets,
+                            "guidance": params.guidance,
+                            "model": "wyckoff",
+                        },
+                    )
+                )
+            done += len(pairs)
             yield out
             yield Progress("generate", k + 1, total)

@@ -1,0 +1,277 @@
+"""Which space groups and Wyckoff assignments to generate a composition in.
+
+Statistical prior, counted on MP-20 train + val in the Wyckoff representation:
+
+* space group given a composition: P(sg | reduced formula) backed off to P(sg | stoichiometry
+  prototype, e.g. AB2C4) backed off to P(sg | number of elements) (additive smoothing at each
+  level), restricted to groups whose Wyckoff positions fit the atom counts;
+* Wyckoff assignment given (space group, atoms per element in the conventional cell): every
+  assignment whose multiplicities sum to the counts (positions without free parameters used at
+  most once) is enumerated depth-first with a bound, and ranked by
+  ``2 log(1 + #training crystals with the same template) + sum log P(letter | sg)``, where a
+  template is the multiset, over elements, of each element's multiset of letters. Assignments
+  that cannot have the group (generic parameters give a supergroup) are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache, cached_property
+
+import numpy as np
+import spglib
+from pymatgen.core import Composition, Element
+
+from ml.generative.wyckoff import _group, multiplicity, orbit_ops, wyckoff_letter
+from ml.symmetry import centring, compatible
+
+__all__ = ["Assignment", "TemplateStats", "enumerate_assignments", "template_key"]
+
+MAX_RESULTS = 500  # assignments enumerated per (composition, space group) at most
+MAX_ORBITS_PER_ELEMENT = 8
+
+
+def template_key(space_group: int, letters_by_element: Sequence[Sequence[str]]) -> tuple:
+    return (space_group, tuple(sorted(tuple(sorted(ls)) for ls in letters_by_element)))
+
+
+def prototype(amounts: Sequence[int]) -> tuple[int, ...]:
+    """Sorted reduced amounts, e.g. MgAl2O4 -> (1, 2, 4)."""
+    g = math.gcd(*amounts) if amounts else 1
+    return tuple(sorted(a // g for a in amounts))
+
+
+@dataclass
+class Assignment:
+    space_group: int
+    orbits: list[tuple[str, int]]  # (letter, atomic number)
+    score: float
+
+
+@dataclass
+class TemplateStats:
+    by_formula: dict[str, Counter[int]] = field(default_factory=dict)
+    by_prototype: dict[tuple[int, ...], Counter[int]] = field(default_factory=dict)
+    by_nelements: dict[int, Counter[int]] = field(default_factory=dict)
+    letters: Counter[tuple[int, str]] = field(default_factory=Counter)
+    groups: Counter[int] = field(default_factory=Counter)
+    templates: Counter[tuple] = field(default_factory=Counter)
+
+    @classmethod
+    def from_arrays(cls, arrays) -> TemplateStats:  # type: ignore[no-untyped-def]
+        """Counts from :class:`ml.methods.conditional.wyckoff_data.WyckoffArrays`."""
+        s = cls()
+        o = arrays.offsets
+        for i in range(len(arrays)):
+            sg = int(arrays.space_group[i])
+            by_el: dict[int, list[str]] = {}
+            counts: Counter[int] = Counter()
+            for k in range(o[i], o[i + 1]):
+                letter = wyckoff_letter(int(arrays.wid[k]))[1]
+                z = int(arrays.number[k])
+                by_el.setdefault(z, []).append(letter)
+                counts[z] += multiplicity(sg, letter)
+                s.letters[(sg, letter)] += 1
+            s.groups[sg] += 1
+            s.templates[template_key(sg, list(by_el.values()))] += 1
+            comp = Composition({Element.from_Z(z).symbol: c for z, c in counts.items()})
+            s.by_formula.setdefault(comp.reduced_formula, Counter())[sg] += 1
+            s.by_prototype.setdefault(prototype(list(counts.values())), Counter())[sg] += 1
+            s.by_nelements.setdefault(len(counts), Counter())[sg] += 1
+        return s
+
+    def to_dict(self) -> dict:
+        """Plain lists (for a checkpoint: the method needs no data set at run time)."""
+        return {
+            "by_formula": [[f, list(c.items())] for f, c in self.by_formula.items()],
+            "by_prototype": [[list(p), list(c.items())] for p, c in self.by_prototype.items()],
+            "by_nelements": [[n, list(c.items())] for n, c in self.by_nelements.items()],
+            "letters": [[g, x, v] for (g, x), v in self.letters.items()],
+            "groups": list(self.groups.items()),
+            "templates": [[g, [list(ls) for ls in t], v] for (g, t), v in self.templates.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TemplateStats:
+        return cls(
+            by_formula={f: Counter(dict(map(tuple, c))) for f, c in d["by_formula"]},
+            by_prototype={tuple(p): Counter(dict(map(tuple, c))) for p, c in d["by_prototype"]},
+            by_nelements={int(n): Counter(dict(map(tuple, c))) for n, c in d["by_nelements"]},
+            letters=Counter({(int(g), x): v for g, x, v in d["letters"]}),
+            groups=Counter(dict(map(tuple, d["groups"]))),
+            templates=Counter(
+                {(int(g), tuple(tuple(ls) for ls in t)): v for g, t, v in d["templates"]}
+            ),
+        )
+
+    # --- space groups ---------------------------------------------------------------------
+    def space_group_probs(self, amounts: Mapping[str, int]) -> dict[int, float]:
+        """P(sg | composition) over all 230 groups (hierarchical additive smoothing)."""
+        total = sum(self.groups.values()) or 1
+        p = {g: (self.groups[g] + 0.1) / (total + 23.0) for g in range(1, 231)}
+        formula = Composition(dict(amounts)).reduced_formula
+        for counts, alpha in (
+            (self.by_nelements.get(len(amounts), Counter()), 5.0),
+            (self.by_prototype.get(prototype(list(amounts.values())), Counter()), 2.0),
+            (self.by_formula.get(formula, Counter()), 1.0),
+        ):
+            n = sum(counts.values())
+            p = {g: (counts[g] + alpha * p[g]) / (n + alpha) for g in p}
+        return p
+
+    def propose_space_groups(
+        self, amounts: Mapping[str, int], count: int, formula_units: Sequence[int] = range(1, 9)
+    ) -> list[tuple[int, float]]:
+        """The ``count`` likeliest groups (with probability) in which a primitive cell of
+        some number of formula units in ``formula_units`` fits the Wyckoff positions."""
+        probs = self.space_group_probs(amounts)
+        out = []
+        for g, pr in sorted(probs.items(), key=lambda kv: (-kv[1], kv[0])):
+            if any(compatible(g, [z * a for a in amounts.values()]) for z in formula_units):
+                out.append((g, pr))
+                if len(out) == count:
+                    break
+        return out
+
+    # --- Wyckoff assignments --------------------------------------------------------------
+    @cached_property
+    def _orbits_per_group(self) -> Counter[int]:
+        out: Counter[int] = Counter()
+        for (g, _), v in self.letters.items():
+            out[g] += v
+        return out
+
+    @cached_property
+    def _logp(self) -> dict[tuple[int, str], float]:
+        return {}
+
+    def letter_logp(self, space_group: int, letter: str) -> float:
+        key = (space_group, letter)
+        if key not in self._logp:
+            n = self._orbits_per_group[space_group]
+            k = len(_group(space_group))
+            self._logp[key] = math.log((self.letters[key] + 0.5) / (n + 0.5 * k))
+        return self._logp[key]
+
+    def score(self, space_group: int, by_element: Sequence[Sequence[str]]) -> float:
+        key = template_key(space_group, by_element)
+        lp = sum(self.letter_logp(space_group, x) for ls in by_element for x in ls)
+        return 2.0 * math.log1p(self.templates[key]) + lp
+
+
+def _element_options(
+    positions: Sequence[tuple[str, int, bool]], count: int, limit: int
+) -> list[list[int]]:
+    """Multisets (as index lists into ``positions``, non-decreasing) whose multiplicities sum to
+    ``count``; fixed positions (no free parameter) at most once."""
+    out: list[list[int]] = []
+
+    def rec(start: int, left: int, chosen: list[int]) -> None:
+        if len(out) >= limit:
+            return
+        if left == 0:
+            out.append(list(chosen))
+            return
+        if len(chosen) >= MAX_ORBITS_PER_ELEMENT:
+            return
+        for i in range(start, len(positions)):
+            _, m, has_free = positions[i]
+            if m > left:
+                continue
+            chosen.append(i)
+            rec(i if has_free else i + 1, left - m, chosen)
+            chosen.pop()
+
+    rec(0, count, [])
+    return out
+
+
+@cache
+def faithful(space_group: int, orbits: tuple[tuple[str, int], ...]) -> bool:
+    """Whether an assignment, with generic free parameters and lattice, has exactly this space
+    group. Some do not: e.g. Zn and O both on 2a of P6_3mc put every atom on the c axis with
+    a c/2 translation, which is P6mm with half the cell, whatever the parameters."""
+    from ml.generative.wyckoff import Orbit, WyckoffCrystal
+
+    rng = np.random.default_rng(len(orbits))  # fixed: the answer must not vary between calls
+    ws = WyckoffCrystal(
+        space_group,
+        np.array([4.1, 5.3, 6.7, 81.0, 97.0, 109.0]),
+        [Orbit(x, z, tuple(rng.uniform(0.05, 0.95, 3))) for x, z in orbits],
+    )
+    c = ws.conventional()
+    ds = spglib.get_symmetry_dataset((c.lattice, c.frac_coords, c.numbers), symprec=1e-3)
+    return ds is not None and int(ds.number) == space_group
+
+
+def enumerate_assignments(
+    space_group: int,
+    counts: Mapping[int, int],
+    stats: TemplateStats | None = None,
+    limit: int = MAX_RESULTS,
+    keep: int | None = None,
+) -> list[Assignment]:
+    """Wyckoff assignments of a conventional cell with ``counts`` (atomic number -> atoms),
+    best first (by ``stats``; without stats, fewest orbits first). ``keep``: return only the
+    best ``keep`` that are :func:`faithful` (checked lazily, in rank order)."""
+    positions = []
+    for wp in _group(space_group):
+        _, _, free = orbit_ops(space_group, wp.letter)
+        positions.append((wp.letter, int(wp.multiplicity), bool(free.any())))
+    # Frequent letters first, so the bounded search meets the likely assignments early.
+    if stats is not None:
+        positions.sort(key=lambda p: -stats.letter_logp(space_group, p[0]))
+    elements = sorted(counts, key=lambda z: -counts[z])
+    per_element = [_element_options(positions, counts[z], limit) for z in elements]
+    if any(not opts for opts in per_element):
+        return []
+    results: list[Assignment] = []
+
+    def rec(k: int, used_fixed: set[int], chosen: list[list[int]]) -> None:
+        if len(results) >= limit:
+            return
+        if k == len(elements):
+            by_el = [[positions[i][0] for i in c] for c in chosen]
+            score = (
+                stats.score(space_group, by_el)
+                if stats is not None
+                else -float(sum(map(len, by_el)))
+            )
+            orbits = [(positions[i][0], elements[e]) for e, c in enumerate(chosen) for i in c]
+            results.append(Assignment(space_group, orbits, score))
+            return
+        for opt in per_element[k]:
+            fixed = {i for i in opt if not positions[i][2]}
+            if fixed & used_fixed:
+                continue
+            chosen.append(opt)
+            rec(k + 1, used_fixed | fixed, chosen)
+            chosen.pop()
+
+    rec(0, set(), [])
+    results.sort(key=lambda a: (-a.score, len(a.orbits), a.orbits))
+    if keep is None:
+        return results
+    out = []
+    for a in results:
+        if faithful(space_group, tuple(a.orbits)):
+            out.append(a)
+            if len(out) == keep:
+                break
+    return out
+
+
+def conventional_counts(numbers: Sequence[int], space_group: int) -> dict[int, int]:
+    """Atoms per element of the conventional cell for a primitive cell's atoms."""
+    c = centring(space_group)
+    return {int(z): n * c for z, n in Counter(int(x) for x in numbers).items()}
+
+
+def allocate(n: int, options: int, per_option: int = 4) -> list[int]:
+    """Which option rank each of ``n`` samples uses: round-robin over the top
+    ``ceil(n / per_option)`` options (one sample: the best)."""
+    k = max(1, min(options, math.ceil(n / per_option)))
+    return [i % k for i in range(n)]

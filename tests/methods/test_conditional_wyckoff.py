@@ -1,0 +1,233 @@
+"""Wyckoff (v2) conditional generator: representation round trips, assignment enumeration,
+symmetry of generated crystals, and the ``conditional`` method with a tiny checkpoint."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import spglib
+import torch
+from pymatgen.analysis.structure_matcher import StructureMatcher
+
+from ml.crystal import Crystal
+from ml.data import load_records
+from ml.generative.assignment import TemplateStats, conventional_counts, enumerate_assignments
+from ml.generative.wyckoff import WyckoffCrystal, multiplicity, orbit_ops
+from ml.methods.base import MethodContext
+from ml.methods.conditional import method as method_mod
+from ml.methods.conditional.checkpoint import load_wyckoff_release, save_wyckoff_release
+from ml.methods.conditional.method import ConditionalMethod
+from ml.methods.conditional.wyckoff_data import arrays_to_batch, from_crystals, pad_templates
+from ml.methods.conditional.wyckoff_flow import WyckoffSampleConfig, flow_loss
+from ml.methods.conditional.wyckoff_model import PROPERTIES, WyckoffFlowModel, WyckoffModelConfig
+from ml.methods.conditional.wyckoff_sampler import generate_batches, plan
+from ml.request import DesignRequest
+
+warnings.filterwarnings("ignore")
+
+
+def spacegroup(c: Crystal, symprec: float = 0.01) -> int:
+    ds = spglib.get_symmetry_dataset((c.lattice, c.frac_coords, c.numbers), symprec=symprec)
+    return 0 if ds is None else int(ds.number)
+
+
+@pytest.fixture(scope="module")
+def records() -> list:
+    return load_records("mp20", "test", limit=16)
+
+
+@pytest.fixture(scope="module")
+def stats(records: list) -> TemplateStats:
+    arrays = from_crystals([r.crystal for r in records], [r.material_id for r in records])
+    return TemplateStats.from_arrays(arrays)
+
+
+def tiny_model(seed: int = 0) -> WyckoffFlowModel:
+    torch.manual_seed(seed)
+    model = WyckoffFlowModel(
+        WyckoffModelConfig(d_model=32, layers=2, heads=4, lattice_mu=1.0, lattice_sigma=0.3)
+    )
+    # Zero-initialised heads give a zero field: randomise so samples move.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_round_trip_real_structures(records: list) -> None:
+    matcher = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)
+    for r in records:
+        w = WyckoffCrystal.from_crystal(r.crystal)
+        back = w.to_crystal()
+        assert back.num_atoms == r.crystal.num_atoms
+        assert sorted(back.numbers) == sorted(r.crystal.numbers)
+        assert matcher.fit(back.to_structure(), r.crystal.to_structure()), r.formula
+        assert spacegroup(back, 0.1) == w.space_group
+        # Multiplicities of the orbits add up to the conventional cell's atoms.
+        assert sum(w.counts().values()) == w.conventional().num_atoms
+
+
+@pytest.mark.parametrize(
+    ("numbers", "sg"),
+    [
+        ([30] * 2 + [8] * 2, 186),
+        ([22] * 2 + [8] * 4, 136),
+        ([12] * 2 + [13] * 4 + [8] * 8, 227),
+        ([3] * 4 + [26] * 4 + [15] * 4 + [8] * 16, 62),
+        ([38, 22, 8, 8, 8], 221),
+    ],
+)
+def test_assignments_fit_counts(numbers: list[int], sg: int, stats: TemplateStats) -> None:
+    counts = conventional_counts(numbers, sg)
+    found = enumerate_assignments(sg, counts, stats)
+    assert found
+    for a in found:
+        got: Counter[int] = Counter()
+        for letter, z in a.orbits:
+            got[z] += multiplicity(sg, letter)
+        assert dict(got) == counts
+        fixed = [x for x, _ in a.orbits if not orbit_ops(sg, x)[2].any()]
+        assert len(fixed) == len(set(fixed)), "a position without free parameters used twice"
+    scores = [a.score for a in found]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_no_assignment_when_counts_do_not_fit(stats: TemplateStats) -> None:
+    # One O atom per primitive cell of Fd-3m (4 per conventional cell): smallest orbit is 8.
+    assert enumerate_assignments(227, conventional_counts([8], 227), stats) == []
+
+
+def test_generated_crystals_have_the_requested_space_group(stats: TemplateStats) -> None:
+    model = tiny_model()
+    requests = [
+        ([30] * 2 + [8] * 2, 186),
+        ([22] * 2 + [8] * 4, 136),
+        ([12] * 2 + [13] * 4 + [8] * 8, 227),
+        ([3] * 4 + [26] * 4 + [15] * 4 + [8] * 16, 62),
+        ([26] * 4 + [8] * 6, 167),  # trigonal, hexagonal axes
+        ([11, 11, 17, 17, 8, 8, 8, 8], 14),  # monoclinic
+    ]
+    conds = [c for nums, sg in requests for c in plan(nums, 3, stats, space_group=sg)]
+    assert len(conds) == 3 * len(requests)
+    pairs = [p for b in generate_batches(model, conds, WyckoffSampleConfig(steps=4)) for p in b]
+    for cond, (w, crystal) in zip(conds, pairs, strict=True):
+        assert w.space_group == cond.space_group
+        assert spacegroup(crystal) == cond.space_group, (cond, crystal)
+        assert np.isfinite(crystal.lattice).all()
+
+
+def test_loss_is_finite_and_has_gradients(records: list) -> None:
+    arrays = from_crystals([r.crystal for r in records], [r.material_id for r in records])
+    model = tiny_model()
+    batch = arrays_to_batch(arrays, PROPERTIES, model.config.norm).trim()
+    loss, parts = flow_loss(model.train(), batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and float(parts["coord"]) > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_orbits_share_one_velocity() -> None:
+    """Atoms of one orbit move together: the velocity lives on the orbit's free parameters."""
+    model = tiny_model()
+    batch = pad_templates([225], [[("a", 11), ("b", 17)]])
+    assert not batch.free.any()  # rocksalt: no free coordinate
+    v_xyz, v_lat = model(
+        batch,
+        batch.xyz,
+        batch.lattice,
+        torch.tensor([0.5]),
+        batch.space_group,
+        batch.props,
+        batch.props_given,
+    )
+    assert torch.all(v_xyz == 0)
+    assert torch.all(v_lat[:, 1:] == 0)  # cubic: only a is free
+
+
+@pytest.fixture()
+def tiny_wyckoff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stats: TemplateStats) -> Path:
+    path = tmp_path / "conditional-wyckoff.pt"
+    save_wyckoff_release(tiny_model(), path, stats.to_dict(), {"note": "test"})
+    monkeypatch.setattr(method_mod, "find_weights", lambda prior="uniform": path)
+    method_mod._load_wyckoff.cache_clear()
+    return path
+
+
+def test_release_round_trip(tiny_wyckoff: Path, stats: TemplateStats) -> None:
+    model, loaded, info = load_wyckoff_release(tiny_wyckoff)
+    assert info == {"note": "test"}
+    assert loaded.templates == stats.templates
+    assert model.config.d_model == 32
+
+
+def test_method_returns_requested_space_group(tiny_wyckoff: Path) -> None:
+    req = DesignRequest.model_validate(
+        {
+            "method": "conditional",
+            "objectives": [{"property": "formation_energy", "goal": "target", "value": -2.0}],
+            # Z = 2 fits no faithful assignment of F-43m (216) and Z = 1 none of P6_3mc (186).
+            "constraints": {
+                "composition": "ZnO",
+                "formula_units": [1, 2],
+                "space_groups": [186, 216],
+            },
+            "num_candidates": 6,
+            "seed": 1,
+            "params": {"model": "wyckoff", "steps": 4},
+        }
+    )
+    m = ConditionalMethod()
+    params = m.validate(req)
+    cands = [c for e in m.run(req, params, MethodContext()) if isinstance(e, list) for c in e]
+    assert len(cands) == 6
+    assert {c.meta["space_group_condition"] for c in cands} == {186, 216}
+    for c in cands:
+        assert spacegroup(c.crystal) == c.meta["space_group_condition"]
+        assert c.crystal.to_structure().composition.reduced_formula == "ZnO"
+        assert c.meta["model"] == "wyckoff"
+    # Same seed, same candidates.
+    again = [c for e in m.run(req, params, MethodContext()) if isinstance(e, list) for c in e]
+    assert np.allclose(again[0].crystal.lattice, cands[0].crystal.lattice)
+
+
+def test_method_without_space_group_proposes_one(tiny_wyckoff: Path) -> None:
+    req = DesignRequest.model_validate(
+        {
+            "method": "conditional",
+            "objectives": [],
+            "constraints": {"composition": "MgAl2O4", "formula_units": [2]},
+            "num_candidates": 4,
+            "params": {"model": "wyckoff", "steps": 3},
+        }
+    )
+    m = ConditionalMethod()
+    cands = [
+        c for e in m.run(req, m.validate(req), MethodContext()) if isinstance(e, list) for c in e
+    ]
+    assert len(cands) == 4
+    for c in cands:
+        assert spacegroup(c.crystal) == c.meta["space_group_generated"]
+
+
+def test_missing_wyckoff_checkpoint_is_a_request_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.methods.base import RequestError
+
+    def missing(prior: str = "uniform") -> Path:
+        raise FileNotFoundError(prior)
+
+    monkeypatch.setattr(method_mod, "find_weights", missing)
+    req = DesignRequest.model_validate(
+        {
+            "method": "conditional",
+            "objectives": [],
+            "constraints": {"composition": "ZnO"},
+            "params": {"model": "wyckoff"},
+        }
+    )
+    with pytest.raises(RequestError) as err:
+        ConditionalMethod().validate(req)
+    assert err.value.field == "params.model"
