@@ -174,9 +174,10 @@ def _prepared(crystal: Crystal) -> PreparedStructure | None:
     return prepared
 
 
-def oracle_plan(request: DesignRequest) -> dict[str, str]:
-    """Score key -> oracle name for a request (see the module docstring)."""
-    from ml.oracles.registry import default_oracle_name
+def oracle_plan(request: DesignRequest, judge: str | None = None) -> dict[str, str]:
+    """Score key -> oracle name for a request (see the module docstring). With ``judge`` (the
+    stability oracle), formation energy defaults to the judge's model, from the same energies."""
+    from ml.oracles.registry import EFORM_OF_ENERGY, default_oracle_name
 
     plan = dict(_BASE_ORACLES)
     gap_set = False
@@ -192,16 +193,20 @@ def oracle_plan(request: DesignRequest) -> dict[str, str]:
         plan.setdefault(prop, default_oracle_name(prop))
     if plan["band_gap"] != _BASE_ORACLES["band_gap"]:
         plan["band_gap_pbe"] = _BASE_ORACLES["band_gap"]
+    if judge in EFORM_OF_ENERGY and "formation_energy" not in request.oracles:
+        plan["formation_energy"] = EFORM_OF_ENERGY[judge]
     # Oracles the request names replace the defaults for their property.
     plan.update({k: v for k, v in request.oracles.items() if k != "energy_above_hull"})
     return plan
 
 
-def stability_oracle(request: DesignRequest) -> str:
-    """The energy oracle that relaxes the candidates and judges their energy above hull."""
-    from ml.oracles.registry import DEFAULT_STABILITY_ORACLE
+def stability_oracle(request: DesignRequest, device: str | None = None) -> str:
+    """The energy oracle that relaxes the candidates and judges their energy above hull: the
+    request's choice, else the default for ``device`` (SevenNet-l3i5 on a GPU, CHGNet on a
+    CPU)."""
+    from ml.oracles.registry import default_stability_oracle
 
-    return request.oracles.get("energy_above_hull", DEFAULT_STABILITY_ORACLE)
+    return request.oracles.get("energy_above_hull") or default_stability_oracle(device)
 
 
 @lru_cache(maxsize=4)
@@ -218,13 +223,19 @@ def warm_up(device: str | None = None) -> dict[str, float]:
     Workers call it when they start, so their first job does not pay these loads."""
     import time
 
-    from ml.oracles.registry import DEFAULT_STABILITY_ORACLE, ENERGY_MODEL_OF, get_oracle
+    from ml.oracles.registry import (
+        EFORM_OF_ENERGY,
+        ENERGY_MODEL_OF,
+        default_stability_oracle,
+        get_oracle,
+    )
 
+    judge = default_stability_oracle(device)
     loads: dict[str, Callable[[], object]] = {
         name: partial(get_oracle, name, device)
-        for name in (DEFAULT_STABILITY_ORACLE, *_BASE_ORACLES.values())
+        for name in (judge, EFORM_OF_ENERGY[judge], *_BASE_ORACLES.values())
     }
-    model = ENERGY_MODEL_OF[DEFAULT_STABILITY_ORACLE]
+    model = ENERGY_MODEL_OF[judge]
     loads.update(hull=partial(_reference_hull, model), novelty=get_reference_set)
     took: dict[str, float] = {}
     for part, load in loads.items():
@@ -302,7 +313,7 @@ def evaluate_candidates(
 
     clock = _PhaseClock(timings)
     constraints = request.constraints
-    judge = stability_oracle(request)
+    judge = stability_oracle(request, device)
     energy_model = ENERGY_MODEL_OF[judge]
     out: list[ScoredCandidate] = []
     eligible: list[int] = []
@@ -375,7 +386,7 @@ def evaluate_candidates(
     )
 
     # Oracle scores, each oracle once over the whole batch.
-    plan = oracle_plan(request)
+    plan = oracle_plan(request, judge)
     values: dict[int, dict[str, float | None]] = {i: {} for i in eligible}
     for key, name in plan.items():
         oracle = get_oracle(name, device)

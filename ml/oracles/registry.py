@@ -13,9 +13,12 @@ from ml.oracles.base import Oracle, OracleInfo
 
 __all__ = [
     "DEFAULT_STABILITY_ORACLE",
+    "EFORM_OF_ENERGY",
     "ENERGY_MODEL_OF",
+    "GPU_STABILITY_ORACLE",
     "ORACLE_INFOS",
     "default_oracle_name",
+    "default_stability_oracle",
     "get_oracle",
     "known_properties",
     "list_oracles",
@@ -167,6 +170,16 @@ ENERGY_MODEL_OF: dict[str, str] = {
 # ml/tools/build_hull_tables.py); SevenNet is selectable by name for energies and formation
 # energies already.
 DEFAULT_STABILITY_ORACLE = "chgnet-energy"
+# On a GPU SevenNet-l3i5 judges instead: more accurate (on-hull F1 0.840 vs 0.798, Eform MAE
+# 0.022 vs 0.036 eV/atom on MP-20 test) and, batched on an H200, faster than CHGNet (752 vs 150
+# structures/s, 17.9 vs 4.8 relaxations/s). On a CPU it is ~85x slower (1.7 structures/s).
+GPU_STABILITY_ORACLE = "sevennet-l3i5-energy"
+# The formation-energy oracle computed from an energy oracle's own energies.
+EFORM_OF_ENERGY: dict[str, str] = {
+    "chgnet-energy": "chgnet-eform",
+    "sevennet-l3i5-energy": "sevennet-l3i5-eform",
+    "sevennet-0-energy": "sevennet-0-eform",
+}
 
 # property -> {fidelity or None: default oracle name}
 _DEFAULTS: dict[str, dict[str | None, str]] = {
@@ -274,6 +287,17 @@ def default_oracle_name(property: str, fidelity: str | None = None) -> str:
         allowed = sorted(k for k in by_fidelity if k is not None)
         raise KeyError(f"property {property!r} has no fidelity {fidelity!r}; known: {allowed}")
     return by_fidelity[key]
+
+
+def default_stability_oracle(device: str | None = None) -> str:
+    """The energy oracle that relaxes and judges E_hull when a request names none: SevenNet-l3i5
+    on a CUDA device (once its hull table exists), CHGNet elsewhere."""
+    if _resolve_device(device).startswith("cuda"):
+        from ml.evaluation.hull import hull_available
+
+        if hull_available(ENERGY_MODEL_OF[GPU_STABILITY_ORACLE]):
+            return GPU_STABILITY_ORACLE
+    return DEFAULT_STABILITY_ORACLE
 
 
 def _resolve_device(device: str | None) -> str:

@@ -187,3 +187,38 @@ def test_sevennet_passes_are_bounded_by_edges_and_items():
     chunks = _edge_bounded_chunks(graphs, list(range(6)), max_items=2, max_edges=100)
     assert chunks == [[0, 1], [2, 3], [4], [5]]
     assert sorted(i for c in chunks for i in c) == list(range(6))
+
+
+def test_gpu_judge_is_sevennet_l3i5_and_formation_energy_follows_it() -> None:
+    """On a GPU SevenNet-l3i5 judges stability and formation energy from the same energies;
+    on a CPU CHGNet does; a request's named oracles win either way (no GPU needed here)."""
+    from ml.oracles.registry import default_stability_oracle
+    from ml.pipeline import oracle_plan
+
+    assert default_stability_oracle("cuda") == "sevennet-l3i5-energy"
+    assert default_stability_oracle("cpu") == "chgnet-energy"
+    plain = DesignRequest(method="t")
+    gpu = DesignRequest(method="t")
+    assert stability_oracle(gpu, "cuda") == "sevennet-l3i5-energy"
+    assert oracle_plan(plain, "sevennet-l3i5-energy")["formation_energy"] == "sevennet-l3i5-eform"
+    assert oracle_plan(plain, "chgnet-energy")["formation_energy"] == "chgnet-eform"
+    named = DesignRequest(
+        method="t",
+        oracles={"energy_above_hull": "chgnet-energy", "formation_energy": "sevennet-0-eform"},
+    )
+    assert stability_oracle(named, "cuda") == "chgnet-energy"
+    assert oracle_plan(named, "sevennet-l3i5-energy")["formation_energy"] == "sevennet-0-eform"
+
+
+def test_sevennet_l3i5_hull_judges_a_known_crystal_near_zero() -> None:
+    """The committed SevenNet-l3i5 hull table: rock salt NaCl, a hull vertex, sits on it."""
+    request = DesignRequest(
+        method="t",
+        constraints=Constraints(charge_neutral=False),
+        relax=False,
+        oracles={"energy_above_hull": "sevennet-l3i5-energy"},
+    )
+    [nacl] = evaluate_candidates([Candidate(Crystal.from_structure(rock_salt()))], request)
+    assert nacl.scores["energy_above_hull"].oracle == "sevennet-l3i5-energy"
+    assert nacl.scores["formation_energy"].oracle == "sevennet-l3i5-eform"
+    assert abs(nacl.energy_above_hull) < 0.02

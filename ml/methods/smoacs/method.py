@@ -200,6 +200,7 @@ class SmoacsMethod(DesignMethod):
             if params.relaxes():
                 yield Progress(phase="relax", step=bi, total=n_batches)
                 result = _relax_and_rescore(engine, final_pop, result, params, device)
+                yield Progress(phase="relax", step=bi + 1, total=n_batches)
             yield _candidates(result, gap_key, bi * params.batch_size, designed)
 
     def describe(self) -> dict[str, object]:
