@@ -73,7 +73,7 @@ _sweepers: list[Any] = []
 
 
 @worker_ready.connect
-def _start_sweeper(**_: object) -> None:
+def _start_sweeper(sender: Any = None, **_: object) -> None:
     # In the worker's main process only (pool processes never get this signal). Sweeps are
     # conditional UPDATEs, so sweepers in several workers and API replicas don't collide.
     settings = get_settings()
@@ -81,15 +81,39 @@ def _start_sweeper(**_: object) -> None:
         from workers.warmup import start_warm_up
 
         start_warm_up(settings)  # jobs run in this process: no pool process to warm
-    if settings.embedded or not settings.sweeper_enabled:
+    if settings.embedded:
+        return
+    _start_watchdog(sender, settings)
+    if not settings.sweeper_enabled:
         return
     from app.db import get_database
     from app.queue import CeleryQueue
     from workers.sweeper import Sweeper
 
-    sweeper = Sweeper(get_database(settings), settings, CeleryQueue(settings).enqueue)
+    sweeper = Sweeper(get_database(settings), settings, CeleryQueue(settings).resend)
     sweeper.start()
     _sweepers.append(sweeper)
+
+
+def _start_watchdog(consumer: Any, settings: Settings) -> None:
+    """The consumer watchdog (``workers/consumer_watchdog.py``): Redis brokers, event-loop
+    pools (prefork), unless ``consumer_stall_after_s`` is 0."""
+    after = settings.consumer_stall_after_s
+    if not after or getattr(consumer, "hub", None) is None:
+        return
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return
+    from workers.consumer_watchdog import ConsumerWatchdog, redis_queue_depth
+
+    watchdog = ConsumerWatchdog(
+        consumer,
+        settings.queue_name,
+        redis_queue_depth(settings.broker_url, settings.queue_name),
+        after_s=after,
+        interval_s=min(5.0, max(after / 4, 0.5)),
+    )
+    watchdog.start()
+    _sweepers.append(watchdog)
 
 
 @worker_shutdown.connect
