@@ -30,10 +30,8 @@ def configure_celery(settings: Settings) -> Celery:
     # job with a readable error first; these catch a step that never returns (prefork only).
     soft = int(settings.job_time_limit_s) + 120
     if celery_app.conf.broker_url not in (None, broker):
-        # Another broker than before (a second app in one process, e.g. tests): drop the
-        # producer pool, whose connections still point at the old one; otherwise messages
-        # would go to the old broker's queue.
-        celery_app.close()
+        # Another broker than before (a second app in one process, e.g. tests).
+        _drop_broker_pools(celery_app)
     celery_app.conf.update(
         broker_url=broker,
         result_backend=None,
@@ -57,6 +55,23 @@ def configure_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return celery_app
+
+
+def _drop_broker_pools(app: Celery) -> None:
+    """Forget the connection pool and the producer pool, so the next send connects to the
+    broker now configured.
+
+    ``Celery.close()`` resets only the connection pool: the producer pool (``amqp.
+    _producer_pool``, one of kombu's process-wide pools keyed by the old connection) stays,
+    and ``apply_async`` goes on publishing to the previous broker, raising nothing (issue 19:
+    the API of the Redis-restart fault test sent every job and re-send to the Redis of the
+    test before it; only the worker's own sweeper delivered them). Celery resets the same two
+    attributes after a fork.
+    """
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
 
 
 @worker_process_init.connect
