@@ -1,11 +1,11 @@
 """The consumer watchdog (workers/consumer_watchdog.py).
 
 Unit tests of the stall rule, then a real worker on a private Redis whose consumer stops
-taking messages while it stays connected and answers pings. After Redis restarts kombu can
-leave a worker in that state (issue 19: five jobs and all their re-sends stayed queued for
-420 s); here it is brought about with Celery's own ``cancel_consumer`` control command, which
-produces the same state from outside: the worker is alive, its queue fills, nothing is taken.
-Without the watchdog the job below would stay queued for good.
+taking messages while it stays connected and answers pings: the state kombu's Redis transport
+can be left in after a broker restart (celery/celery #8030, #8091, kombu #2629). Here it is
+brought about with Celery's own ``cancel_consumer`` control command, which gives the same
+state seen from outside: the worker is alive, its queue fills, nothing is taken. Without the
+watchdog the job below stays queued for good.
 """
 
 from __future__ import annotations
