@@ -53,8 +53,8 @@ def _startup(svc: Services) -> object | None:
             svc.queue.enqueue(job_id)
     if not svc.settings.sweeper_enabled:
         return None
-    sweep(svc.db, svc.settings, svc.queue.enqueue)
-    sweeper = Sweeper(svc.db, svc.settings, svc.queue.enqueue)
+    sweep(svc.db, svc.settings, svc.queue.resend)
+    sweeper = Sweeper(svc.db, svc.settings, svc.queue.resend)
     sweeper.start()
     return sweeper
 

@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 class JobQueue(Protocol):
     def enqueue(self, job_id: str) -> None: ...
 
+    def resend(self, job_id: str) -> None: ...
+
     def broker_ok(self) -> tuple[bool, str]: ...
 
     def workers_ok(self) -> tuple[bool, str]: ...
@@ -30,6 +32,9 @@ class EmbeddedQueue:
         self.worker = EmbeddedWorker(settings, db)
 
     def enqueue(self, job_id: str) -> None:
+        self.worker.enqueue(job_id)
+
+    def resend(self, job_id: str) -> None:
         self.worker.enqueue(job_id)
 
     def broker_ok(self) -> tuple[bool, str]:
@@ -63,6 +68,22 @@ class CeleryQueue:
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
+
+    def resend(self, job_id: str) -> None:
+        """The sweeper's send: as :meth:`enqueue`, on a connection of its own that is closed
+        afterwards, so a re-send never goes through a pooled connection that may have been
+        left in a bad state by a broker restart. Raises if the broker did not take it."""
+        from workers.tasks import run_design_job
+
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+            run_design_job.apply_async(
+                args=[job_id],
+                queue=self.settings.queue_name,
+                connection=conn,
+                retry=True,
+                retry_policy={"max_retries": 1, "interval_start": 0.2},
+            )
 
     def broker_ok(self) -> tuple[bool, str]:
         try:

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # A queued job whose message may have been lost is re-enqueued after this long, then
     # after twice as long, and so on (duplicates are harmless: a job is claimed only once).
     requeue_queued_after_s: float = Field(default=300.0, gt=0)
+    # ... but never waits longer than this between re-sends while the job stays queued
+    # (the doubling alone would reach 64 x the delay).
+    requeue_queued_max_s: float = Field(default=1800.0, gt=0)
 
     # --- Celery -------------------------------------------------------------------------
     # Design tasks go to this queue ("gpu"); a separate name isolates deployments (and test
@@ -89,6 +92,9 @@ class Settings(BaseSettings):
     # Load oracles and reference tables when a worker (or embedded server) starts.
     worker_warm_up: bool = True
     broker_visibility_timeout_s: int = Field(default=7200, ge=60)
+    # A worker whose queue holds messages while it has a free slot for this long has a
+    # stalled consumer (seen after Redis restarts): it reconnects it. 0 turns the check off.
+    consumer_stall_after_s: float = Field(default=60.0, ge=0)
     readyz_worker_timeout_s: float = Field(default=1.0, gt=0)
     # Sharding (Celery only): a job of at least ``shard_min_candidates`` candidates (0: never)
     # runs as shard tasks of ``shard_candidates`` candidates each, joined by a chord.

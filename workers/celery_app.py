@@ -32,10 +32,8 @@ def configure_celery(settings: Settings) -> Celery:
     # job with a readable error first; these catch a step that never returns (prefork only).
     soft = int(settings.job_time_limit_s) + 120
     if celery_app.conf.broker_url not in (None, broker):
-        # Another broker than before (a second app in one process, e.g. tests): drop the
-        # producer pool, whose connections still point at the old one; otherwise messages
-        # would go to the old broker's queue.
-        celery_app.close()
+        # Another broker than before (a second app in one process, e.g. tests).
+        _drop_broker_pools(celery_app)
     celery_app.conf.update(
         broker_url=broker,
         # Sharded jobs' chords count their shards in the result backend (the broker's
@@ -66,6 +64,23 @@ def configure_celery(settings: Settings) -> Celery:
     return celery_app
 
 
+def _drop_broker_pools(app: Celery) -> None:
+    """Forget the connection pool and the producer pool, so the next send connects to the
+    broker now configured.
+
+    ``Celery.close()`` resets only the connection pool: the producer pool (``amqp.
+    _producer_pool``, one of kombu's process-wide pools keyed by the old connection) stays,
+    and ``apply_async`` goes on publishing to the previous broker, raising nothing (issue 19:
+    the API of the Redis-restart fault test sent every job and re-send to the Redis of the
+    test before it; only the worker's own sweeper delivered them). Celery resets the same two
+    attributes after a fork.
+    """
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+
+
 @worker_process_init.connect
 def _fresh_connections(**_: object) -> None:
     # A forked pool process must not share the parent's database connections.
@@ -80,7 +95,7 @@ _sweepers: list[Any] = []
 
 
 @worker_ready.connect
-def _start_sweeper(**_: object) -> None:
+def _start_sweeper(sender: Any = None, **_: object) -> None:
     # In the worker's main process only (pool processes never get this signal). Sweeps are
     # conditional UPDATEs, so sweepers in several workers and API replicas don't collide.
     settings = get_settings()
@@ -88,15 +103,39 @@ def _start_sweeper(**_: object) -> None:
         from workers.warmup import start_warm_up
 
         start_warm_up(settings)  # jobs run in this process: no pool process to warm
-    if settings.embedded or not settings.sweeper_enabled:
+    if settings.embedded:
+        return
+    _start_watchdog(sender, settings)
+    if not settings.sweeper_enabled:
         return
     from app.db import get_database
     from app.queue import CeleryQueue
     from workers.sweeper import Sweeper
 
-    sweeper = Sweeper(get_database(settings), settings, CeleryQueue(settings).enqueue)
+    sweeper = Sweeper(get_database(settings), settings, CeleryQueue(settings).resend)
     sweeper.start()
     _sweepers.append(sweeper)
+
+
+def _start_watchdog(consumer: Any, settings: Settings) -> None:
+    """The consumer watchdog (``workers/consumer_watchdog.py``): Redis brokers, event-loop
+    pools (prefork), unless ``consumer_stall_after_s`` is 0."""
+    after = settings.consumer_stall_after_s
+    if not after or getattr(consumer, "hub", None) is None:
+        return
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return
+    from workers.consumer_watchdog import ConsumerWatchdog, redis_queue_depth
+
+    watchdog = ConsumerWatchdog(
+        consumer,
+        settings.queue_name,
+        redis_queue_depth(settings.broker_url, settings.queue_name),
+        after_s=after,
+        interval_s=min(5.0, max(after / 4, 0.5)),
+    )
+    watchdog.start()
+    _sweepers.append(watchdog)
 
 
 @worker_shutdown.connect

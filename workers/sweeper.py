@@ -7,7 +7,13 @@
   an empty ``enqueued_at``): enqueued again at every pass until the broker takes them.
 - queued jobs whose message may have been lost (broker restarted, embedded server
   restarted): re-enqueued after ``requeue_queued_after_s``, then after twice as long, and so
-  on. A duplicate message is harmless: the claim is atomic.
+  on, but at least every ``requeue_queued_max_s`` while the job stays queued. A duplicate
+  message is harmless: the claim is atomic.
+
+``enqueue_count`` counts the sends the broker took: a failed send is undone (and the job
+marked unsent), so a broker outage does not stretch the back-off of the jobs it held. After
+the first failed send of a pass the rest of the pass is not tried (the broker is down): they
+are marked unsent and go at the next pass.
 
 Every change is a conditional UPDATE, so several sweepers (API replicas) can run at once.
 """
@@ -19,7 +25,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 
 from app.db import Database, utcnow
 from app.models import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, Job
@@ -40,6 +46,7 @@ def sweep(db: Database, settings: Settings, enqueue: Enqueue) -> dict[str, int]:
         "failed_stale": 0,
         "enqueued_unsent": 0,
         "requeued_lost": 0,
+        "send_failed": 0,
     }
     to_enqueue: list[str] = []
     with db.session() as s:
@@ -101,8 +108,9 @@ def sweep(db: Database, settings: Settings, enqueue: Enqueue) -> dict[str, int]:
             )
         ).all()
     for job_id, enqueued_at, n in waiting:
-        # Exponential back-off: a long but healthy backlog is not flooded with duplicates.
-        wait = base * 2 ** min(max(n - 1, 0), 6)
+        # Exponential back-off: a long but healthy backlog is not flooded with duplicates;
+        # capped, so a job whose re-send went astray is not left for hours.
+        wait = min(base * 2 ** min(max(n - 1, 0), 6), settings.requeue_queued_max_s)
         if enqueued_at > now - timedelta(seconds=wait):
             continue
         with db.session() as s:
@@ -115,25 +123,32 @@ def sweep(db: Database, settings: Settings, enqueue: Enqueue) -> dict[str, int]:
             counts["requeued_lost"] += 1
             to_enqueue.append(job_id)
 
+    broker_down = False
     for job_id in to_enqueue:
-        try:
-            enqueue(job_id)
-        except Exception:  # broker down: the job stays queued and is retried next pass
-            log.exception("sweeper could not enqueue job %s", job_id)
-            mark_unsent(db, job_id)
+        if not broker_down:
+            try:
+                enqueue(job_id)
+                continue
+            except Exception:  # broker down: the job stays queued and is retried next pass
+                log.exception("sweeper could not enqueue job %s", job_id)
+                broker_down = True
+        counts["send_failed"] += 1
+        mark_unsent(db, job_id, undo_count=True)
     if any(counts.values()):
         log.info("sweeper: %s", counts)
     return counts
 
 
-def mark_unsent(db: Database, job_id: str) -> None:
+def mark_unsent(db: Database, job_id: str, undo_count: bool = True) -> None:
     """The job's message did not reach the broker: the next sweep sends it (not only after
-    the lost-message delay)."""
+    the lost-message delay). ``undo_count``: the failed send was counted in
+    ``enqueue_count``; take it back so the back-off counts only sends the broker took."""
+    values: dict[str, object] = {"enqueued_at": None}
+    if undo_count:
+        values["enqueue_count"] = case((Job.enqueue_count > 0, Job.enqueue_count - 1), else_=0)
     try:
         with db.session() as s:
-            s.execute(
-                update(Job).where(Job.id == job_id, Job.status == QUEUED).values(enqueued_at=None)
-            )
+            s.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED).values(**values))
     except Exception:  # database down too: the lost-message path still finds the job
         log.exception("could not mark job %s as not enqueued", job_id)
 

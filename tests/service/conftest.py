@@ -42,6 +42,7 @@ FAST = {
     "cancel_poll_interval_s": 0.3,
     "sweeper_interval_s": 1.0,
     "requeue_queued_after_s": 30.0,
+    "consumer_stall_after_s": 10.0,
 }
 
 # A small, real substitution job: the perovskite references load quickly.

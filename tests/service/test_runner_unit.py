@@ -471,3 +471,70 @@ def test_job_the_broker_never_took_is_sent_at_the_next_sweep(
     assert sweep(db, settings, sent.append)["enqueued_unsent"] == 1  # broker back
     assert sent == [job_id] and _job(db, job_id).enqueued_at is not None
     assert sweep(db, settings, sent.append)["enqueued_unsent"] == 0 and sent == [job_id]
+
+
+def test_failed_sends_do_not_stretch_the_back_off(db: Database, settings: Settings) -> None:
+    """A broker outage: every pass tries the job and fails. Those failures are not counted,
+    so once the broker is back the job's lost-message re-send comes after the base delay,
+    not after 2^n times it (issue 19: the back-off had grown to 64x during an outage)."""
+    job_id = _submit(db)
+    calls: list[str] = []
+
+    def broker_down(j: str) -> None:
+        calls.append(j)
+        raise ConnectionError("broker unreachable")
+
+    with db.session() as s:  # the message was lost long ago
+        s.execute(
+            update(Job).where(Job.id == job_id).values(enqueued_at=utcnow() - timedelta(seconds=11))
+        )
+    for _ in range(8):
+        counts = sweep(db, settings, broker_down)
+        assert counts["send_failed"] == 1
+    # Still the one send the broker took (at submission; the outage lost it).
+    assert len(calls) == 8 and _job(db, job_id).enqueue_count == 1
+    sent: list[str] = []
+    assert sweep(db, settings, sent.append)["enqueued_unsent"] == 1  # broker back
+    assert sent == [job_id] and _job(db, job_id).enqueue_count == 2
+    with db.session() as s:  # that send was lost too (e.g. the worker's consumer stalled)
+        s.execute(
+            update(Job).where(Job.id == job_id).values(enqueued_at=utcnow() - timedelta(seconds=21))
+        )
+    # The second send's back-off: 2 x 10 s (with the 8 failures counted it was 640 s).
+    assert sweep(db, settings, sent.append)["requeued_lost"] == 1
+    assert sent == [job_id, job_id]
+
+
+def test_re_sends_keep_coming_while_a_job_stays_queued(db: Database, settings: Settings) -> None:
+    job_id = _submit(db)
+    capped = settings.model_copy(update={"requeue_queued_max_s": 30.0})
+    with db.session() as s:  # sent 20 times already: the doubling alone would wait 640 s
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(enqueue_count=20, enqueued_at=utcnow() - timedelta(seconds=31))
+        )
+    sent: list[str] = []
+    assert sweep(db, settings, sent.append)["requeued_lost"] == 0  # default cap: 1800 s
+    assert sweep(db, capped, sent.append)["requeued_lost"] == 1 and sent == [job_id]
+
+
+def test_a_pass_stops_sending_after_the_first_broker_failure(
+    db: Database, settings: Settings
+) -> None:
+    from workers.sweeper import mark_unsent
+
+    ids = [_submit(db) for _ in range(5)]
+    for job_id in ids:
+        mark_unsent(db, job_id)
+    calls: list[str] = []
+
+    def broker_down(j: str) -> None:
+        calls.append(j)
+        raise ConnectionError("broker unreachable")
+
+    counts = sweep(db, settings, broker_down)
+    assert len(calls) == 1 and counts["send_failed"] == 5
+    assert all(_job(db, j).enqueued_at is None for j in ids)  # all go at the next pass
+    sent: list[str] = []
+    assert sweep(db, settings, sent.append)["enqueued_unsent"] == 5 and sorted(sent) == sorted(ids)
