@@ -55,19 +55,35 @@ class DropoutConfig:
     p_composition: float = 0.05
 
 
+def condition_keep_masks(
+    b: int,
+    nprop: int,
+    p_all: float,
+    p_each: float,
+    device: torch.device | str,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which space groups (b,) and properties (b, nprop) stay given: all optional conditions
+    are dropped together with ``p_all``, each one alone with ``p_each``."""
+
+    def coin(p: float, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device=device) < p
+
+    drop_all = coin(p_all, b)
+    keep_spg = ~(drop_all | coin(p_each, b))
+    keep_props = ~(drop_all[:, None] | coin(p_each, b, nprop))
+    return keep_spg, keep_props
+
+
 def drop_conditions(
     batch: FlowBatch, cfg: DropoutConfig, generator: torch.Generator | None = None
 ) -> FlowBatch:
-    b, dev = batch.size, batch.types.device
-    nprop = batch.props.shape[1]
-
-    def coin(p: float, *shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator, device=dev) < p
-
-    drop_all = coin(cfg.p_all, b)
-    keep_spg = ~(drop_all | coin(cfg.p_each, b))
-    keep_props = ~(drop_all[:, None] | coin(cfg.p_each, b, nprop))
-    drop_comp = coin(cfg.p_composition, b)
+    keep_spg, keep_props = condition_keep_masks(
+        batch.size, batch.props.shape[1], cfg.p_all, cfg.p_each, batch.types.device, generator
+    )
+    drop_comp = torch.rand(batch.size, generator=generator, device=batch.types.device) < (
+        cfg.p_composition
+    )
     types = torch.where(drop_comp[:, None], torch.full_like(batch.types, MASK_TOKEN), batch.types)
     return replace(
         batch,

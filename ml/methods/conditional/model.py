@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -165,22 +166,12 @@ class ConditionalFlowModel(nn.Module):
     ) -> torch.Tensor:
         """(layers, B, heads, N+1, N+1) attention bias; lattice token row/column get 0."""
         cfg = self.config
-        b, n, _ = coords.shape
         diff = coords[:, :, None, :] - coords[:, None, :, :]
         num_atoms = mask.sum(dim=1).clamp(min=1)
         prior = LengthPrior(cfg.length_mu, cfg.length_sigma)
         lengths, angles = decode_lattice(lattice_state.float(), num_atoms, prior)
         matrix = lattice_from_params_torch(lengths, angles)
-        cart = torch.einsum("bijk,bkl->bijl", min_image(diff.float()), matrix)
-        dist = cart.norm(dim=-1)
-        centers = torch.linspace(0.0, cfg.distance_max, cfg.distance_rbf, device=coords.device)
-        width = cfg.distance_max / cfg.distance_rbf
-        rbf = torch.exp(-(((dist[..., None] - centers) / width) ** 2))
-        feats = torch.cat([fourier(diff, cfg.pair_freqs), rbf.to(diff.dtype)], dim=-1)
-        bias = self.pair(feats).view(b, n, n, cfg.layers, cfg.heads)
-        bias = F.pad(bias.permute(3, 0, 4, 1, 2), (1, 0, 1, 0))
-        keys = F.pad(mask, (1, 0), value=True)
-        return bias.masked_fill(~keys[None, :, None, None, :], float("-inf"))
+        return pair_attention_bias(self.pair, diff, matrix, mask, cfg)
 
     # --- velocity -----------------------------------------------------------------------
     def forward(
@@ -222,3 +213,21 @@ class ConditionalFlowModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def pair_attention_bias(
+    pair: nn.Module, diff: torch.Tensor, matrix: torch.Tensor, mask: torch.Tensor, cfg: Any
+) -> torch.Tensor:
+    """Per-layer, per-head attention bias from pair geometry (fractional differences ``diff``
+    (b, n, n, 3), lattice matrices (b, 3, 3)): Fourier features of ``diff`` and Gaussian RBFs
+    of the minimum-image distance through ``pair``; a leading register token; masked keys."""
+    b, n = diff.shape[:2]
+    dist = torch.einsum("bijk,bkl->bijl", min_image(diff.float()), matrix).norm(dim=-1)
+    centers = torch.linspace(0.0, cfg.distance_max, cfg.distance_rbf, device=diff.device)
+    width = cfg.distance_max / cfg.distance_rbf
+    rbf = torch.exp(-(((dist[..., None] - centers) / width) ** 2))
+    feats = torch.cat([fourier(diff, cfg.pair_freqs), rbf.to(diff.dtype)], dim=-1)
+    bias = pair(feats).view(b, n, n, cfg.layers, cfg.heads)
+    bias = F.pad(bias.permute(3, 0, 4, 1, 2), (1, 0, 1, 0))
+    keys = F.pad(mask, (1, 0), value=True)
+    return bias.masked_fill(~keys[None, :, None, None, :], float("-inf"))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from ml.generative.assignment import TemplateStats
 from ml.methods.conditional.checkpoint import WEIGHTS_DIR, save_wyckoff_release
+from ml.methods.conditional.train import lr_at
 from ml.methods.conditional.wyckoff_data import (
     WyckoffArrays,
     arrays_to_batch,
@@ -60,12 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def training_arrays(limit: int | None, workers: int) -> WyckoffArrays:
     return WyckoffArrays.concat([load_split(s, workers, limit) for s in ("train", "val")])
-
-
-def lr_at(step: int, progress: float, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:

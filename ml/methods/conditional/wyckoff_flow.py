@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ml.methods.conditional.flow import condition_keep_masks
 from ml.methods.conditional.geometry import min_image
 from ml.methods.conditional.wyckoff_data import OrbitBatch, apply_ties
 from ml.methods.conditional.wyckoff_model import WyckoffFlowModel, wrap
@@ -33,15 +34,9 @@ class WyckoffDropout:
 def drop_conditions(
     batch: OrbitBatch, cfg: WyckoffDropout, generator: torch.Generator | None = None
 ) -> OrbitBatch:
-    b, dev = batch.size, batch.wid.device
-    nprop = batch.props.shape[1]
-
-    def coin(p: float, *shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator, device=dev) < p
-
-    drop_all = coin(cfg.p_all, b)
-    keep_spg = ~(drop_all | coin(cfg.p_each, b))
-    keep_props = ~(drop_all[:, None] | coin(cfg.p_each, b, nprop))
+    keep_spg, keep_props = condition_keep_masks(
+        batch.size, batch.props.shape[1], cfg.p_all, cfg.p_each, batch.wid.device, generator
+    )
     return replace(
         batch, space_group=batch.space_group * keep_spg, props_given=batch.props_given & keep_props
     )

@@ -22,8 +22,13 @@ from torch import nn
 
 from ml.crystal import lattice_from_params_torch
 from ml.generative.wyckoff import num_wyckoff_positions
-from ml.methods.conditional.geometry import min_image
-from ml.methods.conditional.model import Block, _mlp, fourier, timestep_embedding
+from ml.methods.conditional.model import (
+    Block,
+    _mlp,
+    fourier,
+    pair_attention_bias,
+    timestep_embedding,
+)
 from ml.methods.conditional.wyckoff_data import LatticeNorm, OrbitBatch
 
 NUM_ELEMENTS = 100
@@ -120,19 +125,9 @@ class WyckoffFlowModel(nn.Module):
     def _pair_bias(
         self, pos: torch.Tensor, lattice: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        cfg = self.config
-        b, n, _ = pos.shape
         diff = pos[:, :, None, :] - pos[:, None, :, :]
         matrix = lattice_from_params_torch(lattice[:, :3], lattice[:, 3:])
-        dist = torch.einsum("bijk,bkl->bijl", min_image(diff.float()), matrix).norm(dim=-1)
-        centers = torch.linspace(0.0, cfg.distance_max, cfg.distance_rbf, device=pos.device)
-        width = cfg.distance_max / cfg.distance_rbf
-        rbf = torch.exp(-(((dist[..., None] - centers) / width) ** 2))
-        feats = torch.cat([fourier(diff, cfg.pair_freqs), rbf.to(diff.dtype)], dim=-1)
-        bias = self.pair(feats).view(b, n, n, cfg.layers, cfg.heads)
-        bias = F.pad(bias.permute(3, 0, 4, 1, 2), (1, 0, 1, 0))
-        keys = F.pad(mask, (1, 0), value=True)
-        return bias.masked_fill(~keys[None, :, None, None, :], float("-inf"))
+        return pair_attention_bias(self.pair, diff, matrix, mask, self.config)
 
     def forward(
         self,
