@@ -113,6 +113,8 @@ def fit_head(
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        if len(losses) % 1000 == 0:
+            print(f"step {len(losses)}: loss {np.mean(losses[-1000:]):.4f}", flush=True)
     head.eval()
     return losses
 
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
+    # The heads are tiny: one thread is as fast, and immune to spin-waiting on a busy machine.
+    torch.set_num_threads(1)
 
     lat = encode_all(args.checkpoint, args.latents, args.limit)
     model, _ = load_checkpoint(args.checkpoint)
