@@ -27,7 +27,7 @@ N=${N:-500}; WORKERS=${WORKERS:-5}; DEVICE=${DEVICE:-cuda}
 VARIANTS=${VARIANTS:-base types types+lengths types+lattice types+steps500 types+best4 types+w0 types+w4 sampled_z types@val}
 { nvidia-smi -L 2>/dev/null || echo "$DEVICE"; } | tee "$R/device.txt"
 # Parse the MP-20 splits once (cached under .cache/cliqueflowmer) before three readers start.
-timeout 150 python3 -c 'from ml.methods.cliqueflowmer.data import load_split
+timeout 240 python3 -c 'from ml.methods.cliqueflowmer.data import load_split
 for s in ("test", "val"): print(s, len(load_split(s)))' > "$R/prepare.log" 2>&1
 echo "prepared in $(( $(date +%s) - T0 )) s"
 # 570 s per call, wheel install included; keep ~20 s for the tar and the transfer.

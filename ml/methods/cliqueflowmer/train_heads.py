@@ -133,8 +133,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
-    # The heads are tiny: one thread is as fast, and immune to spin-waiting on a busy machine.
-    torch.set_num_threads(1)
 
     lat = encode_all(args.checkpoint, args.latents, args.limit)
     model, _ = load_checkpoint(args.checkpoint)
@@ -187,4 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    # The heads are tiny: one thread is as fast, and immune to spin-waiting on a busy machine
+    # (two threads on two loaded cores took over ten minutes for what one does in one).
+    torch.set_num_threads(1)
     main()
