@@ -32,6 +32,8 @@ _KNOWN_UNITS = {
     "formation_energy": "eV/atom",
     "energy_above_hull": "eV/atom",
     "band_gap": "eV",
+    # cliqueflowmer's prediction of the paper's gap + 20 max(0, Eform + 0.2)
+    "band_gap_regularized": "eV",
     "density": "g/cm^3",
 }
 

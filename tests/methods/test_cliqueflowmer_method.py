@@ -131,17 +131,20 @@ def test_objectives_map_onto_checkpoints(weights_dir: Path) -> None:
             {"property": "formation_energy", "goal": "below", "value": -0.5},
         ]
     )
-    target = select_target(req, params, ["formation_energy"])
-    assert (target.property, target.goal, target.objective_index) == (
+    target = select_target(req, params, ["formation_energy"], lambda s: ["formation_energy"])
+    assert target.space == "formation_energy" and target.unmapped == ["density"]
+    p = target.primary
+    assert (p.property, p.goal, p.value, p.objective_index) == (
         "formation_energy",
-        "minimize",
+        "below",
+        -0.5,
         1,
     )
     gap = _request(
         objectives=[{"property": "band_gap", "goal": "target", "value": 1.5, "fidelity": "hse"}]
     )
     with pytest.raises(RequestError) as err:
-        select_target(gap, params, ["band_gap"])
+        select_target(gap, params, ["band_gap"], lambda s: ["band_gap"])
     assert err.value.field == "objectives[0].fidelity"
 
 

@@ -1,4 +1,5 @@
-"""Committed weights: one checkpoint per property under ``ml/weights/`` (bf16, <= 16 MiB).
+"""Committed weights: one checkpoint per latent space under ``ml/weights/`` (bf16, <= 16 MiB),
+plus small head files beside them (``heads.py``).
 
 A checkpoint is a plain dict readable with ``torch.load(weights_only=True)``: ``config``,
 ``state_dict`` (floating tensors in bf16), ``property``, ``target`` (what the predictor
@@ -17,13 +18,19 @@ from ml.methods.cliqueflowmer.config import CliqueFlowmerConfig
 from ml.methods.cliqueflowmer.model import CliqueFlowmer
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+# Property a job optimises -> the checkpoint whose latent space it searches.
 CHECKPOINT_FILES = {
     "formation_energy": "cliqueflowmer_eform.pt",
     "band_gap": "cliqueflowmer_bandgap.pt",
+    "band_gap_regularized": "cliqueflowmer_bandgap.pt",
 }
+# What a checkpoint's own predictor learnt, by the checkpoint's ``property`` field: the
+# band-gap checkpoint was trained on the paper's regularised gap (``data.labels_for``).
+NATIVE_PREDICTOR = {"formation_energy": "formation_energy", "band_gap": "band_gap_regularized"}
 TARGETS = {
     "formation_energy": "CHGNet-Eform formation energy per atom (eV/atom)",
-    "band_gap": "MEGNet PBE band gap + 20 * max(0, CHGNet-Eform + 0.2) (eV)",
+    "band_gap": "PBE band gap (eV), plain",
+    "band_gap_regularized": "MEGNet PBE band gap + 20 * max(0, CHGNet-Eform + 0.2) (eV)",
 }
 
 
@@ -73,7 +80,31 @@ def checkpoint_path(prop: str, weights_dir: Path | None = None) -> Path:
 
 
 def available_properties(weights_dir: Path | None = None) -> list[str]:
-    return [p for p in CHECKPOINT_FILES if checkpoint_path(p, weights_dir).is_file()]
+    """Properties a job can optimise: the checkpoint exists and predicts the property itself
+    (its own predictor or a head fitted to it)."""
+    return [p for p in CHECKPOINT_FILES if p in latent_predictors(p, weights_dir)]
+
+
+def latent_predictors(prop: str, weights_dir: Path | None = None) -> list[str]:
+    """Properties predicted in the latent space that ``prop`` is searched in (no weights
+    loaded beyond the small head file)."""
+    from ml.methods.cliqueflowmer.heads import head_names
+
+    path = checkpoint_path(prop, weights_dir)
+    if not path.is_file():
+        return []
+    native = NATIVE_PREDICTOR[_checkpoint_property(path)]
+    return [native, *(h for h in head_names(path) if h != native)]
+
+
+@lru_cache(maxsize=16)
+def _property_of(path: str, mtime_ns: int) -> str:
+    payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return str(payload["property"])
+
+
+def _checkpoint_property(path: Path) -> str:
+    return _property_of(str(path), path.stat().st_mtime_ns)
 
 
 def cached_checkpoint(path: Path, device: str) -> tuple[CliqueFlowmer, dict[str, Any]]:
@@ -84,3 +115,29 @@ def cached_checkpoint(path: Path, device: str) -> tuple[CliqueFlowmer, dict[str,
 @lru_cache(maxsize=8)
 def _cached(path: str, mtime_ns: int, device: str) -> tuple[CliqueFlowmer, dict[str, Any]]:
     return load_checkpoint(path, device)
+
+
+def cached_space(
+    prop: str, weights_dir: Path | None, device: str
+) -> tuple[CliqueFlowmer, dict[str, Any], dict[str, Any]]:
+    """The model searched for ``prop``, its payload info and its predictors by property name
+    (the model's own predictor under its native name, plus the heads beside it)."""
+    from ml.methods.cliqueflowmer.heads import heads_path
+
+    path = checkpoint_path(prop, weights_dir)
+    hp = heads_path(path)
+    heads_mtime = hp.stat().st_mtime_ns if hp.is_file() else 0
+    return _cached_space(str(path), path.stat().st_mtime_ns, heads_mtime, device)
+
+
+@lru_cache(maxsize=8)
+def _cached_space(
+    path: str, mtime_ns: int, heads_mtime: int, device: str
+) -> tuple[CliqueFlowmer, dict[str, Any], dict[str, Any]]:
+    from ml.methods.cliqueflowmer.heads import load_heads
+
+    model, info = _cached(path, mtime_ns, device)
+    predictors: dict[str, Any] = {NATIVE_PREDICTOR[str(info["property"])]: model.predict}
+    for name, spec in load_heads(Path(path), device).items():
+        predictors.setdefault(name, spec.head)
+    return model, info, predictors

@@ -2,16 +2,17 @@
 
 Job: pick seed materials from MP-20 that satisfy the request (elements, size) where possible,
 encode them, run T steps of rank-based antithetic ES (or back-propagation) with AdamW on the
-checkpoint's property predictor f(z), keep the top-k % latents by f, decode them (beam search
-for the atom types, Euler integration with classifier-free guidance for the geometry) and
-yield the crystals with f(z) as the method's prediction.
+latent objective g(z) built from the request's objectives and the predictors of the latent
+space (``objectives.py``: the checkpoint's own predictor and the heads beside it), keep the
+top-k % latents by g, decode them (beam search for the atom types, Euler integration with
+classifier-free guidance for the geometry) and yield the crystals with every predictor's
+value under its own property name (``band_gap`` is always a plain gap).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -33,26 +34,25 @@ from ml.methods.cliqueflowmer.checkpoint import (
     CHECKPOINT_FILES,
     TARGETS,
     available_properties,
-    cached_checkpoint,
-    checkpoint_path,
+    cached_space,
+    latent_predictors,
 )
 from ml.methods.cliqueflowmer.decoding import decode_latents
 from ml.methods.cliqueflowmer.geometry import MaterialBatch, PackedMaterials
 from ml.methods.cliqueflowmer.metrics import autocast
-from ml.methods.cliqueflowmer.optimizer import (
-    Goal,
-    LatentOptimiser,
-    OptimiserSettings,
-    objective_fn,
-)
+from ml.methods.cliqueflowmer.objectives import Target, Term, latent_objective
+from ml.methods.cliqueflowmer.optimizer import LatentOptimiser, OptimiserSettings
 from ml.request import DesignRequest
 
 MAX_SEEDS = 20_000
 
 
 class CliqueFlowmerParams(MethodParams):
-    property: Literal["formation_energy", "band_gap"] | None = Field(
-        default=None, description="checkpoint to optimise; default: first objective with one"
+    property: Literal["formation_energy", "band_gap", "band_gap_regularized"] | None = Field(
+        default=None,
+        description="predictor to optimise; default: the first objective with one. "
+        "band_gap_regularized: the paper's gap + 20 max(0, Eform + 0.2), applied to the "
+        "request's band_gap objective (the paper's minimisation protocol)",
     )
     n_seeds: int | None = Field(
         default=None,
@@ -80,25 +80,23 @@ class CliqueFlowmerParams(MethodParams):
     decode_batch: int = Field(default=256, ge=1, le=8192)
 
 
-@dataclass
-class Target:
-    property: str
-    goal: Goal
-    value: float | None
-    objective_index: int | None
-
-
 def select_target(
-    request: DesignRequest, params: CliqueFlowmerParams, available: list[str]
+    request: DesignRequest,
+    params: CliqueFlowmerParams,
+    available: list[str],
+    predictors_of: Callable[[str], list[str]],
 ) -> Target:
-    """Map the request's objectives onto a checkpoint; RequestError (422) when none fits."""
+    """Map the request's objectives onto a latent space and its predictors; RequestError
+    (422) when none fits. ``predictors_of(space)`` lists the predictors in a space."""
     known = ", ".join(available) or "none installed"
     if params.property is not None:
         if params.property not in available:
             raise RequestError(
                 "params.property", f"no CliqueFlowmer checkpoint for {params.property!r} ({known})"
             )
-        wanted = params.property
+        space = params.property
+        # The paper's regularised predictor serves the request's band_gap objective.
+        wanted = "band_gap" if space == "band_gap_regularized" else space
         index = next((i for i, o in enumerate(request.objectives) if o.property == wanted), None)
     else:
         if not request.objectives:
@@ -110,22 +108,50 @@ def select_target(
                 "objectives[0].property",
                 f"cliqueflowmer has no checkpoint for {props}; it optimises: {known}",
             )
-        wanted = request.objectives[index].property
+        space = request.objectives[index].property
+    for i, o in enumerate(request.objectives):
+        if o.property == "band_gap" and o.fidelity not in (None, "pbe") and i == index:
+            raise RequestError(
+                f"objectives[{i}].fidelity", "the band-gap predictors predict the PBE gap only"
+            )
     if index is None:
-        return Target(wanted, "minimize", None, None)
-    obj = request.objectives[index]
-    if obj.property == "band_gap" and obj.fidelity not in (None, "pbe"):
-        raise RequestError(
-            f"objectives[{index}].fidelity", "the band-gap checkpoint predicts the PBE gap only"
-        )
-    goal: Goal
-    if obj.goal in ("minimize", "below"):
-        goal = "minimize"
-    elif obj.goal in ("maximize", "above"):
-        goal = "maximize"
+        terms = [Term(space, "minimize", None, 1.0, None)]
     else:
-        goal = "target"
-    return Target(wanted, goal, obj.value, index)
+        obj = request.objectives[index]
+        terms = [Term(space, obj.goal, obj.value, obj.weight, index)]
+    in_space = set(predictors_of(space))
+    unmapped = []
+    for i, o in enumerate(request.objectives):
+        if i == index:
+            continue
+        if o.property in in_space and (o.property != "band_gap" or o.fidelity in (None, "pbe")):
+            terms.append(Term(o.property, o.goal, o.value, o.weight, i))
+        else:
+            unmapped.append(o.property)
+    return Target(space, terms, unmapped)
+
+
+def selection_order(
+    target: Target, g: torch.Tensor, predicted: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Indices best first: by g, ties (e.g. thresholds all met) broken by the primary goal's
+    direction (further inside the threshold, nearer the target's centre)."""
+    p = target.primary
+    f = predicted[p.property].float()
+    if p.goal in ("minimize", "below"):
+        tie = f
+    elif p.goal in ("maximize", "above"):
+        tie = -f
+    else:
+        assert p.value is not None
+        tie = (f - p.value).abs()
+    order = np.lexsort((tie.cpu().numpy(), g.float().cpu().numpy()))
+    return torch.as_tensor(order, device=g.device)
+
+
+# Reported predictions of a gap are clipped at 0, as the pipeline clips oracle gaps; the
+# search itself sees the raw head (a flat region below 0 would stall it).
+_NON_NEGATIVE = frozenset({"band_gap", "band_gap_regularized"})
 
 
 def permitted_numbers(request: DesignRequest) -> list[int]:
@@ -147,9 +173,12 @@ class CliqueFlowmerMethod(DesignMethod):
     def available(self) -> list[str]:
         return available_properties(self.weights_dir)
 
+    def _predictors_of(self, space: str) -> list[str]:
+        return latent_predictors(space, self.weights_dir)
+
     def validate(self, request: DesignRequest) -> MethodParams:
         params = CliqueFlowmerParams.model_validate(request.params)
-        select_target(request, params, self.available())
+        select_target(request, params, self.available(), self._predictors_of)
         if request.constraints.composition is not None:
             # The latent optimisation moves compositions freely; a fixed one would only be
             # met by chance, so say so instead of returning violators.
@@ -163,7 +192,12 @@ class CliqueFlowmerMethod(DesignMethod):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["checkpoints"] = {
-            p: {"file": CHECKPOINT_FILES[p], "target": TARGETS[p]} for p in self.available()
+            p: {
+                "file": CHECKPOINT_FILES[p],
+                "target": TARGETS[p],
+                "predictors": self._predictors_of(p),
+            }
+            for p in self.available()
         }
         return info
 
@@ -171,12 +205,10 @@ class CliqueFlowmerMethod(DesignMethod):
         self, request: DesignRequest, params: MethodParams, ctx: MethodContext
     ) -> Iterator[MethodEvent]:
         assert isinstance(params, CliqueFlowmerParams)
-        target = select_target(request, params, self.available())
+        target = select_target(request, params, self.available(), self._predictors_of)
         device = torch.device(ctx.device)
         yield Progress("load", 0, 1)
-        model, info = cached_checkpoint(
-            checkpoint_path(target.property, self.weights_dir), str(device)
-        )
+        model, _info, predictors = cached_space(target.space, self.weights_dir, str(device))
         max_atoms = min(request.constraints.max_atoms, model.cfg.max_atoms)
         n_out = request.num_candidates
         n_seeds = params.n_seeds or min(MAX_SEEDS, math.ceil(n_out * 100.0 / params.top_k_percent))
@@ -195,7 +227,7 @@ class CliqueFlowmerMethod(DesignMethod):
         packed = PackedMaterials.from_crystals(seeds, seed_ids, max_atoms=model.cfg.max_atoms)
         z0 = self._encode(model, packed, device)
 
-        g = objective_fn(model.predict, target.goal, target.value)
+        g = latent_objective(target.terms, predictors)
         settings = OptimiserSettings(
             steps=params.steps,
             lr=params.lr,
@@ -215,11 +247,12 @@ class CliqueFlowmerMethod(DesignMethod):
         z = opt.latents
 
         with torch.no_grad():
-            keep = g(z).float().argsort()[:n_out]
+            final = {name: f(z).float() for name, f in predictors.items()}
+            keep = selection_order(target, g(z), final)[:n_out]
             z_keep = z[keep]
-            pred = model.predict(z_keep).cpu().numpy()
             score = g(z_keep).float().cpu().numpy()
-            pred0 = model.predict(z0[keep]).cpu().numpy()
+            pred = {name: v[keep].cpu().numpy() for name, v in final.items()}
+            pred0 = predictors[target.primary.property](z0[keep]).float().cpu().numpy()
         allowed = permitted_numbers(request) if params.restrict_elements else None
         total = len(z_keep)
         for lo in range(0, total, params.decode_batch):
@@ -240,17 +273,23 @@ class CliqueFlowmerMethod(DesignMethod):
             for j, crystal in enumerate(crystals):
                 i = lo + j
                 seed_index = int(keep[i])
+                predicted = {
+                    name: max(0.0, float(v[i])) if name in _NON_NEGATIVE else float(v[i])
+                    for name, v in pred.items()
+                }
                 batch.append(
                     Candidate(
                         crystal=crystal,
-                        predicted={target.property: float(pred[i])},
+                        predicted=predicted,
                         method_score=float(score[i]),
                         meta={
                             "seed_material_id": seed_ids[seed_index],
                             "seed_predicted": float(pred0[i]),
-                            "predictor_target": info.get("target", target.property),
+                            "latent_space": CHECKPOINT_FILES[target.space],
+                            "predictor_target": TARGETS.get(target.primary.property),
+                            "objective_terms": [f"{t.property}:{t.goal}" for t in target.terms],
                             "optimizer": params.optimizer,
-                            "goal": target.goal,
+                            "goal": target.primary.goal,
                         },
                     )
                 )

@@ -54,7 +54,11 @@ def es_gradient(
     pert = torch.cat([z[:, None] + sigma * eps, z[:, None] - sigma * eps], dim=1)
     values = g(pert.reshape(-1, d)).reshape(b, 2 * pairs).float()
     ranks = standardised_ranks(values)
-    weights = ranks[:, :pairs] - ranks[:, pairs:]
+    # A pair with equal values carries no direction (e.g. a threshold met on both sides);
+    # its arbitrary rank order would otherwise drive a random walk.
+    weights = torch.where(
+        values[:, :pairs] == values[:, pairs:], 0.0, ranks[:, :pairs] - ranks[:, pairs:]
+    )
     return torch.einsum("bp,bpd->bd", weights, eps) / (2 * sigma * pairs)
 
 
