@@ -167,7 +167,7 @@ def test_request_names_oracles_and_scores_name_them() -> None:
         ({"band_gap": "no-such"}, "oracles.band_gap: unknown oracle"),
         ({"band_gap": "chgnet-eform"}, "predicts formation_energy, not band_gap"),
         ({"energy_above_hull": "megnet-eform"}, "judged by an energy oracle"),
-        ({"energy_above_hull": "sevennet-l3i5-energy"}, "no reference hull"),
+        ({"energy_above_hull": "sevennet-0-energy"}, "no reference hull"),
         ({"viscosity": "density"}, "unknown property"),
     ],
 )
