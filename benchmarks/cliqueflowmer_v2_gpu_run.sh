@@ -6,7 +6,7 @@
 #     z sampled vs mean, trained-on vs test materials; benchmarks/cliqueflowmer_recon_ablation.py).
 # The three run side by side on the one GPU; each writes its JSON after every row, so a
 # timeout keeps what was measured. Results: $OUT/cf_v2.tar.gz (one file).
-#   carry: .whl .devdata (bash benchmarks/gpu_prepare.sh first); optional .cache/cliqueflowmer
+#   carry: .whl .devpack .devdata/models (bash benchmarks/gpu_prepare.sh first); optional .cache/cliqueflowmer
 #   (the parsed MP-20 splits: saves ~1 min of CIF parsing on the box).
 # CPU smoke: N=4 WORKERS=1 DEVICE=cpu LOCAL=1 RECON_ARGS="--euler-steps 3 --guidance 2" \
 #   VARIANTS="base+steps3 types+lattice+steps3 types+best2+steps3" \
@@ -14,10 +14,7 @@
 set -uo pipefail
 T0=$(date +%s)
 if [ -z "${LOCAL:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD MATDESIGN_DATA_DIR=$PWD/.devdata/data \
-    MATDESIGN_MODELS_DIR=$PWD/.devdata/models
+  source benchmarks/gpu_env.sh || exit 1
 else
   export PYTHONPATH=$PWD
 fi

@@ -4,7 +4,7 @@
 # Everything lands in $OUT/conditional_v2.tar.gz: the checkpoint (conditional-wyckoff.pt,
 # ml/weights/), train.log + train_history.json (model card), bench.json + bench.log,
 # generated.npz (crystals, for rescoring on the CPU), device.txt.
-#   carry: .whl .devdata (bash benchmarks/gpu_prepare.sh first; it now adds pyxtal), and
+#   carry: .whl .devpack .devdata/models (bash benchmarks/gpu_prepare.sh first; it now adds pyxtal), and
 #          .cache/conditional (the Wyckoff decomposition cache built on the CPU; saves ~40 s)
 # Rows are written to bench.json as they finish (order: $MODES); rows cut off by BENCH_S can
 # be run in a second call without training: CKPT=<the returned checkpoint> MODES=comp,oracle,lab.
@@ -13,10 +13,7 @@
 #             bash benchmarks/conditional_v2_gpu_run.sh
 set -uo pipefail
 if [ -z "${LOCAL:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD MATDESIGN_DATA_DIR=$PWD/.devdata/data \
-    MATDESIGN_MODELS_DIR=$PWD/.devdata/models
+  source benchmarks/gpu_env.sh || exit 1
 else
   export PYTHONPATH=$PWD
 fi
