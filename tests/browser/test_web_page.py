@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 from pymatgen.core import Structure
@@ -235,6 +236,17 @@ def test_api_docs_render_offline(
     assert "matdesign" in pg.inner_text(ready.split(",")[0] if path == "/docs" else "body")
     if path == "/docs":
         pg.wait_for_selector(".opblock-summary-path[data-path='/v1/jobs/{job_id}/events']")
+        # The operations list: one block per operation of the schema, methods and paths alike.
+        schema = httpx.get(server.url + "/openapi.json").json()
+        operations = sorted(
+            (verb.upper(), route) for route, ops in schema["paths"].items() for verb in ops
+        )
+        shown = pg.eval_on_selector_all(
+            ".opblock .opblock-summary",
+            """els => els.map(e => [e.querySelector('.opblock-summary-method').textContent,
+                                    e.querySelector('.opblock-summary-path').dataset.path])""",
+        )
+        assert sorted(map(tuple, shown)) == operations
     pg.screenshot(path=str(screenshots / f"api{path.replace('/', '_')}.png"))
     assert offsite.urls == [], f"{path} tried to load {offsite.urls}"
 
@@ -243,7 +255,6 @@ def test_relaxed_and_proposed_geometry_toggle(
     page: tuple[Any, Offsite], server: Server, screenshots: Path
 ) -> None:
     """A job with relax on: the 3D view switches between the proposed and relaxed crystal."""
-    import httpx
 
     request = {
         "method": "substitution",
