@@ -301,6 +301,28 @@ def test_readyz_is_not_ready_without_models_and_data(
     assert "MATDESIGN_MODELS_DIR" in check["detail"]
 
 
+def test_server_start_warns_which_models_and_data_are_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/start.db", worker_warm_up=False, sweeper_enabled=False
+    )
+    monkeypatch.setenv("MATDESIGN_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("MATDESIGN_DATA_DIR", str(tmp_path / "data"))
+    get_ml_settings.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="app.main"), TestClient(create_app(settings)) as c:
+            assert c.get("/readyz").json() == {"status": "not ready"}  # no admin key: no detail
+    finally:
+        monkeypatch.undo()
+        get_ml_settings.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "app.main"]
+    assert len(warnings) == 1, warnings
+    assert "every job would fail" in warnings[0]
+    assert str(tmp_path / "data" / "mp20") in warnings[0]
+    assert "MATDESIGN_DATA_DIR" in warnings[0]
+
+
 # --- scores with their caveats --------------------------------------------------------------
 
 
