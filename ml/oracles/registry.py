@@ -274,6 +274,11 @@ def known_properties() -> list[str]:
     return sorted({info.property for info in ORACLE_INFOS.values()})
 
 
+def fidelities(property: str = "band_gap") -> list[str]:
+    """The DFT fidelities a request may ask of ``property`` (each has a default oracle)."""
+    return [f for f in _DEFAULTS.get(property, {}) if f is not None]
+
+
 def default_oracle_name(property: str, fidelity: str | None = None) -> str:
     """The oracle used for ``property`` when a request names none.
 

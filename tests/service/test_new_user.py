@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pytest
@@ -26,8 +26,8 @@ from app.models import Job, OracleScore, Structure
 from app.settings import Settings
 from ml.crystal import Crystal
 from ml.methods.registry import method_names
-from ml.oracles.registry import list_oracles
-from ml.request import DesignRequest
+from ml.oracles.registry import fidelities, list_oracles
+from ml.request import DesignRequest, Fidelity
 from ml.settings import get_ml_settings
 from workers.store import crystal_to_json
 
@@ -243,6 +243,8 @@ def test_openapi_fields_described_enums_from_registries_and_examples(client: Tes
     schema = client.get("/openapi.json").json()
     cov = coverage(schema)
     assert cov["undescribed"] == []
+    # Every number states its unit (or that it is a count, a position or unitless).
+    assert cov["numeric_fields"] >= 20 and cov["numeric_without_unit"] == []
     comps = schema["components"]["schemas"]
     assert comps["DesignRequest"]["properties"]["method"]["enum"] == method_names()
     prop_enum = comps["Objective"]["properties"]["property"]["enum"]
@@ -254,6 +256,11 @@ def test_openapi_fields_described_enums_from_registries_and_examples(client: Tes
         "below",
         "above",
     ]
+    fidelity = comps["Objective"]["properties"]["fidelity"]["anyOf"][0]["enum"]
+    assert fidelity == fidelities("band_gap") == list(get_args(Fidelity))
+    filters = schema["paths"]["/v1/jobs"]["get"]["parameters"]
+    method_filter = next(p for p in filters if p["name"] == "method")
+    assert method_filter["schema"]["anyOf"][0]["enum"] == method_names()
     oracle_items = comps["ScoreRequest"]["properties"]["oracles"]["anyOf"][0]["items"]
     assert oracle_items["enum"] == [o.name for o in list_oracles()]
     assert set(comps["Flags"]["properties"]) >= {"valid", "stable", "metastable", "hit"}
