@@ -98,6 +98,9 @@ NON_PBE_GAP_CAVEAT = (
     "compare with megnet-gap-pbe and read it as indicative."
 )
 
+# The gap oracles whose values carry NON_PBE_GAP_CAVEAT wherever they are shown.
+NON_PBE_GAP_ORACLES = frozenset(f"megnet-gap-{f}" for f in GAP_FIDELITIES if f != "pbe")
+
 for _fid, _level in GAP_FIDELITIES.items():
     _name = f"megnet-gap-{_fid}"
     ORACLE_INFOS[_name] = OracleInfo(

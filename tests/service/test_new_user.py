@@ -347,3 +347,28 @@ def test_non_pbe_gaps_carry_the_fidelity_caveat(client: TestClient) -> None:
     assert note.startswith("Below the PBE gap here") == below
     oracles = {o["name"]: o for o in client.get("/v1/oracles").json()}
     assert "multi-fidelity" in oracles["megnet-gap-hse"]["description"]
+
+
+def test_job_structures_carry_the_caveat_of_a_non_pbe_gap(
+    client: TestClient, settings: Settings
+) -> None:
+    objectives = [{"property": "band_gap", "goal": "above", "value": 1.0, "fidelity": "hse"}]
+    job_id = _post(client, objectives=objectives, seed=11).json()["id"]
+    _finish_with_structure(settings, job_id)
+    db = Database(settings.database_url)
+    with db.session() as s:
+        sid = s.scalar(select(Structure.id).where(Structure.job_id == job_id))
+        s.add(
+            OracleScore(
+                structure_id=sid,
+                property="band_gap",
+                oracle="megnet-gap-hse",
+                version="v",
+                value=0.4,
+                unit="eV",
+            )
+        )
+    db.dispose()
+    item = client.get(f"/v1/jobs/{job_id}/structures").json()["items"][0]
+    assert "multi-fidelity MEGNet" in item["scores"]["band_gap"]["note"]
+    assert item["scores"]["density"]["note"] is None
