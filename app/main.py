@@ -19,6 +19,7 @@ from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.openapi import install_openapi
 from app.queue import make_queue
 from app.ratelimit import RateLimitMiddleware
+from app.readiness import models_data_check
 from app.routes import catalog, events, health, jobs, structures
 from app.routes.deps import Services
 from app.routes.web import install_web
@@ -42,6 +43,11 @@ def _startup(svc: Services) -> object | None:
     """Migrate, start the embedded worker, recover queued jobs, start the sweeper."""
     from workers.sweeper import Sweeper, queued_job_ids, sweep
 
+    ok, detail = models_data_check()
+    if not ok:
+        # /readyz details go to admin keys only: the terminal that started the server is
+        # where a new user finds out why every job would fail.
+        log.warning("not ready, every job would fail: %s", detail)
     if svc.settings.auto_migrate:
         from app.migrate import upgrade
 
