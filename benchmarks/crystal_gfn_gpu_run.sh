@@ -32,8 +32,8 @@ MODE=${MODE:-paper}
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-14}
 LIMIT_S=${LIMIT_S:-510}          # wall seconds for everything after the environment setup
-PROXY_MINUTES=${PROXY_MINUTES:-1.25}; PROXY_ARGS=${PROXY_ARGS:-}
-GFN_MINUTES=${GFN_MINUTES:-2.25}; BATCH=${BATCH:-256}
+PROXY_MINUTES=${PROXY_MINUTES:-1.5}; PROXY_ARGS=${PROXY_ARGS:-}
+GFN_MINUTES=${GFN_MINUTES:-2.0}; BATCH=${BATCH:-512}
 N=${N:-10000}; ORACLE_N=${ORACLE_N:-256}; LATTICE_MODES=${LATTICE_MODES:-gfn}
 BENCH_ARGS=${BENCH_ARGS:-}
 CKPT_WYCKOFF=${CKPT_WYCKOFF:-ml/weights/conditional-wyckoff.pt}
@@ -71,7 +71,8 @@ else
   timeout "$(left)" python3 benchmarks/crystal_gfn_paper.py --proxy "$R/crystal_gfn_proxy.pt" \
     "${wyckoff_args[@]}" "${gfn_args[@]}" --save-gfn "$R/crystal_gfn-paper.pt" \
     --train-minutes "$GFN_MINUTES" --batch-size "$BATCH" --n "$N" --oracle-n "$ORACLE_N" \
-    --lattice-modes "$LATTICE_MODES" --device "$DEVICE" --json "$R/bench.json" $BENCH_ARGS \
+    --lattice-modes "$LATTICE_MODES" --device "$DEVICE" --workers "$WORKERS" \
+    --json "$R/bench.json" $BENCH_ARGS \
     > "$R/bench.log" 2>&1
   echo "bench rc=$? total $(( $(date +%s) - START )) s" >> "$R/device.txt"
   grep -v '^spglib\|^train \[' "$R/bench.log" | tail -n 20

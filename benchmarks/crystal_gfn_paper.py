@@ -136,11 +136,11 @@ def sample_section(
     return out, s
 
 
-def reference_section(proxy: Any, device: str) -> dict[str, Any]:
+def reference_section(proxy: Any, device: str, workers: int) -> dict[str, Any]:
     """MP-20 test DFT formation energies and the proxy on the same structures."""
     from ml.methods.crystal_gfn.train_proxy import evaluate
 
-    test = load_split("test")
+    test = load_split("test", workers)  # cached by the proxy's training
     paper = {int(z) for z in map(_z, PAPER_ELEMENTS)}
     sub = np.array([set(map(int, row[row > 0])) <= paper for row in test.z])
     pred = evaluate(proxy, test, device)[:, 0]
@@ -260,6 +260,7 @@ def main() -> None:
     p.add_argument("--generator-steps", type=int, default=100)
     p.add_argument("--sections", default="proxy,train,samples,untrained,reference,oracle")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes to featurise MP-20 test")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -348,7 +349,7 @@ def main() -> None:
         res, _ = sample_section(env, untrained, reward, args.baseline_n or args.n, args.seed)
         record("untrained", res)
     if "reference" in sections:
-        record("reference", reference_section(proxy, args.device))
+        record("reference", reference_section(proxy, args.device, args.workers))
     if "oracle" in sections and args.wyckoff and samples is not None:
         from ml import pipeline
         from ml.methods.conditional.checkpoint import load_wyckoff_release
