@@ -70,6 +70,21 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "params": {"steps": 500},
         },
     },
+    "crystal_gfn": {
+        "summary": "crystal_gfn: diverse stable Li-Mg-O-F crystals (GFlowNet)",
+        "description": "Samples space group, charge-neutral composition and lattice in "
+        "proportion to exp(-beta E_form) of a position-free proxy, then places the atoms with "
+        "the Wyckoff generator; trains a GFlowNet for the request (or uses a pretrained one).",
+        "value": {
+            "method": "crystal_gfn",
+            "objectives": [{"property": "formation_energy", "goal": "below", "value": -2.0}],
+            "constraints": {"elements": {"allowed": ["Li", "Mg", "O", "F"]}, "max_atoms": 12},
+            "num_candidates": 8,
+            "relax": False,
+            "seed": 0,
+            "params": {"steps": 300},
+        },
+    },
 }
 
 

@@ -48,7 +48,7 @@ from ml.settings import get_ml_settings
 from workers.runner import Generation, _generation_request
 
 SUITE_VERSION = "1"
-METHODS = ("substitution", "smoacs", "conditional", "cliqueflowmer")
+METHODS = ("substitution", "smoacs", "conditional", "cliqueflowmer", "crystal_gfn")
 TOXIC = ["Pb", "Cd", "Hg", "As", "Tl", "Be"]
 
 _EFORM_OK = {"property": "formation_energy", "goal": "below", "value": -0.5}
