@@ -25,10 +25,11 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import case, select, update
+from sqlalchemy import select, update
 
 from app.db import Database, utcnow
 from app.models import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, Job
+from app.queue import mark_unsent
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,25 +138,6 @@ def sweep(db: Database, settings: Settings, enqueue: Enqueue) -> dict[str, int]:
     if any(counts.values()):
         log.info("sweeper: %s", counts)
     return counts
-
-
-def mark_unsent(db: Database, job_id: str, undo_count: bool = True) -> None:
-    """The job's message did not reach the broker: the next sweep sends it (not only after
-    the lost-message delay). ``undo_count``: the failed send was counted in
-    ``enqueue_count``; take it back so the back-off counts only sends the broker took."""
-    values: dict[str, object] = {"enqueued_at": None}
-    if undo_count:
-        values["enqueue_count"] = case((Job.enqueue_count > 0, Job.enqueue_count - 1), else_=0)
-    try:
-        with db.session() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED).values(**values))
-    except Exception:  # database down too: the lost-message path still finds the job
-        log.exception("could not mark job %s as not enqueued", job_id)
-
-
-def queued_job_ids(db: Database) -> list[str]:
-    with db.session() as s:
-        return list(s.scalars(select(Job.id).where(Job.status == QUEUED).order_by(Job.created_at)))
 
 
 class Sweeper:
