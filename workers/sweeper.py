@@ -21,7 +21,6 @@ Every change is a conditional UPDATE, so several sweepers (API replicas) can run
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -31,6 +30,7 @@ from app.db import Database, utcnow
 from app.models import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, Job
 from app.queue import mark_unsent
 from app.settings import Settings
+from workers.periodic import PeriodicThread
 
 log = logging.getLogger(__name__)
 
@@ -147,21 +147,13 @@ class Sweeper:
         self.db = db
         self.settings = settings
         self.enqueue = enqueue
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PeriodicThread("sweeper", settings.sweeper_interval_s, self._pass)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._thread.stop()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.sweeper_interval_s):
-            try:
-                sweep(self.db, self.settings, self.enqueue)
-            except Exception:
-                log.exception("sweeper pass failed")
+    def _pass(self) -> None:
+        sweep(self.db, self.settings, self.enqueue)
