@@ -138,6 +138,29 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    from itertools import islice
+
+    from app.cli_views import jobs_table
+
+    filters = {"label": args.label, "status": args.status, "method": args.method}
+    with _client(args) as c:
+        jobs = list(islice(c.jobs(**filters), args.limit))
+    print(jobs_table(jobs))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.purge:
+            c.purge(args.job_id)
+            print(f"job {args.job_id} and its structures deleted")
+            return 0
+        job = c.cancel(args.job_id)
+    print(f"job {args.job_id} is {job['status']}")
+    return 0
+
+
 def _download(args: argparse.Namespace) -> int:
     from app.client import FINISHED
 
@@ -214,6 +237,24 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--wait", action="store_true")
     client_args(st)
     st.set_defaults(func=_status)
+
+    js = sub.add_parser("jobs", help="list your jobs, newest first (label, objectives)")
+    js.add_argument("--label", default=None, help="only jobs with exactly this label")
+    js.add_argument("--status", default=None, help="only jobs in this state")
+    js.add_argument("--method", default=None, help="only jobs of this method")
+    js.add_argument("--limit", type=int, default=50, help="show at most N (default 50)")
+    client_args(js)
+    js.set_defaults(func=_jobs)
+
+    cn = sub.add_parser("cancel", help="cancel a job, or with --purge delete a finished one")
+    cn.add_argument("job_id")
+    cn.add_argument(
+        "--purge",
+        action="store_true",
+        help="delete the finished job and its structures for good instead",
+    )
+    client_args(cn)
+    cn.set_defaults(func=_cancel)
 
     rs = sub.add_parser("results", help="print a job's structures as a ranked table")
     rs.add_argument("job_id")

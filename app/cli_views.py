@@ -65,6 +65,29 @@ def _num(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def jobs_table(jobs: list[dict[str, Any]]) -> str:
+    """Jobs (API JSON, newest first) as an aligned text table: id, status, method, label and
+    the objectives in short."""
+    header = ["created (UTC)", "id", "status", "method", "label", "objectives"]
+    rows = [
+        [
+            str(j["created_at"])[:19].replace("T", " "),
+            j["id"],
+            j["status"],
+            j["method"],
+            j.get("label") or "",
+            j.get("objectives") or "",
+        ]
+        for j in jobs
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, ["-" * w for w in widths], *rows]
+    ]
+    return "\n".join([*lines, f"{len(rows)} jobs"])
+
+
 def results_table(items: list[dict[str, Any]]) -> str:
     """Structures (API JSON, best rank first) as an aligned text table with units."""
     props = sorted({p for s in items for p in s["scores"]} - {"energy_above_hull"})

@@ -143,6 +143,10 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/v1/jobs/{job_id}").json()
 
+    def purge(self, job_id: str) -> None:
+        """Delete a finished job with its structures for good (409 while it runs)."""
+        self._call("DELETE", f"/v1/jobs/{job_id}", params={"purge": "true"})
+
     def wait(self, job_id: str, timeout: float = 3600.0, poll: float = 2.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:

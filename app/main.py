@@ -18,6 +18,7 @@ from app.hygiene import UnstorableInputMiddleware
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.openapi import install_openapi
 from app.ratelimit import RateLimitMiddleware
+from app.readiness import models_data_check
 from app.routes import catalog, events, health, jobs, structures
 from app.routes.deps import Services
 from app.routes.web import install_web
@@ -42,6 +43,11 @@ def _startup(svc: Services) -> object | None:
     from app.queue import queued_job_ids
     from workers.sweeper import Sweeper, sweep
 
+    ok, detail = models_data_check()
+    if not ok:
+        # /readyz details go to admin keys only: the terminal that started the server is
+        # where a new user finds out why every job would fail.
+        log.warning("not ready, every job would fail: %s", detail)
     if svc.settings.auto_migrate:
         from app.migrate import upgrade
 

@@ -1,6 +1,7 @@
 """The OpenAPI schema, completed from what this server runs: the allowed values of
-``method``, ``objectives[].property`` and oracle names come from the registries, and the
-defaults of ``relax`` and ``num_candidates`` are this server's settings."""
+``method`` (in requests and the jobs list's filter), ``objectives[].property``,
+``objectives[].fidelity`` and oracle names come from the registries, and the defaults of
+``relax`` and ``num_candidates`` are this server's settings."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ _BUILTIN_DESCRIPTIONS = {
 
 def _complete(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
     from ml.methods.registry import method_names
-    from ml.oracles.registry import list_oracles
+    from ml.oracles.registry import fidelities, list_oracles
     from ml.request import _known_properties
 
     comps = schema.get("components", {}).get("schemas", {})
@@ -41,6 +42,14 @@ def _complete(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
     objective = comps.get("Objective", {}).get("properties", {})
     if "property" in objective:
         objective["property"]["enum"] = sorted(_known_properties())
+    for variant in objective.get("fidelity", {}).get("anyOf", []):
+        if "enum" in variant:
+            variant["enum"] = fidelities("band_gap")
+    for param in schema.get("paths", {}).get("/v1/jobs", {}).get("get", {}).get("parameters", []):
+        if param.get("name") == "method" and param.get("in") == "query":
+            for variant in param.get("schema", {}).get("anyOf", []):
+                if variant.get("type") == "string":
+                    variant["enum"] = method_names()
     oracles = comps.get("ScoreRequest", {}).get("properties", {}).get("oracles")
     if oracles is not None:
         names = [info.name for info in list_oracles()]

@@ -18,12 +18,16 @@ class JobProgress(BaseModel):
         "load, generate, substituting), relaxing (CHGNet relaxation of a batch), evaluating "
         "(scoring and storing it), ranking, done, cancelled."
     )
-    step: int = Field(description="Steps of the phase done (for evaluating: candidates stored).")
-    total: int = Field(description="Steps of the phase in all (for evaluating: num_candidates).")
+    step: int = Field(
+        description="Steps of the phase done (count; for evaluating: candidates stored)."
+    )
+    total: int = Field(
+        description="Steps of the phase in all (count; for evaluating: num_candidates)."
+    )
     best: float | None = Field(
         default=None, description="Lowest objective loss so far (unitless; 0: all met)."
     )
-    stored: int | None = Field(default=None, description="Structures stored so far.")
+    stored: int | None = Field(default=None, description="Structures stored so far (count).")
     shards: dict[str, int] | None = Field(
         default=None,
         description="Sharded jobs only: shard tasks in all (total) and by state (queued, "
@@ -56,7 +60,9 @@ class JobOut(BaseModel):
         description="When finished: counts and rates (n_candidates, n_valid, n_hits, "
         "hit_rate, sun_rate, ...), best value per objective, timings (s), seed and versions."
     )
-    attempts: int = Field(description="How often a worker started this job (>1 after a crash).")
+    attempts: int = Field(
+        description="How often a worker started this job (count; >1 after a crash)."
+    )
 
 
 class JobPage(BaseModel):
@@ -65,7 +71,10 @@ class JobPage(BaseModel):
 
 
 class ScoreOut(BaseModel):
-    value: float | None = Field(description="Predicted value in `unit`; null: not scorable.")
+    value: float | None = Field(
+        description="Predicted value in `unit` (eV, eV/atom, g/cm^3 or unitless); null: not "
+        "scorable."
+    )
     unit: str = Field(description="Unit of the value (eV, eV/atom, g/cm^3, dimensionless).")
     oracle: str = Field(description="Oracle that predicted it (GET /v1/oracles).")
     version: str = Field(description="Model, checkpoint and fidelity of the oracle.")
@@ -121,7 +130,8 @@ class StructureOut(BaseModel):
     id: str = Field(description="Structure id (UUID).")
     job_id: str = Field(description="Job that made it.")
     rank: int | None = Field(
-        description="1 = best: valid, then hits, then constraints met, then lowest objective "
+        description="Position in the job's ranking (1-based, 1 = best): valid, then hits, "
+        "then constraints met, then lowest objective "
         "loss, then method score; null while the job runs."
     )
     formula: str = Field(description="Reduced formula.")
@@ -197,7 +207,7 @@ class ScoreRequest(BaseModel):
 
 
 class ScoredCif(BaseModel):
-    index: int = Field(description="Position of the CIF in the request's cifs.")
+    index: int = Field(description="Position of the CIF in the request's cifs (0-based).")
     formula: str = Field(description="Reduced formula.")
     n_atoms: int = Field(description="Atoms in the cell (atoms).")
     scores: dict[str, ScoreOut] = Field(description="Predictions by oracle name.")

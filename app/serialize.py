@@ -6,6 +6,7 @@ from typing import Any
 
 from app.jobs import StructureView
 from app.models import Job
+from ml.oracles.registry import NON_PBE_GAP_CAVEAT, NON_PBE_GAP_ORACLES
 
 
 def _number(v: Any) -> str:
@@ -71,6 +72,7 @@ def structure_out(row: StructureView) -> dict[str, Any]:
                 "unit": sc.unit,
                 "oracle": sc.oracle,
                 "version": sc.version,
+                "note": NON_PBE_GAP_CAVEAT if sc.oracle in NON_PBE_GAP_ORACLES else None,
             }
             for sc in row.scores
         },

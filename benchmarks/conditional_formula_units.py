@@ -3,6 +3,7 @@ formula units: what comes out (cell size, formula units, the space group spglib 
 
     PYTHONPATH=. python benchmarks/conditional_formula_units.py            # LiFePO4/62, ZnO/186
     PYTHONPATH=. python benchmarks/conditional_formula_units.py --n 8 --case ZnO:186:20
+    PYTHONPATH=. python benchmarks/conditional_formula_units.py --model wyckoff  # v2 checkpoint
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from ml.request import DesignRequest
 
 
 def run(
-    formula: str, space_group: int, max_atoms: int, n: int, seed: int, params: dict[str, float]
+    formula: str,
+    space_group: int,
+    max_atoms: int,
+    n: int,
+    seed: int,
+    params: dict[str, float | str],
 ) -> None:
     request = DesignRequest(
         method="conditional",
@@ -52,7 +58,7 @@ def run(
         print(
             f"  {c.crystal.formula:>14} atoms {c.crystal.num_atoms:3d} Z {c.meta['formula_units']}"
             f"  spglib(0.1) {sg}  spglib(0.5) {space_group_number(c.crystal, 0.5)}"
-            f"  symmetrized {c.meta['symmetrized']}  valid {valid}"
+            f"  symmetrized {c.meta.get('symmetrized', 'n/a (wyckoff)')}  valid {valid}"
             f"  violations {bad}"
         )
     print(f"  space groups found: {dict(groups)}; valid and meeting all constraints: {hits}/{n}")
@@ -65,8 +71,11 @@ def main() -> int:
     p.add_argument("--case", action="append", help="FORMULA:SPACEGROUP:MAX_ATOMS")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument(
+        "--model", choices=["wyckoff", "free-cell"], default=None, help="default: the method's"
+    )
     args = p.parse_args()
-    params = {k: v for k in ("guidance", "steps") if (v := getattr(args, k)) is not None}
+    params = {k: v for k in ("guidance", "steps", "model") if (v := getattr(args, k)) is not None}
     for case in args.case or ["LiFePO4:62:30", "ZnO:186:20"]:
         formula, sg, max_atoms = case.split(":")
         run(formula, int(sg), int(max_atoms), args.n, args.seed, params)

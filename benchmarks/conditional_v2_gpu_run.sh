@@ -7,7 +7,8 @@
 #   carry: .whl .devpack .devdata/models (bash benchmarks/gpu_prepare.sh first; it now adds pyxtal), and
 #          .cache/conditional (the Wyckoff decomposition cache built on the CPU; saves ~40 s)
 # Rows are written to bench.json as they finish (order: $MODES); rows cut off by BENCH_S can
-# be run in a second call without training: CKPT=<the returned checkpoint> MODES=comp,oracle,lab.
+# be run in a second call without training: CKPT=<the returned checkpoint> MODES=comp,oracle,lab;
+# or training continued from it: INIT=<the returned checkpoint> MINUTES=4.5.
 # CPU smoke:  OUT=/tmp/v2 DEVICE=cpu LOCAL=1 MINUTES=0.3 LIMIT=150 N=12 SAMPLES=3 STEPS=5 \
 #             TRAIN_ARGS="--d-model 64 --layers 2 --heads 4 --batch-size 32" WORKERS=1 \
 #             bash benchmarks/conditional_v2_gpu_run.sh
@@ -30,13 +31,15 @@ LIMIT=${LIMIT:-}; TRAIN_ARGS=${TRAIN_ARGS:-}; BENCH_ARGS=${BENCH_ARGS:-}
 START=$(date +%s)
 (nvidia-smi -L || echo "$DEVICE") > "$R/device.txt" 2>&1
 lim=${LIMIT:+--limit $LIMIT}
-train_limit=$(python3 -c "print(int($MINUTES * 60 + 90))")
+# + data (~95 s for the decomposition when .cache/conditional is not carried) + export
+train_limit=$(python3 -c "print(int($MINUTES * 60 + 150))")
+init=${INIT:+--init $INIT}   # INIT=<a release>: continue its training (a second call)
 if [ -n "${CKPT:-}" ]; then  # a second call: benchmark an existing checkpoint, no training
   cp "$CKPT" "$R/conditional-wyckoff.pt"
 else
   timeout "$train_limit" python3 -m ml.methods.conditional.train_wyckoff --device "$DEVICE" \
     --minutes "$MINUTES" --workers "$WORKERS" --export-every 60 \
-    --out "$R/conditional-wyckoff.pt" --history "$R/train_history.json" $lim $TRAIN_ARGS \
+    --out "$R/conditional-wyckoff.pt" --history "$R/train_history.json" $lim $init $TRAIN_ARGS \
     > "$R/train.log" 2>&1
   echo "train rc=$? at $(( $(date +%s) - START )) s" >> "$R/device.txt"
 fi

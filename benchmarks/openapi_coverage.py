@@ -1,7 +1,7 @@
 """Coverage of the OpenAPI schema: how many request/response fields and parameters carry a
 description, how many carry a unit, and how many examples the schema holds.
 
-    python benchmarks/openapi_coverage.py            # counts for this checkout's app
+    PYTHONPATH=. python benchmarks/openapi_coverage.py -v   # counts for this checkout's app
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import sys
 from typing import Any
 
 # A unit named in a description: eV, eV/atom, Å, g/cm^3, seconds, atoms, UTC times, or a
-# value stated to have none (unitless, dimensionless).
+# value stated to have none (unitless, dimensionless, a count, a 0- or 1-based position).
 _UNIT = re.compile(
     r"eV/atom|\beV\b|Å|g/cm\^3|\(s\)|\bseconds?\b|\batoms\b|\bUTC\b|unitless|dimensionless"
+    r"|\bcount\b|\b[01]-based\b"
 )
 
 
@@ -59,8 +60,18 @@ def _has_enum(spec: Any) -> bool:
     return False
 
 
+def _numeric(spec: Any) -> bool:
+    """A number or integer field (or a nullable one); arrays and objects are not."""
+    if not isinstance(spec, dict):
+        return False
+    return spec.get("type") in ("number", "integer") or any(
+        _numeric(v) for v in spec.get("anyOf", [])
+    )
+
+
 def coverage(schema: dict[str, Any]) -> dict[str, Any]:
     fields = _properties(schema)
+    numeric = [(n, s) for n, s in fields if _numeric(s)]
     params = _parameters(schema)
     described = [n for n, s in fields if s.get("description")]
     params_described = [n for n, p in params if p.get("description")]
@@ -70,11 +81,18 @@ def coverage(schema: dict[str, Any]) -> dict[str, Any]:
         "fields_described": len(described),
         "fields_with_unit": sum(1 for _, s in fields if _UNIT.search(s.get("description", ""))),
         "fields_with_enum": len(enums),
+        "numeric_fields": len(numeric),
+        "numeric_fields_with_unit": sum(
+            1 for _, s in numeric if _UNIT.search(s.get("description", ""))
+        ),
         "parameters": len(params),
         "parameters_described": len(params_described),
         "examples": _count_examples(schema),
         "undescribed": sorted(n for n, s in fields if not s.get("description"))
         + sorted(n for n, p in params if not p.get("description")),
+        "numeric_without_unit": sorted(
+            n for n, s in numeric if not _UNIT.search(s.get("description", ""))
+        ),
     }
 
 
@@ -85,9 +103,11 @@ def main() -> int:
     app = create_app(Settings(database_url="sqlite://", sweeper_enabled=False))
     cov = coverage(app.openapi())
     undescribed = cov.pop("undescribed")
+    no_unit = cov.pop("numeric_without_unit")
     print(json.dumps(cov, indent=2))
     if "-v" in sys.argv:
         print("undescribed:", *undescribed, sep="\n  ")
+        print("numeric without a unit:", *no_unit, sep="\n  ")
     return 0
 
 

@@ -120,8 +120,9 @@ class Objective(BaseModel):
     tolerance: float | None = Field(
         default=None,
         ge=0,
-        description="Half-width of a target's band, in the property's unit. When left out, "
-        "a target gets 10 % of |value| (at least 0.1), written into the stored request.",
+        description="Half-width of a target's band, in the property's unit (eV for band_gap, "
+        "eV/atom for energies, g/cm^3 for density). When left out, a target gets 10 % of "
+        "|value| (at least 0.1), written into the stored request.",
     )
     weight: float = Field(
         default=1.0,
@@ -455,7 +456,8 @@ class DesignRequest(BaseModel):
         default=64,
         ge=1,
         le=MAX_CANDIDATES,
-        description="Candidate structures to generate, evaluate and store. When left out, the "
+        description="Candidate structures to generate, evaluate and store (count). When left "
+        "out, the "
         "server's default (MATDESIGN_DEFAULT_NUM_CANDIDATES: 8 on the embedded CPU server, "
         "64 with Celery workers) is written into the stored request.",
         json_schema_extra=lambda schema: schema.pop("default", None),
@@ -472,7 +474,8 @@ class DesignRequest(BaseModel):
         default=0,
         ge=0,
         le=2**31 - 1,
-        description="Random seed: same request, seed and weights give the same candidates.",
+        description="Random seed (unitless integer): same request, seed and weights give the "
+        "same candidates.",
     )
     params: dict[str, Any] = Field(
         default_factory=dict,

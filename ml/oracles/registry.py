@@ -98,6 +98,9 @@ NON_PBE_GAP_CAVEAT = (
     "compare with megnet-gap-pbe and read it as indicative."
 )
 
+# The gap oracles whose values carry NON_PBE_GAP_CAVEAT wherever they are shown.
+NON_PBE_GAP_ORACLES = frozenset(f"megnet-gap-{f}" for f in GAP_FIDELITIES if f != "pbe")
+
 for _fid, _level in GAP_FIDELITIES.items():
     _name = f"megnet-gap-{_fid}"
     ORACLE_INFOS[_name] = OracleInfo(
@@ -272,6 +275,11 @@ def list_oracles() -> list[OracleInfo]:
 def known_properties() -> list[str]:
     """Properties some oracle predicts (``formation_energy``, ``band_gap``, ...)."""
     return sorted({info.property for info in ORACLE_INFOS.values()})
+
+
+def fidelities(property: str = "band_gap") -> list[str]:
+    """The DFT fidelities a request may ask of ``property`` (each has a default oracle)."""
+    return [f for f in _DEFAULTS.get(property, {}) if f is not None]
 
 
 def default_oracle_name(property: str, fidelity: str | None = None) -> str:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 from pymatgen.core import Structure
@@ -222,6 +223,63 @@ def test_field_errors_resubmit_and_cancel(
     assert offsite.urls == []
 
 
+def _finished_job(server: Server, label: str) -> str:
+    """A job with this label, cancelled (a finished state) before it gets far."""
+    headers = {"X-API-Key": server.key}
+    request = {
+        "method": "substitution",
+        "constraints": {"elements": {"allowed": ["Ba", "Ti", "O"]}, "max_atoms": 5},
+        "num_candidates": 4,
+        "label": label,
+        "params": {"datasets": ["perov5"], "max_references": 50, "step_delay_s": 2.0},
+    }
+    # The first request of a cold server loads the method's tables: allow for that.
+    job = httpx.post(f"{server.url}/v1/jobs", json=request, headers=headers, timeout=120).json()
+    httpx.delete(f"{server.url}/v1/jobs/{job['id']}", headers=headers, timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{server.url}/v1/jobs/{job['id']}", headers=headers).json()
+        if state["status"] == "cancelled":
+            return str(job["id"])
+        time.sleep(0.3)
+    raise AssertionError(f"job not cancelled: {state}")
+
+
+def test_labels_filter_and_delete_from_the_page(
+    page: tuple[Any, Offsite], server: Server, screenshots: Path
+) -> None:
+    pg, offsite = page
+    label = f"Perovskite screen {time.monotonic_ns() % 100000}"
+    keep = _finished_job(server, "another screen")
+    gone = _finished_job(server, label)
+    _login(pg, server)
+    # The form starts from the server's defaults (embedded CPU server: 8, no relaxation)
+    # and sends the label typed into it.
+    pg.wait_for_selector("#form[data-defaults='server']")
+    assert pg.input_value("#num_candidates") == "8"
+    assert not pg.is_checked("#relax")
+    pg.fill("#label", "typed label")
+    assert '"label": "typed label"' in pg.input_value("#body")
+
+    pg.fill("#label-filter", label)
+    pg.wait_for_function(
+        "label => { const rows = document.querySelectorAll('#jobs tr');"
+        " return rows.length === 1 && rows[0].querySelector('td.label').textContent === label; }",
+        arg=label,
+    )
+    assert pg.inner_text("#jobs td.label") == label
+    assert pg.locator(f"#jobs tr[data-id='{keep}']").count() == 0
+    pg.locator("section:has(#jobs)").screenshot(path=str(screenshots / "jobs_label_filter.png"))
+
+    pg.once("dialog", lambda dialog: dialog.accept())
+    pg.click(f"#jobs button[data-purge='{gone}']")
+    pg.wait_for_selector(f"#jobs tr[data-id='{gone}']", state="detached")
+    headers = {"X-API-Key": server.key}
+    assert httpx.get(f"{server.url}/v1/jobs/{gone}", headers=headers).status_code == 404
+    assert httpx.get(f"{server.url}/v1/jobs/{keep}", headers=headers).status_code == 200
+    assert offsite.urls == []
+
+
 @pytest.mark.parametrize(
     ("path", "ready"),
     [("/docs", ".swagger-ui .info .title"), ("/redoc", "redoc-wrap h1, .api-info h1")],
@@ -235,6 +293,17 @@ def test_api_docs_render_offline(
     assert "matdesign" in pg.inner_text(ready.split(",")[0] if path == "/docs" else "body")
     if path == "/docs":
         pg.wait_for_selector(".opblock-summary-path[data-path='/v1/jobs/{job_id}/events']")
+        # The operations list: one block per operation of the schema, methods and paths alike.
+        schema = httpx.get(server.url + "/openapi.json").json()
+        operations = sorted(
+            (verb.upper(), route) for route, ops in schema["paths"].items() for verb in ops
+        )
+        shown = pg.eval_on_selector_all(
+            ".opblock .opblock-summary",
+            """els => els.map(e => [e.querySelector('.opblock-summary-method').textContent,
+                                    e.querySelector('.opblock-summary-path').dataset.path])""",
+        )
+        assert sorted(map(tuple, shown)) == operations
     pg.screenshot(path=str(screenshots / f"api{path.replace('/', '_')}.png"))
     assert offsite.urls == [], f"{path} tried to load {offsite.urls}"
 
@@ -243,7 +312,6 @@ def test_relaxed_and_proposed_geometry_toggle(
     page: tuple[Any, Offsite], server: Server, screenshots: Path
 ) -> None:
     """A job with relax on: the 3D view switches between the proposed and relaxed crystal."""
-    import httpx
 
     request = {
         "method": "substitution",

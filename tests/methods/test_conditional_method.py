@@ -177,7 +177,29 @@ def test_released_weights_run_quickly_on_cpu() -> None:
     if not path.exists():
         pytest.skip("weights not trained yet")
     method_mod._load_model.cache_clear()
-    req = request(num_candidates=4, params={"steps": 10, "guidance": 1.0})
+    req = request(num_candidates=4, params={"steps": 10, "guidance": 1.0, "model": "free-cell"})
     cands = run_all(req)
     assert len(cands) == 4
     assert all(c.crystal.num_atoms == 10 for c in cands)
+
+
+@pytest.mark.slow
+def test_released_wyckoff_weights_keep_the_requested_space_group() -> None:
+    """The shipped Wyckoff generator (the default once present): ZnO in P6_3mc comes out as
+    2 formula units generated in group 186, and spglib finds 186 in them."""
+    from ml.constraints import space_group_number
+
+    if not (WEIGHTS_DIR / "conditional-wyckoff.pt").exists():
+        pytest.skip("weights not trained yet")
+    req = request(
+        num_candidates=4,
+        objectives=[{"property": "formation_energy", "goal": "target", "value": -1.7}],
+        constraints={"composition": "ZnO", "space_groups": [186]},
+        params={"steps": 20},
+    )
+    assert ConditionalMethod().validate(req).model == "wyckoff"
+    cands = run_all(req)
+    assert len(cands) == 4
+    assert all(c.meta["space_group_generated"] == 186 for c in cands)
+    assert all(c.crystal.num_atoms == 4 for c in cands)
+    assert sum(space_group_number(c.crystal) == 186 for c in cands) >= 3

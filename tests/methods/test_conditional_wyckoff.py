@@ -194,6 +194,43 @@ def test_method_returns_requested_space_group(tiny_wyckoff: Path) -> None:
     assert np.allclose(again[0].crystal.lattice, cands[0].crystal.lattice)
 
 
+@pytest.mark.parametrize(
+    ("formula", "space_group", "max_atoms", "z"),
+    [("LiFePO4", 62, 30, 4), ("ZnO", 186, 20, 2)],
+)
+def test_issue_requests_get_the_formula_units_their_group_needs(
+    tiny_wyckoff: Path, formula: str, space_group: int, max_atoms: int, z: int
+) -> None:
+    """The requests of issue 23, as a user writes them (no formula_units): LiFePO4 in Pnma
+    needs 4 formula units (28 atoms), ZnO in P6_3mc 2; the generator makes those cells in the
+    requested group (the untrained test model places atoms badly, but the group is exact)."""
+    req = DesignRequest.model_validate(
+        {
+            "method": "conditional",
+            "constraints": {
+                "composition": formula,
+                "space_groups": [space_group],
+                "max_atoms": max_atoms,
+            },
+            "num_candidates": 3,
+            "params": {"model": "wyckoff", "steps": 3},
+        }
+    )
+    m = ConditionalMethod()
+    cands = [
+        c for e in m.run(req, m.validate(req), MethodContext()) if isinstance(e, list) for c in e
+    ]
+    assert len(cands) == 3
+    for c in cands:
+        comp = c.crystal.to_structure().composition
+        assert comp.reduced_formula == formula
+        assert (
+            c.meta["formula_units"] == z
+            and c.crystal.num_atoms == z * comp.reduced_composition.num_atoms
+        )
+        assert spacegroup(c.crystal, 0.1) == space_group
+
+
 def test_method_without_space_group_proposes_one(tiny_wyckoff: Path) -> None:
     req = DesignRequest.model_validate(
         {

@@ -116,6 +116,34 @@ BAD_INPUTS: list[tuple[str, str, str, str | None, int, str | None]] = [
         422,
         "body.constraints.templates.0",
     ),
+    # What a new user tripped over (issue 23): each was a 500 or a misleading message.
+    *[
+        (name, "POST", "/v1/jobs", json.dumps({**SMALL_JOB, **change}), 422, field)
+        for name, change, field in [
+            (
+                "conditional with an unknown element",
+                {"method": "conditional", "params": {}, "constraints": {"composition": "LiFeQO4"}},
+                "body.constraints.composition",
+            ),
+            (
+                "LiFePO4 in Pnma within 20 atoms",
+                {
+                    "method": "conditional",
+                    "params": {},
+                    "constraints": {"composition": "LiFePO4", "space_groups": [62]},
+                },
+                "body.constraints.space_groups",
+            ),
+            (
+                "anion allowed but excluded",
+                {"constraints": {"elements": {"allowed": ["Ba", "Ti", "O"], "excluded": ["O"]}}},
+                "body.constraints.elements.excluded",
+            ),
+            ("label of 201 characters", {"label": "x" * 201}, "body.label"),
+            ("NUL in a label", {"label": "a\u0000b"}, "body.label"),
+        ]
+    ],
+    ("NUL in ?label=", "GET", "/v1/jobs?label=a%00b", None, 422, "query.label"),
     ("NUL in a job id", "GET", "/v1/jobs/abc%00def", None, 404, None),
     ("NUL in a job id (structures)", "GET", "/v1/jobs/abc%00def/structures", None, 404, None),
     ("NUL in a job id (archive)", "GET", "/v1/jobs/abc%00def/archive", None, 404, None),

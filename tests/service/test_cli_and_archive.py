@@ -70,6 +70,32 @@ def test_submit_with_a_label(
     assert len(jobs) == 1 and jobs[0]["label"] == "from the shell"
 
 
+def test_jobs_list_by_label_and_cancel_then_purge(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "_client", lambda args: Client(http=TestClient(client.app)))
+    job_id = client.post("/v1/jobs", json={**SMALL_JOB, "label": "cli list", "seed": 5}).json()[
+        "id"
+    ]
+    client.post("/v1/jobs", json={**SMALL_JOB, "label": "not this one", "seed": 6})
+    capsys.readouterr()
+    assert cli.main(["jobs", "--label", "cli list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["created", "(UTC)", "id", "status", "method", "label", "objectives"]
+    assert len(lines) == 4 and lines[-1] == "1 jobs"
+    assert job_id in lines[2] and "cli list" in lines[2]
+    assert "band_gap = 1.5 ± 0.5 eV; formation_energy < -0.5 eV/atom" in lines[2]
+    # Purge refuses a queued job with the server's reason; cancel, then purge.
+    assert cli.main(["cancel", job_id, "--purge"]) == 1
+    assert "cancel it first" in capsys.readouterr().err
+    assert cli.main(["cancel", job_id]) == 0
+    assert capsys.readouterr().out.strip() == f"job {job_id} is cancelled"
+    assert cli.main(["cancel", job_id, "--purge"]) == 0
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert cli.main(["jobs", "--label", "cli list"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "0 jobs"
+
+
 def test_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{_free_port()}"
     assert cli.main(["status", "some-job", "--url", url]) == 1

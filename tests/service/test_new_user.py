@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pytest
@@ -26,8 +26,8 @@ from app.models import Job, OracleScore, Structure
 from app.settings import Settings
 from ml.crystal import Crystal
 from ml.methods.registry import method_names
-from ml.oracles.registry import list_oracles
-from ml.request import DesignRequest
+from ml.oracles.registry import fidelities, list_oracles
+from ml.request import DesignRequest, Fidelity
 from ml.settings import get_ml_settings
 from workers.store import crystal_to_json
 
@@ -243,6 +243,8 @@ def test_openapi_fields_described_enums_from_registries_and_examples(client: Tes
     schema = client.get("/openapi.json").json()
     cov = coverage(schema)
     assert cov["undescribed"] == []
+    # Every number states its unit (or that it is a count, a position or unitless).
+    assert cov["numeric_fields"] >= 20 and cov["numeric_without_unit"] == []
     comps = schema["components"]["schemas"]
     assert comps["DesignRequest"]["properties"]["method"]["enum"] == method_names()
     prop_enum = comps["Objective"]["properties"]["property"]["enum"]
@@ -254,6 +256,11 @@ def test_openapi_fields_described_enums_from_registries_and_examples(client: Tes
         "below",
         "above",
     ]
+    fidelity = comps["Objective"]["properties"]["fidelity"]["anyOf"][0]["enum"]
+    assert fidelity == fidelities("band_gap") == list(get_args(Fidelity))
+    filters = schema["paths"]["/v1/jobs"]["get"]["parameters"]
+    method_filter = next(p for p in filters if p["name"] == "method")
+    assert method_filter["schema"]["anyOf"][0]["enum"] == method_names()
     oracle_items = comps["ScoreRequest"]["properties"]["oracles"]["anyOf"][0]["items"]
     assert oracle_items["enum"] == [o.name for o in list_oracles()]
     assert set(comps["Flags"]["properties"]) >= {"valid", "stable", "metastable", "hit"}
@@ -301,6 +308,28 @@ def test_readyz_is_not_ready_without_models_and_data(
     assert "MATDESIGN_MODELS_DIR" in check["detail"]
 
 
+def test_server_start_warns_which_models_and_data_are_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/start.db", worker_warm_up=False, sweeper_enabled=False
+    )
+    monkeypatch.setenv("MATDESIGN_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("MATDESIGN_DATA_DIR", str(tmp_path / "data"))
+    get_ml_settings.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="app.main"), TestClient(create_app(settings)) as c:
+            assert c.get("/readyz").json() == {"status": "not ready"}  # no admin key: no detail
+    finally:
+        monkeypatch.undo()
+        get_ml_settings.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "app.main"]
+    assert len(warnings) == 1, warnings
+    assert "every job would fail" in warnings[0]
+    assert str(tmp_path / "data" / "mp20") in warnings[0]
+    assert "MATDESIGN_DATA_DIR" in warnings[0]
+
+
 # --- scores with their caveats --------------------------------------------------------------
 
 
@@ -318,3 +347,28 @@ def test_non_pbe_gaps_carry_the_fidelity_caveat(client: TestClient) -> None:
     assert note.startswith("Below the PBE gap here") == below
     oracles = {o["name"]: o for o in client.get("/v1/oracles").json()}
     assert "multi-fidelity" in oracles["megnet-gap-hse"]["description"]
+
+
+def test_job_structures_carry_the_caveat_of_a_non_pbe_gap(
+    client: TestClient, settings: Settings
+) -> None:
+    objectives = [{"property": "band_gap", "goal": "above", "value": 1.0, "fidelity": "hse"}]
+    job_id = _post(client, objectives=objectives, seed=11).json()["id"]
+    _finish_with_structure(settings, job_id)
+    db = Database(settings.database_url)
+    with db.session() as s:
+        sid = s.scalar(select(Structure.id).where(Structure.job_id == job_id))
+        s.add(
+            OracleScore(
+                structure_id=sid,
+                property="band_gap",
+                oracle="megnet-gap-hse",
+                version="v",
+                value=0.4,
+                unit="eV",
+            )
+        )
+    db.dispose()
+    item = client.get(f"/v1/jobs/{job_id}/structures").json()["items"][0]
+    assert "multi-fidelity MEGNet" in item["scores"]["band_gap"]["note"]
+    assert item["scores"]["density"]["note"] is None

@@ -24,6 +24,20 @@ export async function loadCatalog() {
   buildRequest();
 }
 
+// The server's own defaults of num_candidates and relax (they fit the deployment: few
+// candidates and no relaxation on the embedded CPU server), unless the user changed them.
+export async function loadServerDefaults() {
+  try {
+    const schema = await api("/openapi.json");
+    const props = schema.components.schemas.DesignRequest.properties;
+    state.defaults = { num_candidates: props.num_candidates.default, relax: props.relax.default };
+  } catch (e) { return; }  // keep the page's own
+  if (!state.touched.has("num_candidates")) $("num_candidates").value = state.defaults.num_candidates;
+  if (!state.touched.has("relax")) $("relax").checked = !!state.defaults.relax;
+  $("form").dataset.defaults = "server";
+  buildRequest();
+}
+
 export function fillPropertySelect(sel, value) {
   sel.innerHTML = state.properties.map(p => `<option value="${esc(p)}">${esc(p)}${state.units[p] ? ` (${esc(state.units[p])})` : ""}</option>`).join("");
   if (value) sel.value = value;
@@ -151,6 +165,7 @@ export function buildRequest() {
     num_candidates: Number($("num_candidates").value), relax: $("relax").checked,
     seed: Number($("seed").value), params: readParams(),
   };
+  if ($("label").value.trim()) body.label = $("label").value.trim();
   $("body").value = JSON.stringify(body, null, 2);
   return body;
 }
@@ -160,7 +175,8 @@ export function fillForm(req) {
   $("method").value = req.method;
   $("params").dataset.method = "";  // a fresh set of parameter fields
   renderParams();
-  $("num_candidates").value = req.num_candidates ?? 16;
+  $("num_candidates").value = req.num_candidates ?? state.defaults.num_candidates;
+  $("label").value = req.label || "";
   $("seed").value = req.seed ?? 0;
   $("relax").checked = !!req.relax;
   $("objectives").innerHTML = "";
@@ -238,7 +254,7 @@ $("form").addEventListener("submit", async (ev) => {
 
 $("method").addEventListener("change", () => { renderParams(); buildRequest(); });
 $("add-objective").onclick = () => { addObjective({ property: "formation_energy", goal: "below", value: -0.5 }); buildRequest(); };
-$("form").addEventListener("input", (ev) => { if (ev.target.id !== "body" && ev.target.id !== "templates") buildRequest(); });
+$("form").addEventListener("input", (ev) => { state.touched.add(ev.target.id); if (ev.target.id !== "body" && ev.target.id !== "templates") buildRequest(); });
 $("form").addEventListener("change", (ev) => { if (ev.target.id !== "body" && ev.target.id !== "templates") buildRequest(); });
 $("templates").addEventListener("change", async (ev) => {
   const files = [...ev.target.files];

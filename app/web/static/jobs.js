@@ -1,4 +1,5 @@
-// The jobs table: status, live progress bars, cancel, edit and re-submit.
+// The jobs table: labels (and a filter on them), status, live progress bars, cancel, delete
+// (purge) of finished jobs, edit and re-submit.
 
 import { $, ACTIVE, FINISHED, api, esc, fmt, state } from "./common.js";
 import { followJob } from "./events.js";
@@ -45,11 +46,13 @@ export function progressBar(job) {
 export function jobRowHtml(j) {
   const err = j.error ? `<div class="err">${esc(j.error)}</div>` : "";
   return `<td>${esc(new Date(j.created_at).toLocaleString())}</td><td><code>${esc(j.id.slice(0, 8))}</code></td>
+    <td class="label">${esc(j.label || "")}</td>
     <td>${esc(j.method)}</td><td>${esc(objectivesText(j.request))}</td>
     <td class="status status-${esc(j.status)}">${esc(j.status)}${err}</td><td>${progressBar(j)}</td>
     <td><button type="button" data-view="${esc(j.id)}">view</button>
     ${["queued", "running"].includes(j.status) ? `<button type="button" data-cancel="${esc(j.id)}">cancel</button>` : ""}
-    <button type="button" data-edit="${esc(j.id)}">edit &amp; re-submit</button></td>`;
+    <button type="button" data-edit="${esc(j.id)}">edit &amp; re-submit</button>
+    ${FINISHED.includes(j.status) ? `<button type="button" data-purge="${esc(j.id)}" title="delete the job and its structures for good">delete</button>` : ""}</td>`;
 }
 
 export function renderJobRow(job) {
@@ -60,7 +63,9 @@ export function renderJobRow(job) {
 
 export async function loadJobs(append = false) {
   try {
-    const q = append && state.cursor ? `&cursor=${encodeURIComponent(state.cursor)}` : "";
+    const label = $("label-filter").value.trim();
+    let q = append && state.cursor ? `&cursor=${encodeURIComponent(state.cursor)}` : "";
+    if (label) q += `&label=${encodeURIComponent(label)}`;
     const page = await api(`/v1/jobs?limit=20${q}`);
     if (!append) state.order = [];
     for (const j of page.items) {
@@ -78,7 +83,7 @@ export async function loadJobs(append = false) {
     if (state.cursor) $("morebtn").onclick = () => loadJobs(true);
     for (const id of state.order) if (ACTIVE.includes(state.jobs.get(id).status)) followJob(id, onJobEvent);
   } catch (e) {
-    $("jobs").innerHTML = `<tr><td colspan="7" class="err">${esc(e.message)}</td></tr>`;
+    $("jobs").innerHTML = `<tr><td colspan="8" class="err">${esc(e.message)}</td></tr>`;
   }
 }
 
@@ -91,7 +96,25 @@ $("jobs").addEventListener("click", async (ev) => {
     catch (e) { alert(e.message); }
   }
   if (t.dataset.edit) editJob(t.dataset.edit);
+  if (t.dataset.purge) purgeJob(t.dataset.purge);
 });
+
+let filterTimer = null;
+$("label-filter").addEventListener("input", () => {
+  clearTimeout(filterTimer);
+  filterTimer = setTimeout(() => loadJobs(), 300);
+});
+
+async function purgeJob(jobId) {
+  if (!confirm(`Delete job ${jobId.slice(0, 8)} and all its structures for good?`)) return;
+  try { await api(`/v1/jobs/${jobId}?purge=true`, { method: "DELETE" }); }
+  catch (e) { alert(e.message); return; }
+  state.jobs.delete(jobId);
+  state.order = state.order.filter(id => id !== jobId);
+  const tr = document.querySelector(`#jobs tr[data-id="${CSS.escape(jobId)}"]`);
+  if (tr) tr.remove();
+  if (state.selected === jobId) { state.selected = null; $("results").hidden = true; }
+}
 
 export function editJob(jobId) {
   const job = state.jobs.get(jobId);

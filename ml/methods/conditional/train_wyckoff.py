@@ -22,7 +22,11 @@ from typing import Any
 import torch
 
 from ml.generative.assignment import TemplateStats
-from ml.methods.conditional.checkpoint import WEIGHTS_DIR, save_wyckoff_release
+from ml.methods.conditional.checkpoint import (
+    WEIGHTS_DIR,
+    load_wyckoff_release,
+    save_wyckoff_release,
+)
 from ml.methods.conditional.train import lr_at
 from ml.methods.conditional.wyckoff_data import (
     WyckoffArrays,
@@ -55,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=200)
     p.add_argument("--export-every", type=float, default=0.0, help="seconds (0: at end only)")
     p.add_argument("--history", type=Path, help="write the loss history (JSON) here")
+    p.add_argument(
+        "--init",
+        type=Path,
+        help="continue from this release (its EMA weights and config; fresh optimiser), so a "
+        "training can be spread over several GPU calls",
+    )
     return p.parse_args(argv)
 
 
@@ -80,7 +90,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     )
     data = arrays_to_batch(arrays, PROPERTIES, norm).to(device)
     data_s = time.time() - t_data
-    model = WyckoffFlowModel(config).to(device)
+    prior: dict[str, Any] = {}
+    if args.init:
+        model, _, prior = load_wyckoff_release(args.init, device)
+        model.train()
+    else:
+        model = WyckoffFlowModel(config).to(device)
+    prior_steps, prior_s = int(prior.get("steps", 0)), float(prior.get("wall_s", 0.0))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     order_gen = torch.Generator().manual_seed(args.seed)
@@ -102,11 +118,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if args.limit is None
             else f"MP-20 train+val, first {args.limit} rows each",
             "structures": len(arrays),
-            "steps": step,
-            "epochs": round(step * args.batch_size / len(arrays), 1),
+            "steps": prior_steps + step,
+            "epochs": round((prior_steps + step) * args.batch_size / len(arrays), 1),
             "batch_size": args.batch_size,
             "lr": args.lr,
-            "wall_s": round(time.time() - start, 1),
+            "wall_s": round(prior_s + time.time() - start, 1),
+            "continued_from": prior.get("command") if args.init else None,
             "data_s": round(data_s, 1),
             "device": torch.cuda.get_device_name() if use_amp else str(device),
             "final_loss": history[-1][1:] if history else None,
