@@ -17,7 +17,6 @@ from app.errors import install_error_handlers
 from app.hygiene import UnstorableInputMiddleware
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.openapi import install_openapi
-from app.queue import make_queue
 from app.ratelimit import RateLimitMiddleware
 from app.readiness import models_data_check
 from app.routes import catalog, events, health, jobs, structures
@@ -41,7 +40,8 @@ constraints (all constraints met) and hit (valid, all constraints and objectives
 
 def _startup(svc: Services) -> object | None:
     """Migrate, start the embedded worker, recover queued jobs, start the sweeper."""
-    from workers.sweeper import Sweeper, queued_job_ids, sweep
+    from app.queue import queued_job_ids
+    from workers.sweeper import Sweeper, sweep
 
     ok, detail = models_data_check()
     if not ok:
@@ -66,6 +66,9 @@ def _startup(svc: Services) -> object | None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    # The composition root: the one place the API picks the queue implementation.
+    from workers.queues import make_queue
+
     settings = settings or get_settings()
     db = Database(settings.database_url)
     svc = Services(settings=settings, db=db, queue=make_queue(settings, db))

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import is_valid_quietly, match_rms, parallel_map, shutdown_pools  # benchmarks/common.py
 
 from ml.crystal import Crystal
 from ml.methods.conditional.checkpoint import load_release
@@ -39,41 +38,7 @@ STEER_OFFSETS = (-0.5, -0.25, 0.0, 0.25, 0.5)  # eV/atom relative to each compos
 
 # --- scoring helpers (module level so worker processes can pickle them) -------------------
 def _match(pair: tuple[Crystal, Crystal]) -> float:
-    """RMS distance of a StructureMatcher match, NaN when no match."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    warnings.filterwarnings("ignore")
-    gen, ref = pair
-    try:
-        rms = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5).get_rms_dist(
-            gen.to_structure(), ref.to_structure()
-        )
-    except Exception:  # a degenerate generated cell: no match
-        return float("nan")
-    return float("nan") if rms is None else float(rms[0])
-
-
-def _valid(crystal: Crystal) -> bool:
-    from ml.evaluation.validity import is_valid
-
-    try:
-        return bool(is_valid(crystal))
-    except Exception:
-        return False
-
-
-_POOLS: dict[int, ProcessPoolExecutor] = {}
-
-
-def parallel_map(fn: Any, items: Sequence[Any], workers: int) -> list[Any]:
-    if workers <= 1:
-        return [fn(x) for x in items]
-    if workers not in _POOLS:
-        # spawn, not fork: forking after torch/CHGNet started their threads can deadlock.
-        # One pool for the whole run: spawned workers take seconds to import torch.
-        ctx = multiprocessing.get_context("spawn")
-        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=ctx)
-    return list(_POOLS[workers].map(fn, items, chunksize=8))
+    return match_rms(*pair)
 
 
 def chgnet_energies(crystals: Sequence[Crystal], device: str, workers: int) -> np.ndarray:
@@ -171,7 +136,7 @@ def score_paper(
 ) -> dict[str, Any]:
     t0 = time.time()
     rms = np.array(parallel_map(_match, list(zip(gen, refs, strict=True)), workers))
-    valid = np.array(parallel_map(_valid, gen, workers))
+    valid = np.array(parallel_map(is_valid_quietly, gen, workers))
     t1 = time.time()
     matched = ~np.isnan(rms)
     err = np.abs(eform - targets)
@@ -203,7 +168,7 @@ def score_steering(
     eform: np.ndarray,
     workers: int,
 ) -> dict[str, Any]:
-    valid = np.array(parallel_map(_valid, gen, workers))
+    valid = np.array(parallel_map(is_valid_quietly, gen, workers))
     # Clip absurd oracle values of broken cells so one outlier cannot dominate a correlation.
     eform = np.where(valid & (np.abs(eform) < 10), eform, np.nan)
     offsets = np.array([requested[i] - requested[comp == comp[i]].mean() for i in range(len(gen))])
@@ -331,8 +296,7 @@ def main() -> None:
     print(json.dumps(results, indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    for pool in _POOLS.values():
-        pool.shutdown()
+    shutdown_pools()
 
 
 if __name__ == "__main__":

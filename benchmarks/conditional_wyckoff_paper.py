@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import match_rms, parallel_map, shutdown_pools  # benchmarks/common.py
 
 from ml.crystal import Crystal
 from ml.methods.conditional.checkpoint import load_wyckoff_release
@@ -58,17 +57,7 @@ def sane_cell(c: Crystal) -> bool:
 
 
 def _rms(gen: Crystal, ref: Crystal) -> float:
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    if not sane_cell(gen):
-        return float("nan")
-    try:
-        r = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5).get_rms_dist(
-            gen.to_structure(), ref.to_structure()
-        )
-    except Exception:  # a degenerate generated cell: no match
-        return float("nan")
-    return float("nan") if r is None else float(r[0])
+    return match_rms(gen, ref) if sane_cell(gen) else float("nan")
 
 
 def _match_first(task: tuple[Crystal, list[Crystal]]) -> tuple[float, int]:
@@ -111,15 +100,8 @@ def _plan_chunk(task: tuple[Any, int, int, list[tuple]]) -> list[list[WyckoffCon
     return [plan(nums, samples, stats, sg, ef, per_template=per_template) for nums, sg, ef in rows]
 
 
-_POOL: list[ProcessPoolExecutor] = []
-
-
 def pmap(fn: Any, items: Sequence[Any], workers: int, chunksize: int = 4) -> list[Any]:
-    if workers <= 1:
-        return [fn(x) for x in items]
-    if not _POOL:
-        _POOL.append(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
-    return list(_POOL[0].map(fn, items, chunksize=chunksize))
+    return parallel_map(fn, items, workers, chunksize)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -402,8 +384,7 @@ def main() -> None:
     print(json.dumps(results, indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    for pool in _POOL:
-        pool.shutdown()
+    shutdown_pools()
 
 
 def reduced_formula(formula: str) -> str:

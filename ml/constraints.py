@@ -27,12 +27,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from fractions import Fraction
-from functools import cache, lru_cache
+from functools import lru_cache
 
 import numpy as np
 from pymatgen.core import Composition, Element
 
 from ml.crystal import Crystal
+from ml.oxidation import oxidation_states
 from ml.request import Constraints, ElementConstraints
 
 __all__ = [
@@ -70,22 +71,6 @@ def elements_ok(elements: Iterable[str], constraints: ElementConstraints) -> boo
     if not all(constraints.permits(e) for e in present):
         return False
     return all(e in present for e in constraints.required)
-
-
-@cache
-def oxidation_states(symbol: str) -> tuple[int, ...]:
-    """Non-zero ICSD oxidation states of an element (SMACT's icsd24 list)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # smact warns about missing electronegativities
-        import smact
-
-        try:
-            states = smact.Element(symbol).oxidation_states_icsd24 or ()
-        except (NameError, KeyError, ValueError):
-            states = ()
-    return tuple(sorted(int(s) for s in states if s != 0))
 
 
 def _integer_amounts(comp: Composition) -> dict[str, int]:

@@ -109,7 +109,7 @@ def _start_sweeper(sender: Any = None, **_: object) -> None:
     if not settings.sweeper_enabled:
         return
     from app.db import get_database
-    from app.queue import CeleryQueue
+    from workers.queues import CeleryQueue
     from workers.sweeper import Sweeper
 
     sweeper = Sweeper(get_database(settings), settings, CeleryQueue(settings).resend)

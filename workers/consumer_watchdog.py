@@ -16,9 +16,10 @@ exactly as after a real broker loss.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
+
+from workers.periodic import PeriodicThread
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,13 @@ class ConsumerWatchdog:
         self.detector = StallDetector(after_s)
         self.interval_s = interval_s
         self.restarts = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PeriodicThread("consumer-watchdog", interval_s, self.check)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="consumer-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._thread.stop()
 
     def _free_slots(self) -> int:
         from celery.worker import state
@@ -144,10 +141,3 @@ class ConsumerWatchdog:
         errors = tuple(consumer.connection_errors)  # type: ignore[attr-defined]
         error = next((e for e in errors if issubclass(e, Exception)), ConnectionError)
         raise error(f"consumer stalled on queue {self.queue!r}")
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check()
-            except Exception:
-                log.exception("consumer watchdog check failed")

@@ -23,6 +23,7 @@ from app.db import Database, utcnow
 from app.models import CANCELLING, FAILED, QUEUED, RUNNING, Job
 from app.settings import Settings
 from ml.methods.base import Cancelled
+from workers.periodic import PeriodicThread
 from workers.runtime import interrupted
 
 log = logging.getLogger(__name__)
@@ -137,8 +138,9 @@ class JobLease:
         self.claim = claim
         self.deadline = time.monotonic() + settings.job_time_limit_s
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._heartbeat = PeriodicThread(
+            f"heartbeat-{job_id[:8]}", settings.heartbeat_interval_s, self._beat, 5.0
+        )
         self._status_checked = 0.0
         self._status: str = RUNNING
 
@@ -166,25 +168,20 @@ class JobLease:
 
     # --- heartbeat ------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._beat, name=f"heartbeat-{self.job_id[:8]}", daemon=True
-        )
-        self._thread.start()
+        self._heartbeat.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._heartbeat.stop()
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_interval_s):
-            try:
-                self.write()
-            except LostClaim:
-                log.warning("job %s: lease lost, stopping", self.job_id)
-                return
-            except Exception:  # a database hiccup: try again at the next beat
-                log.exception("job %s: heartbeat failed", self.job_id)
+    def _beat(self) -> str | None:
+        """One heartbeat; ``STOP`` once the lease is lost. Other errors (a
+        database hiccup) propagate to the periodic thread, which logs them and beats again."""
+        try:
+            self.write()
+        except LostClaim:
+            log.warning("job %s: lease lost, stopping", self.job_id)
+            return PeriodicThread.STOP
+        return None
 
     # --- cooperative checks ---------------------------------------------------------------
     def checkpoint(self) -> None:

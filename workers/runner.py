@@ -15,14 +15,10 @@ is reached. When the method runs out first, the job returns fewer and the summar
 from __future__ import annotations
 
 import logging
-import platform
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from app import __version__
 from app.availability import is_unavailable
 from app.db import Database, utcnow
 from app.models import CANCELLED, FAILED, SUCCEEDED
@@ -32,6 +28,14 @@ from ml.methods.base import Cancelled, Candidate, MethodContext, Progress, Reque
 from ml.methods.registry import get_method
 from ml.request import MAX_CANDIDATES, DesignRequest
 from ml.settings import get_ml_settings
+from workers.job_summary import (
+    EHULL_OVERSAMPLE,
+    Generation,
+    PhaseTimer,
+    ProgressReporter,
+    finish_summary,
+    timed_events,
+)
 from workers.lease import Interrupted, JobLease, JobTimeLimit, LostClaim, claim_job
 from workers.liveness import owner_gone, running
 from workers.runtime import interrupted
@@ -40,75 +44,12 @@ from workers.store import StructureStore, clean_json
 log = logging.getLogger(__name__)
 
 
-# How many candidates the method is asked for per requested one when a stability limit will
-# reject some: the job is full when at least a quarter of the method's crystals meet it.
-EHULL_OVERSAMPLE = 4
-
-
-@dataclass
-class Generation:
-    """Counts of this attempt for the summary (a resumed job recounts from its restart)."""
-
-    budget: int  # candidates asked of the method
-    n_generated: int = 0  # yielded by the method
-    n_evaluated: int = 0  # scored by the pipeline (new ones only)
-    n_rejected: int = 0  # dropped for breaking constraints.max_energy_above_hull
-    exhausted: bool = False  # the method stopped before the job had enough
-
-
 def _generation_request(request: DesignRequest) -> DesignRequest:
     """The request the method runs: over-generating when a stability limit will reject."""
     if request.constraints.max_energy_above_hull is None:
         return request
     budget = min(MAX_CANDIDATES, request.num_candidates * EHULL_OVERSAMPLE)
     return request.model_copy(update={"num_candidates": budget})
-
-
-class ProgressReporter:
-    """Writes progress to the job row at most every ``interval`` seconds (phase changes and
-    forced reports always go through)."""
-
-    def __init__(self, lease: JobLease, interval: float) -> None:
-        self.lease = lease
-        self.interval = interval
-        self._last = 0.0
-        self._phase: str | None = None
-        self.current: dict[str, Any] = {}
-
-    def report(
-        self, phase: str, step: int, total: int, best: float | None, force: bool = False
-    ) -> None:
-        if best is None:
-            best = self.current.get("best")
-        self.current = clean_json(
-            {**self.current, "phase": phase, "step": step, "total": total, "best": best}
-        )
-        now = time.monotonic()
-        if force or phase != self._phase or now - self._last >= self.interval:
-            self.lease.write(progress=self.current)
-            self._last = now
-            self._phase = phase
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-
-    def add(self, key: str, seconds: float) -> None:
-        self.totals[key] = self.totals.get(key, 0.0) + seconds
-
-
-def _timed_events(gen: Iterator[Any], timer: _Timer) -> Iterator[Any]:
-    """Iterate the method's generator, charging the time spent inside it to ``method_s``."""
-    while True:
-        t = time.perf_counter()
-        try:
-            event = next(gen)
-        except StopIteration:
-            timer.add("method_s", time.perf_counter() - t)
-            return
-        timer.add("method_s", time.perf_counter() - t)
-        yield event
 
 
 def execute_job(job_id: str, db: Database, settings: Settings, *, worker: str) -> str:
@@ -159,7 +100,7 @@ def _run(
     raw_request: dict[str, Any], job: Any, lease: JobLease, db: Database, settings: Settings
 ) -> str:
     t_start = time.perf_counter()
-    timer = _Timer()
+    timer = PhaseTimer()
     store = StructureStore(db, job.id, lease)
     device = get_ml_settings().torch_device()
     reporter = ProgressReporter(lease, settings.progress_interval_s)
@@ -187,7 +128,7 @@ def _run(
         generation = Generation(budget=gen_request.num_candidates)
         gen = method.run(gen_request, params, ctx)
         try:
-            for event in _timed_events(gen, timer):
+            for event in timed_events(gen, timer):
                 lease.checkpoint()
                 if isinstance(event, Progress):
                     reporter.report(event.phase, event.step, event.total, event.best)
@@ -205,7 +146,7 @@ def _run(
         finally:
             gen.close()
         lease.checkpoint()
-        summary = _finish(store, request, reporter, timer, method_info, t_start, generation)
+        summary = finish_summary(store, request, reporter, timer, method_info, t_start, generation)
         store.write_ranks(
             summary.pop("_ranks"),
             hits=summary.pop("_hits"),
@@ -224,7 +165,7 @@ def _run(
             return _fail(lease, f"time limit: job ran longer than {settings.job_time_limit_s:g} s")
         # Keep what was found so far, ranked, with a summary of it.
         summary = (
-            _finish(store, request, reporter, timer, method_info, t_start, generation)
+            finish_summary(store, request, reporter, timer, method_info, t_start, generation)
             if request
             else {}
         )
@@ -257,7 +198,7 @@ def _evaluate_and_store(
     previous: list[Any],
     store: StructureStore,
     reporter: ProgressReporter,
-    timer: _Timer,
+    timer: PhaseTimer,
     device: str,
     kept: int,
     generation: Generation,
@@ -305,90 +246,6 @@ def _evaluate_and_store(
     previous.extend(s.relaxed or s.crystal for s in scored)
     timer.add("storage_s", time.perf_counter() - t)
     return int(reporter.current["stored"])
-
-
-def _finish(
-    store: StructureStore,
-    request: DesignRequest,
-    reporter: ProgressReporter,
-    timer: _Timer,
-    method_info: dict[str, Any],
-    t_start: float,
-    generation: Generation | None = None,
-) -> dict[str, Any]:
-    """Rank every stored candidate of the job and summarise; ``_ranks`` maps row id -> rank,
-    ``_hits`` row id -> hit for the rows whose hit changed once judged over the whole job
-    (minimize/maximize objectives: top decile of the job)."""
-    reporter.report(
-        "ranking", reporter.current.get("step", 0), request.num_candidates, None, force=True
-    )
-    t = time.perf_counter()
-    scored, ids = store.load_scored()
-    by_fp = {s.fingerprint: sid for s, sid in zip(scored, ids, strict=True)}
-    hits = {ids[k]: scored[k].flags["hit"] for k in pipeline.apply_final_hits(scored, request)}
-    ranked = pipeline.rank_candidates(scored)
-    ranks = {by_fp[s.fingerprint]: s.rank for s in ranked}
-    summary = dict(pipeline.summarize(ranked, request))
-    timer.add("ranking_s", time.perf_counter() - t)
-    timer.add("total_s", time.perf_counter() - t_start)
-    oracles: dict[str, dict[str, str]] = {}
-    for s in scored:
-        for prop, sc in s.scores.items():
-            oracles.setdefault(prop, {"oracle": sc.oracle, "version": sc.version})
-    if generation is not None:
-        summary.update(_generation_summary(request, generation, summary["n_candidates"]))
-    summary.update(
-        {
-            "seed": request.seed,
-            "timings": {k: round(v, 4) for k, v in timer.totals.items()},
-            "versions": {
-                "method": method_info,
-                "oracles": oracles,
-                "matdesign": __version__,
-                "python": platform.python_version(),
-                **_library_versions(),
-            },
-        }
-    )
-    out = clean_json(summary)
-    out["_ranks"] = ranks
-    out["_hits"] = hits
-    return out
-
-
-def _generation_summary(
-    request: DesignRequest, generation: Generation, returned: int
-) -> dict[str, Any]:
-    """``n_requested``, ``generation`` counts and, when fewer than asked, ``shortfall``."""
-    out: dict[str, Any] = {"n_requested": request.num_candidates, "generation": asdict(generation)}
-    limit = request.constraints.max_energy_above_hull
-    if limit is not None:
-        out["generation"]["max_energy_above_hull"] = limit
-    if returned < request.num_candidates and generation.exhausted:
-        reason = (
-            f"returned {returned} of {request.num_candidates} requested: the method produced "
-            f"{generation.n_generated} candidates"
-        )
-        if limit is not None:
-            reason += (
-                f" (asked for {generation.budget}, {EHULL_OVERSAMPLE}x the request), of which "
-                f"{generation.n_rejected} were invalid or had energy above hull above "
-                f"{limit:g} eV/atom (or none could be computed)"
-            )
-        out["shortfall"] = reason
-    return out
-
-
-def _library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("torch", "pymatgen", "matgl", "chgnet"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def _fail(lease: JobLease, error: str) -> str:

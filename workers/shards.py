@@ -19,7 +19,7 @@ the *coordinator*, cuts the method's candidate stream into index ranges of
   stored, ranked, as a cancelled job.
 - The **join** waits until every shard row is finished (it retries itself when a duplicate
   shard message fired the chord early), recomputes uniqueness over the whole job in stream
-  order, then ranks and summarises with the runner's own ``_finish``, in one guarded write.
+  order, then ranks and summarises with the runner's own ``finish_summary``, in one guarded write.
 
 Progress aggregates the shards on the job row (``progress.shards``); the summary lists each
 shard's worker, wall time and timings (``summary.shards``).
@@ -57,6 +57,7 @@ from ml.methods.base import Cancelled, MethodContext, Progress, RequestError
 from ml.methods.registry import get_method
 from ml.request import DesignRequest
 from ml.settings import get_ml_settings
+from workers.job_summary import PhaseTimer, ProgressReporter, finish_summary, timed_events
 from workers.lease import Claimed, Interrupted, JobLease, LostClaim
 from workers.runtime import interrupted
 from workers.store import StructureStore, clean_json
@@ -320,10 +321,9 @@ def execute_shard(job_id: str, shard: int, db: Database, settings: Settings, wor
 
 
 def _run_shard(job: Job, row: JobShard, lease: ShardLease, db: Database, settings: Settings) -> str:
-    from workers.runner import ProgressReporter, _timed_events, _Timer
 
     t_start = time.perf_counter()
-    timer = _Timer()
+    timer = PhaseTimer()
     lo, hi = row.lo, row.hi
     device = get_ml_settings().torch_device()
     store = StructureStore(db, job.id, lease)
@@ -351,7 +351,7 @@ def _run_shard(job: Job, row: JobShard, lease: ShardLease, db: Database, setting
         gen = method.run(request, params, ctx)
         index = 0  # place in the method's stream of the next candidate
         try:
-            for event in _timed_events(gen, timer):
+            for event in timed_events(gen, timer):
                 lease.checkpoint()
                 if isinstance(event, Progress):
                     reporter.report(event.phase, event.step, event.total, event.best)
@@ -435,7 +435,6 @@ def _evaluate_and_store(
 # --- the join -----------------------------------------------------------------------------
 def join_job(job_id: str, dispatch_claim: str, db: Database, settings: Settings) -> str | None:
     """Rank and summarise a sharded job once every shard is finished; None: not yet."""
-    from workers.runner import ProgressReporter, _finish, _Timer
 
     t_start = time.perf_counter()
     with db.session() as s:
@@ -459,7 +458,7 @@ def join_job(job_id: str, dispatch_claim: str, db: Database, settings: Settings)
     _write_job_uniqueness(store)
     unique_s = time.perf_counter() - t
 
-    timer = _Timer()
+    timer = PhaseTimer()
     for sh in shards:
         for key, value in (sh.timings or {}).items():
             if key != "total_s":
@@ -467,7 +466,7 @@ def join_job(job_id: str, dispatch_claim: str, db: Database, settings: Settings)
     timer.add("uniqueness_join_s", unique_s)
     reporter = ProgressReporter(lease, settings.progress_interval_s)
     reporter.current = dict(job.progress or {})
-    summary = _finish(store, request, reporter, timer, method_info, t_start)
+    summary = finish_summary(store, request, reporter, timer, method_info, t_start)
     wall = (utcnow() - job.started_at).total_seconds() if job.started_at else None
     summary["timings"]["join_s"] = summary["timings"].pop("total_s")
     summary["timings"]["total_s"] = round(wall, 4) if wall is not None else None

@@ -21,15 +21,16 @@ Every change is a conditional UPDATE, so several sweepers (API replicas) can run
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import case, select, update
+from sqlalchemy import select, update
 
 from app.db import Database, utcnow
 from app.models import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, Job
+from app.queue import mark_unsent
 from app.settings import Settings
+from workers.periodic import PeriodicThread
 
 log = logging.getLogger(__name__)
 
@@ -139,25 +140,6 @@ def sweep(db: Database, settings: Settings, enqueue: Enqueue) -> dict[str, int]:
     return counts
 
 
-def mark_unsent(db: Database, job_id: str, undo_count: bool = True) -> None:
-    """The job's message did not reach the broker: the next sweep sends it (not only after
-    the lost-message delay). ``undo_count``: the failed send was counted in
-    ``enqueue_count``; take it back so the back-off counts only sends the broker took."""
-    values: dict[str, object] = {"enqueued_at": None}
-    if undo_count:
-        values["enqueue_count"] = case((Job.enqueue_count > 0, Job.enqueue_count - 1), else_=0)
-    try:
-        with db.session() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED).values(**values))
-    except Exception:  # database down too: the lost-message path still finds the job
-        log.exception("could not mark job %s as not enqueued", job_id)
-
-
-def queued_job_ids(db: Database) -> list[str]:
-    with db.session() as s:
-        return list(s.scalars(select(Job.id).where(Job.status == QUEUED).order_by(Job.created_at)))
-
-
 class Sweeper:
     """Runs :func:`sweep` every ``sweeper_interval_s`` on a daemon thread."""
 
@@ -165,21 +147,13 @@ class Sweeper:
         self.db = db
         self.settings = settings
         self.enqueue = enqueue
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PeriodicThread("sweeper", settings.sweeper_interval_s, self._pass)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._thread.stop()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.sweeper_interval_s):
-            try:
-                sweep(self.db, self.settings, self.enqueue)
-            except Exception:
-                log.exception("sweeper pass failed")
+    def _pass(self) -> None:
+        sweep(self.db, self.settings, self.enqueue)

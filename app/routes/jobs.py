@@ -15,14 +15,13 @@ from app.examples import request_examples
 from app.hygiene import check_storable
 from app.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
 from app.models import JOB_STATES
-from app.queue import enqueue_quietly
+from app.queue import enqueue_quietly, mark_unsent
 from app.routes.deps import Services, page_limit, services
 from app.routes.exports import EXPORT_RESPONSES, FORMAT_HELP, ExportFormat, export_response
 from app.routes.responses import INVALID, KEYED, NOT_FOUND
 from app.schemas import JobOut, JobPage, MessageOut, StructurePage, ValidationErrorOut
 from app.serialize import job_out, structure_out
 from ml.request import DesignRequest
-from workers.sweeper import mark_unsent
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

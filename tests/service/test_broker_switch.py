@@ -14,8 +14,8 @@ import uuid
 import pytest
 import redis
 
-from app.queue import CeleryQueue
 from app.settings import Settings
+from workers.queues import CeleryQueue
 
 from .conftest import REQUIRE_SERVICES
 from .servers import PrivateRedis

@@ -26,8 +26,9 @@ from ml.crystal import Crystal
 from ml.methods.base import Candidate, DesignMethod, MethodContext, MethodParams, Progress
 from ml.request import DesignRequest
 from workers import runner
+from workers.job_summary import ProgressReporter
 from workers.lease import JobLease, claim_job
-from workers.runner import ProgressReporter, execute_job
+from workers.runner import execute_job
 from workers.sweeper import sweep
 
 
@@ -457,7 +458,7 @@ def test_fail_unstarted_fails_only_queued_or_own_jobs(db: Database, settings: Se
 def test_job_the_broker_never_took_is_sent_at_the_next_sweep(
     db: Database, settings: Settings
 ) -> None:
-    from workers.sweeper import mark_unsent
+    from app.queue import mark_unsent
 
     job_id = _submit(db)
     mark_unsent(db, job_id)  # the API's enqueue after the commit failed (broker down)
@@ -522,7 +523,7 @@ def test_re_sends_keep_coming_while_a_job_stays_queued(db: Database, settings: S
 def test_a_pass_stops_sending_after_the_first_broker_failure(
     db: Database, settings: Settings
 ) -> None:
-    from workers.sweeper import mark_unsent
+    from app.queue import mark_unsent
 
     ids = [_submit(db) for _ in range(5)]
     for job_id in ids:

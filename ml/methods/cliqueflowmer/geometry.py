@@ -201,11 +201,6 @@ def angles_from_flow(x: torch.Tensor) -> torch.Tensor:
     return x * ANGLE_SCALE + ANGLE_CENTER
 
 
-def wrap_displacement(d: torch.Tensor) -> torch.Tensor:
-    """Minimum-image displacement in fractional coordinates, in [-0.5, 0.5)."""
-    return d - torch.floor(d + 0.5)
-
-
 def valid_angles(angles_deg: np.ndarray) -> np.ndarray:
     """Repair a set of cell angles that admits no parallelepiped: shrink towards 90 degrees.
 

@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.generative.periodic import min_image
 from ml.methods.cliqueflowmer.config import PAD, START, STOP, VOCAB, CliqueFlowmerConfig
 from ml.methods.cliqueflowmer.geometry import (
     LengthPrior,
     MaterialBatch,
     angles_to_flow,
     lengths_to_flow,
-    wrap_displacement,
 )
 from ml.methods.cliqueflowmer.layers import AdaLNTransformer, AttentionPool, mlp, time_embedding
 
@@ -287,7 +287,7 @@ class CliqueFlowmer(nn.Module):
         x0_ang = torch.rand(x1_ang.shape, device=dev, generator=generator) * 2 - 1
         x0_pos = torch.rand(batch.frac.shape, device=dev, generator=generator)
         # Positions move along the shortest periodic path (same crystal, shorter flow).
-        d_pos = wrap_displacement(batch.frac - x0_pos)
+        d_pos = min_image(batch.frac - x0_pos)
         tt = t[:, None]
         state = FlowState(
             lengths=(1 - tt) * x0_len + tt * x1_len,

@@ -17,12 +17,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ml.generative.periodic import min_image, wrap
 from ml.methods.conditional.geometry import (
     CoordPrior,
-    min_image,
     sample_coord_prior,
     sample_lattice_prior,
-    wrap,
 )
 from ml.methods.conditional.model import MASK_TOKEN, ConditionalFlowModel
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ml.crystal import Crystal, lattice_from_params_torch
+from ml.generative.periodic import wrap
 
 CoordPrior = Literal["uniform", "normal"]
 COORD_PRIORS: tuple[CoordPrior, ...] = ("uniform", "normal")
@@ -28,17 +29,6 @@ ANGLE_CENTER = 90.0
 ANGLE_HALF_RANGE = 30.0
 # Generated angles are clipped here so a lattice matrix always exists.
 ANGLE_CLIP = (35.0, 145.0)
-
-
-def wrap(x: torch.Tensor) -> torch.Tensor:
-    """Fractional coordinates wrapped into [0, 1) (float rounding of x mod 1 can give 1.0)."""
-    y = torch.remainder(x, 1.0)
-    return torch.where(y >= 1.0, torch.zeros_like(y), y)
-
-
-def min_image(d: torch.Tensor) -> torch.Tensor:
-    """Minimum-image representative of a fractional displacement, in [-0.5, 0.5]."""
-    return d - torch.round(d)
 
 
 def canonical(crystal: Crystal) -> Crystal:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.crystal import lattice_from_params_torch
-from ml.methods.conditional.geometry import CoordPrior, LengthPrior, decode_lattice, min_image
+from ml.generative.periodic import min_image
+from ml.methods.conditional.geometry import CoordPrior, LengthPrior, decode_lattice
 
 NUM_ELEMENTS = 100  # atomic numbers 1..100; index 0 is padding
 MASK_TOKEN = NUM_ELEMENTS + 1  # composition dropped (classifier-free training)

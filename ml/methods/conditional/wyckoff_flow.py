@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ml.generative.periodic import min_image
 from ml.methods.conditional.flow import condition_keep_masks
-from ml.methods.conditional.geometry import min_image
 from ml.methods.conditional.wyckoff_data import OrbitBatch, apply_ties
 from ml.methods.conditional.wyckoff_model import WyckoffFlowModel, wrap
 

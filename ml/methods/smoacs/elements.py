@@ -13,7 +13,6 @@ the heavy actinides have no such state and so never occupy a masked site.
 
 from __future__ import annotations
 
-import warnings
 from functools import cache
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from pymatgen.core import Element, Species
 
 from ml.oracles.exact import ionic_radius
+from ml.oxidation import confident_oxidation_states
 
 __all__ = [
     "ELEMENTS",
@@ -53,25 +53,9 @@ def element_index(symbol: str) -> int:
 
 @cache
 def oxidation_states(symbol: str) -> tuple[int, ...]:
-    """Non-zero oxidation states SMOACS may assign to ``symbol`` (possibly empty)."""
-    import smact
-
-    el = Element(symbol)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # smact warns about missing data for heavy elements
-        try:
-            sm = smact.Element(symbol)
-            smact_default = set(sm.oxidation_states or ())
-            smact_icsd24 = set(sm.oxidation_states_icsd24 or ())
-        except (NameError, KeyError, ValueError):
-            return ()
-    states = (
-        smact_default
-        & smact_icsd24
-        & set(el.icsd_oxidation_states)
-        & set(el.common_oxidation_states)
-    )
-    return tuple(sorted(int(s) for s in states if s != 0 and OX_MIN <= s <= OX_MAX))
+    """Non-zero oxidation states SMOACS may assign to ``symbol`` (possibly empty): the
+    confident ones within the tables' range."""
+    return tuple(s for s in confident_oxidation_states(symbol) if OX_MIN <= s <= OX_MAX)
 
 
 @cache

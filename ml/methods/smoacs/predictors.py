@@ -10,9 +10,6 @@ one-hot D on a real structure reproduces the stock prediction.
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -24,33 +21,16 @@ __all__ = ["EFORM_MODEL", "GAP_MODEL", "SoftMEGNet", "load_soft_megnet"]
 GAP_MODEL = "MEGNet-MP-2019.4.1-BandGap-mfi"
 EFORM_MODEL = "MEGNet-MP-2018.6.1-Eform"
 
-_CACHE: dict[tuple[str, str], nn.Module] = {}
-_LOCK = threading.Lock()
-
 
 def _load_matgl(model_dir: str, device: str) -> nn.Module:
-    """The matgl checkpoint (TransformedTargetModel) in eval mode, cached per device."""
-    key = (model_dir, device)
-    with _LOCK:
-        if key not in _CACHE:
-            import matgl
-            from matgl.data.transformer import Normalizer
+    """The oracle's own matgl checkpoint (one copy per process and device), frozen: SMOACS
+    differentiates through the inputs, never the weights."""
+    from ml.oracles.megnet import load_megnet
 
-            from ml.settings import get_ml_settings
-
-            path = Path(get_ml_settings().models_dir) / "matgl" / model_dir
-            if not (path / "model.pt").is_file():
-                raise FileNotFoundError(
-                    f"MEGNet weights not found at {path}; set MATDESIGN_MODELS_DIR"
-                )
-            # The checkpoints pickle their target Normalizer; torch refuses it unless allowed.
-            torch.serialization.add_safe_globals([Normalizer])
-            model = matgl.load_model(path).to(device)
-            model.eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            _CACHE[key] = model
-        return _CACHE[key]
+    model = load_megnet(model_dir, device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 class SoftMEGNet(nn.Module):

@@ -1,0 +1,61 @@
+"""Stages the paper benchmarks share: the papers' StructureMatcher match, a validity check
+that never raises, and one spawned process pool per run (module-level functions, so pool
+workers can unpickle them; run a benchmark as a script so this folder is on ``sys.path``)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from ml.crystal import Crystal
+
+# CDVAE/DiffCSP/FlowMM's match-rate settings, used by every generation benchmark here.
+PAPER_MATCHER = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5}
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def match_rms(gen: Crystal, ref: Crystal) -> float:
+    """RMS distance of a StructureMatcher match (:data:`PAPER_MATCHER`), NaN when no match
+    or when the generated cell is too degenerate to compare."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    warnings.filterwarnings("ignore")
+    try:
+        rms = StructureMatcher(**PAPER_MATCHER).get_rms_dist(gen.to_structure(), ref.to_structure())
+    except Exception:
+        return float("nan")
+    return float("nan") if rms is None else float(rms[0])
+
+
+def is_valid_quietly(crystal: Crystal) -> bool:
+    """:func:`ml.evaluation.validity.is_valid`, False where it raises (a degenerate cell)."""
+    from ml.evaluation.validity import is_valid
+
+    try:
+        return bool(is_valid(crystal))
+    except Exception:
+        return False
+
+
+def parallel_map(
+    fn: Callable[[Any], Any], items: Sequence[Any], workers: int, chunksize: int = 8
+) -> list[Any]:
+    """``[fn(x) for x in items]``, in ``workers`` spawned processes when more than one.
+    Spawn, not fork: forking after torch/CHGNet started their threads can deadlock; one pool
+    per size for the whole run, since spawned workers take seconds to import torch."""
+    if workers <= 1:
+        return [fn(x) for x in items]
+    if workers not in _POOLS:
+        ctx = multiprocessing.get_context("spawn")
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=ctx)
+    return list(_POOLS[workers].map(fn, items, chunksize=chunksize))
+
+
+def shutdown_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown()
+    _POOLS.clear()

@@ -1,0 +1,93 @@
+"""Which oracle scores what for a request, the stability judge, and the process-wide warm-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache, partial
+from typing import Any
+
+from ml.evaluation.novelty import get_reference_set
+from ml.request import DesignRequest
+
+_BASE_ORACLES = {
+    "formation_energy": "chgnet-eform",
+    "band_gap": "gap-chgnet-ft",
+    "density": "density",
+}
+# Score keys holding band gaps: clipped at 0 (step 4 of the module docstring).
+_GAP_KEYS = frozenset({"band_gap", "band_gap_pbe"})
+
+
+def oracle_plan(request: DesignRequest, judge: str | None = None) -> dict[str, str]:
+    """Score key -> oracle name for a request (see the module docstring). With ``judge`` (the
+    stability oracle), formation energy defaults to the judge's model, from the same energies."""
+    from ml.oracles.registry import EFORM_OF_ENERGY, default_oracle_name
+
+    plan = dict(_BASE_ORACLES)
+    gap_set = False
+    for objective in request.objectives:
+        prop = objective.property
+        if prop == "energy_above_hull":
+            continue  # computed from CHGNet energies and the hull, not a registry oracle
+        if prop == "band_gap":
+            if not gap_set:
+                plan["band_gap"] = default_oracle_name("band_gap", objective.fidelity)
+                gap_set = True
+            continue
+        plan.setdefault(prop, default_oracle_name(prop))
+    if plan["band_gap"] != _BASE_ORACLES["band_gap"]:
+        plan["band_gap_pbe"] = _BASE_ORACLES["band_gap"]
+    if judge in EFORM_OF_ENERGY and "formation_energy" not in request.oracles:
+        plan["formation_energy"] = EFORM_OF_ENERGY[judge]
+    # Oracles the request names replace the defaults for their property.
+    plan.update({k: v for k, v in request.oracles.items() if k != "energy_above_hull"})
+    return plan
+
+
+def stability_oracle(request: DesignRequest, device: str | None = None) -> str:
+    """The energy oracle that relaxes the candidates and judges their energy above hull: the
+    request's choice, else the default for ``device`` (SevenNet-l3i5 on a GPU, CHGNet on a
+    CPU)."""
+    from ml.oracles.registry import default_stability_oracle
+
+    return request.oracles.get("energy_above_hull") or default_stability_oracle(device)
+
+
+@lru_cache(maxsize=4)
+def _reference_hull(model: str) -> Any:
+    from ml.evaluation.hull import ReferenceHull
+
+    return ReferenceHull.load(model=model)
+
+
+def warm_up(device: str | None = None) -> dict[str, float]:
+    """Load what every job's evaluation needs (default oracles, CHGNet energies, the reference
+    hull and the novelty reference set) into this process's caches; seconds per part.
+
+    Workers call it when they start, so their first job does not pay these loads."""
+    import time
+
+    from ml.oracles.registry import (
+        EFORM_OF_ENERGY,
+        ENERGY_MODEL_OF,
+        default_stability_oracle,
+        get_oracle,
+    )
+
+    judge = default_stability_oracle(device)
+    loads: dict[str, Callable[[], object]] = {
+        name: partial(get_oracle, name, device)
+        for name in (judge, EFORM_OF_ENERGY[judge], *_BASE_ORACLES.values())
+    }
+    model = ENERGY_MODEL_OF[judge]
+    loads.update(hull=partial(_reference_hull, model), novelty=get_reference_set)
+    took: dict[str, float] = {}
+    for part, load in loads.items():
+        t0 = time.perf_counter()
+        load()
+        took[part] = round(time.perf_counter() - t0, 2)
+    return took
+
+
+def _hull_version(hull: Any) -> str:
+    return str(getattr(hull, "version", "reference hull ml/evaluation/data/reference_energies"))

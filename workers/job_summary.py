@@ -1,0 +1,164 @@
+"""What the runner and the shard joiner share: progress writes, phase timings, and the final
+ranking + summary of a job's stored candidates."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from app import __version__
+from ml import pipeline
+from ml.request import DesignRequest
+from workers.lease import JobLease
+from workers.store import StructureStore, clean_json
+
+# How many candidates the method is asked for per requested one when a stability limit will
+# reject some: the job is full when at least a quarter of the method's crystals meet it.
+EHULL_OVERSAMPLE = 4
+
+
+@dataclass
+class Generation:
+    """Counts of this attempt for the summary (a resumed job recounts from its restart)."""
+
+    budget: int  # candidates asked of the method
+    n_generated: int = 0  # yielded by the method
+    n_evaluated: int = 0  # scored by the pipeline (new ones only)
+    n_rejected: int = 0  # dropped for breaking constraints.max_energy_above_hull
+    exhausted: bool = False  # the method stopped before the job had enough
+
+
+class ProgressReporter:
+    """Writes progress to the job row at most every ``interval`` seconds (phase changes and
+    forced reports always go through)."""
+
+    def __init__(self, lease: JobLease, interval: float) -> None:
+        self.lease = lease
+        self.interval = interval
+        self._last = 0.0
+        self._phase: str | None = None
+        self.current: dict[str, Any] = {}
+
+    def report(
+        self, phase: str, step: int, total: int, best: float | None, force: bool = False
+    ) -> None:
+        if best is None:
+            best = self.current.get("best")
+        self.current = clean_json(
+            {**self.current, "phase": phase, "step": step, "total": total, "best": best}
+        )
+        now = time.monotonic()
+        if force or phase != self._phase or now - self._last >= self.interval:
+            self.lease.write(progress=self.current)
+            self._last = now
+            self._phase = phase
+
+
+class PhaseTimer:
+    """Seconds per phase key (``method_s``, ``scoring_s``, ...), for the summary's timings."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    def add(self, key: str, seconds: float) -> None:
+        self.totals[key] = self.totals.get(key, 0.0) + seconds
+
+
+def timed_events(gen: Iterator[Any], timer: PhaseTimer) -> Iterator[Any]:
+    """Iterate the method's generator, charging the time spent inside it to ``method_s``."""
+    while True:
+        t = time.perf_counter()
+        try:
+            event = next(gen)
+        except StopIteration:
+            timer.add("method_s", time.perf_counter() - t)
+            return
+        timer.add("method_s", time.perf_counter() - t)
+        yield event
+
+
+def finish_summary(
+    store: StructureStore,
+    request: DesignRequest,
+    reporter: ProgressReporter,
+    timer: PhaseTimer,
+    method_info: dict[str, Any],
+    t_start: float,
+    generation: Generation | None = None,
+) -> dict[str, Any]:
+    """Rank every stored candidate of the job and summarise; ``_ranks`` maps row id -> rank,
+    ``_hits`` row id -> hit for the rows whose hit changed once judged over the whole job
+    (minimize/maximize objectives: top decile of the job)."""
+    reporter.report(
+        "ranking", reporter.current.get("step", 0), request.num_candidates, None, force=True
+    )
+    t = time.perf_counter()
+    scored, ids = store.load_scored()
+    by_fp = {s.fingerprint: sid for s, sid in zip(scored, ids, strict=True)}
+    hits = {ids[k]: scored[k].flags["hit"] for k in pipeline.apply_final_hits(scored, request)}
+    ranked = pipeline.rank_candidates(scored)
+    ranks = {by_fp[s.fingerprint]: s.rank for s in ranked}
+    summary = dict(pipeline.summarize(ranked, request))
+    timer.add("ranking_s", time.perf_counter() - t)
+    timer.add("total_s", time.perf_counter() - t_start)
+    oracles: dict[str, dict[str, str]] = {}
+    for s in scored:
+        for prop, sc in s.scores.items():
+            oracles.setdefault(prop, {"oracle": sc.oracle, "version": sc.version})
+    if generation is not None:
+        summary.update(_generation_summary(request, generation, summary["n_candidates"]))
+    summary.update(
+        {
+            "seed": request.seed,
+            "timings": {k: round(v, 4) for k, v in timer.totals.items()},
+            "versions": {
+                "method": method_info,
+                "oracles": oracles,
+                "matdesign": __version__,
+                "python": platform.python_version(),
+                **_library_versions(),
+            },
+        }
+    )
+    out = clean_json(summary)
+    out["_ranks"] = ranks
+    out["_hits"] = hits
+    return out
+
+
+def _generation_summary(
+    request: DesignRequest, generation: Generation, returned: int
+) -> dict[str, Any]:
+    """``n_requested``, ``generation`` counts and, when fewer than asked, ``shortfall``."""
+    out: dict[str, Any] = {"n_requested": request.num_candidates, "generation": asdict(generation)}
+    limit = request.constraints.max_energy_above_hull
+    if limit is not None:
+        out["generation"]["max_energy_above_hull"] = limit
+    if returned < request.num_candidates and generation.exhausted:
+        reason = (
+            f"returned {returned} of {request.num_candidates} requested: the method produced "
+            f"{generation.n_generated} candidates"
+        )
+        if limit is not None:
+            reason += (
+                f" (asked for {generation.budget}, {EHULL_OVERSAMPLE}x the request), of which "
+                f"{generation.n_rejected} were invalid or had energy above hull above "
+                f"{limit:g} eV/atom (or none could be computed)"
+            )
+        out["shortfall"] = reason
+    return out
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "pymatgen", "matgl", "chgnet"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
