@@ -76,13 +76,20 @@ class ProgressReporter:
         self.current: dict[str, Any] = {}
 
     def report(
-        self, phase: str, step: int, total: int, best: float | None, force: bool = False
+        self,
+        phase: str,
+        step: int,
+        total: int,
+        best: float | None,
+        force: bool = False,
+        detail: dict[str, Any] | None = None,
     ) -> None:
         if best is None:
             best = self.current.get("best")
-        self.current = clean_json(
-            {**self.current, "phase": phase, "step": step, "total": total, "best": best}
-        )
+        current = {**self.current, "phase": phase, "step": step, "total": total, "best": best}
+        if detail is not None:
+            current["detail"] = detail  # the method's latest figures, kept until replaced
+        self.current = clean_json(current)
         now = time.monotonic()
         if force or phase != self._phase or now - self._last >= self.interval:
             self.lease.write(progress=self.current)
@@ -166,6 +173,7 @@ def _run(
     request: DesignRequest | None = None
     generation: Generation | None = None
     method_info: dict[str, Any] = {"name": job.method}
+    ctx: MethodContext | None = None
     if job.started_at is not None:
         timer.add("queued_s", max((job.started_at - job.created_at).total_seconds(), 0.0))
     try:
@@ -190,7 +198,9 @@ def _run(
             for event in _timed_events(gen, timer):
                 lease.checkpoint()
                 if isinstance(event, Progress):
-                    reporter.report(event.phase, event.step, event.total, event.best)
+                    reporter.report(
+                        event.phase, event.step, event.total, event.best, detail=event.detail
+                    )
                     continue
                 generation.n_generated += len(event)
                 fresh = [c for c in event if pipeline.fingerprint(c.crystal) not in stored]
@@ -205,7 +215,10 @@ def _run(
         finally:
             gen.close()
         lease.checkpoint()
-        summary = _finish(store, request, reporter, timer, method_info, t_start, generation)
+        method_summary = ctx.summary if ctx is not None else None
+        summary = _finish(
+            store, request, reporter, timer, method_info, t_start, generation, method_summary
+        )
         store.write_ranks(
             summary.pop("_ranks"),
             hits=summary.pop("_hits"),
@@ -224,7 +237,16 @@ def _run(
             return _fail(lease, f"time limit: job ran longer than {settings.job_time_limit_s:g} s")
         # Keep what was found so far, ranked, with a summary of it.
         summary = (
-            _finish(store, request, reporter, timer, method_info, t_start, generation)
+            _finish(
+                store,
+                request,
+                reporter,
+                timer,
+                method_info,
+                t_start,
+                generation,
+                ctx.summary if ctx is not None else None,
+            )
             if request
             else {}
         )
@@ -315,10 +337,12 @@ def _finish(
     method_info: dict[str, Any],
     t_start: float,
     generation: Generation | None = None,
+    method_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Rank every stored candidate of the job and summarise; ``_ranks`` maps row id -> rank,
     ``_hits`` row id -> hit for the rows whose hit changed once judged over the whole job
-    (minimize/maximize objectives: top decile of the job)."""
+    (minimize/maximize objectives: top decile of the job). ``method_summary``: what the
+    method reported about its run (:attr:`MethodContext.summary`), kept as is."""
     reporter.report(
         "ranking", reporter.current.get("step", 0), request.num_candidates, None, force=True
     )
@@ -337,6 +361,8 @@ def _finish(
             oracles.setdefault(prop, {"oracle": sc.oracle, "version": sc.version})
     if generation is not None:
         summary.update(_generation_summary(request, generation, summary["n_candidates"]))
+    if method_summary:
+        summary["method_summary"] = method_summary
     summary.update(
         {
             "seed": request.seed,

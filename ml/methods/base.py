@@ -48,6 +48,8 @@ class Progress:
     step: int
     total: int
     best: float | None = None
+    # The method's own figures for this step (e.g. MatInvent's reward, hits, oracle calls).
+    detail: dict[str, Any] | None = None
 
 
 @dataclass
@@ -58,6 +60,9 @@ class MethodContext:
     should_cancel: Callable[[], bool] = lambda: False
     # Oracles are created lazily and cached per process by the registry; methods ask by name.
     extra: dict[str, Any] = field(default_factory=dict)
+    # Figures the method reports about its whole run (e.g. oracle calls and burden); the
+    # runner adds them to the job summary as ``method_summary``.
+    summary: dict[str, Any] = field(default_factory=dict)
 
     def check_cancelled(self) -> None:
         if self.should_cancel():

@@ -12,6 +12,7 @@ _METHODS: dict[str, str] = {
     "smoacs": "ml.methods.smoacs.method:SmoacsMethod",
     "cliqueflowmer": "ml.methods.cliqueflowmer.method:CliqueFlowmerMethod",
     "conditional": "ml.methods.conditional.method:ConditionalMethod",
+    "matinvent": "ml.methods.matinvent.method:MatInventMethod",
 }
 
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Issue 16 on a lent GPU, one call (< 560 s): pretrain MatInvent's prior (the template policy)
+# on MP-20 train + val for $MINUTES, then benchmarks/matinvent_paper.py: the paper's four
+# Table 1 tasks, MatInvent vs plain prior sampling, 8 runs in parallel until the call's time
+# is nearly spent (must-shows 1-2). A second call can run the job through the runner with a
+# budget of 512 oracle calls (must-show 3): STEPS=job PRIOR=<the returned prior>.
+# Everything lands in $OUT/matinvent.tar.gz: matinvent-prior.pt + pretrain.log +
+# pretrain_history.json (model card), bench.json + bench.log + runs/*.json (written every
+# iteration), plots/matinvent_rl_curves.png (when the box has matplotlib; otherwise re-draw
+# here with --plot-only), job.json + job.log, device.txt.
+#   carry: .whl .devpack .devdata/models (bash benchmarks/gpu_prepare.sh first), the Wyckoff
+#          checkpoint (CKPT_WYCKOFF, default ml/weights/conditional-wyckoff.pt) and, if built,
+#          .cache/conditional (the Wyckoff decomposition of MP-20; saves ~40 s of pretraining)
+# Env: CKPT_WYCKOFF, PRIOR (an existing prior: no pretraining), MINUTES (3), STEPS
+#      (pretrain,bench | job | pretrain,bench,job), BUDGET (1000 oracle calls per run), BATCH
+#      (64), TASKS, RELAX (0: E_hull of the generated crystal; 1: relax first, far slower),
+#      CALL_S (520: seconds this script may use), BENCH_ARGS, TRAIN_ARGS, LIMIT (tiny runs).
+# CPU smoke:  OUT=/tmp/mi_smoke LOCAL=1 DEVICE=cpu MINUTES=0.2 LIMIT=100 CALL_S=400 BUDGET=8 \
+#   BATCH=6 TASKS=density STEPS=pretrain,bench,job CKPT_WYCKOFF=/tmp/wy.pt \
+#   TRAIN_ARGS="--d-model 32 --hidden 32 --samples 50" BENCH_ARGS='--params {"flow_steps":4}' \
+#   bash benchmarks/matinvent_gpu_run.sh
+set -uo pipefail
+T0=$(date +%s)
+if [ -z "${LOCAL:-}" ]; then
+  source benchmarks/gpu_env.sh || exit 1
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+OUT=${OUT:-/tmp/out}; R=$OUT/res; mkdir -p "$R/plots" "$R/runs"
+DEVICE=${DEVICE:-cuda}; MINUTES=${MINUTES:-3}; WORKERS=${WORKERS:-14}
+STEPS=${STEPS:-pretrain,bench}; CALL_S=${CALL_S:-520}
+BUDGET=${BUDGET:-1000}; BATCH=${BATCH:-64}; RELAX=${RELAX:-0}
+TASKS=${TASKS:-band_gap,formation_energy,density,hhi}
+JOB_BUDGET=${JOB_BUDGET:-512}; JOB_BATCH=${JOB_BATCH:-128}
+CKPT_WYCKOFF=${CKPT_WYCKOFF:-ml/weights/conditional-wyckoff.pt}; PRIOR=${PRIOR:-}
+LIMIT=${LIMIT:-}; TRAIN_ARGS=${TRAIN_ARGS:-}; BENCH_ARGS=${BENCH_ARGS:-}
+pack() { tar -C "$R" -czf "$OUT/matinvent.tar.gz" . ; }
+left() { echo $(( CALL_S - ($(date +%s) - T0) )); }
+(nvidia-smi -L 2>/dev/null || echo "$DEVICE") > "$R/device.txt"
+[ -f "$CKPT_WYCKOFF" ] || { echo "no Wyckoff checkpoint at $CKPT_WYCKOFF" | tee -a "$R/device.txt"; pack; exit 1; }
+relax_arg=(); [ "$RELAX" = 1 ] && relax_arg=(--relax)
+lim=${LIMIT:+--limit $LIMIT}
+
+if [ -n "$PRIOR" ]; then
+  cp "$PRIOR" "$R/matinvent-prior.pt"
+elif [[ ",$STEPS," == *",pretrain,"* ]]; then
+  timeout $(python3 -c "print(int($MINUTES * 60 + 120))") python3 -m ml.methods.matinvent.pretrain \
+    --device "$DEVICE" --minutes "$MINUTES" --workers "$WORKERS" --out "$R/matinvent-prior.pt" \
+    --history "$R/pretrain_history.json" $lim $TRAIN_ARGS > "$R/pretrain.log" 2>&1
+  echo "pretrain rc=$? at $(( $(date +%s) - T0 )) s" | tee -a "$R/device.txt"
+  grep -v '^spglib' "$R/pretrain.log" | tail -n 3
+  pack
+fi
+[ -f "$R/matinvent-prior.pt" ] || { echo "no prior" | tee -a "$R/device.txt"; pack; exit 1; }
+ckpts=(--prior "$R/matinvent-prior.pt" --wyckoff "$CKPT_WYCKOFF")
+
+if [[ ",$STEPS," == *",bench,"* ]]; then
+  reserve=30; [[ ",$STEPS," == *",job,"* ]] && reserve=$(( $(left) / 2 ))
+  deadline=$(( $(left) - reserve ))
+  timeout $(( deadline + 25 )) python3 benchmarks/matinvent_paper.py --device "$DEVICE" \
+    --tasks "$TASKS" --budget "$BUDGET" --batch "$BATCH" --deadline-s "$deadline" \
+    "${ckpts[@]}" "${relax_arg[@]}" --out-dir "$R/runs" --json "$R/bench.json" \
+    --plot "$R/plots/matinvent_rl_curves.png" $BENCH_ARGS > "$R/bench.log" 2>&1
+  echo "bench rc=$? at $(( $(date +%s) - T0 )) s" | tee -a "$R/device.txt"
+  grep -v -e '^spglib' -e 'CHGNet v' "$R/bench.log" | tail -n 16
+  pack
+fi
+
+if [[ ",$STEPS," == *",job,"* ]]; then
+  deadline=$(( $(left) - 25 ))
+  timeout $(( deadline + 20 )) python3 benchmarks/matinvent_paper.py --device "$DEVICE" \
+    --tasks "" --job --job-budget "$JOB_BUDGET" --job-deadline-s "$deadline" \
+    --batch "$JOB_BATCH" "${ckpts[@]}" "${relax_arg[@]}" --json "$R/job.json" $BENCH_ARGS \
+    > "$R/job.log" 2>&1
+  echo "job rc=$? at $(( $(date +%s) - T0 )) s" | tee -a "$R/device.txt"
+  grep -v -e '^spglib' -e 'CHGNet v' "$R/job.log" | tail -n 4
+fi
+pack; ls -la "$OUT"
