@@ -81,6 +81,9 @@ class DesignMethod(ABC):
     version: ClassVar[str]
     description: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
+    # Whether a large job may be split into shards that each rerun the method with the same
+    # seed and keep a slice of its stream; not for a method that learns while it runs.
+    shardable: ClassVar[bool] = True
 
     def validate(self, request: DesignRequest) -> MethodParams:
         """Validate ``request.params`` (pydantic errors name the field) and method-specific
@@ -92,6 +95,11 @@ class DesignMethod(ABC):
         self, request: DesignRequest, params: MethodParams, ctx: MethodContext
     ) -> Iterator[MethodEvent]:
         """Yield :class:`Progress` events and batches (lists) of :class:`Candidate`."""
+
+    def missing_weights(self) -> list[str]:
+        """What this method cannot run without on this server, in words (empty: ready). A
+        method with missing weights refuses requests in :meth:`validate` (422), saying so."""
+        return []
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -25,7 +25,14 @@ from ml.methods.matinvent.checkpoint import load_prior, save_prior
 from ml.methods.matinvent.method import MatInventMethod
 from ml.methods.matinvent.policy import PolicyConfig, TemplatePolicy, sample, sequence_terms
 from ml.methods.matinvent.rl import DiversityFilter, MatInventLoop, Outcome, RLConfig
-from ml.methods.matinvent.tokens import decode, encode, limits_for, pad, template_counts
+from ml.methods.matinvent.tokens import (
+    decode,
+    encode,
+    limits_for,
+    pad,
+    replay,
+    template_counts,
+)
 from ml.methods.rewards import objective_reward, request_reward
 from ml.request import DesignRequest, Objective
 from ml.symmetry import centring
@@ -149,16 +156,36 @@ def test_rl_steps_raise_the_mean_reward_on_a_toy_reward() -> None:
     prior = tiny_policy(max_orbits=3, max_atoms=6)
     frozen = [p.detach().clone() for p in prior.parameters()]
     limits = prior.limits()
-    cfg = RLConfig(batch_size=16, iterations=6, oracle_call_budget=10_000, learning_rate=1e-2)
+    cfg = RLConfig(batch_size=16, iterations=5, oracle_call_budget=10_000, learning_rate=2e-2)
     loop = MatInventLoop(prior, limits, cfg, lambda v: float(v["o"]), _oxygen_fraction, seed=0)
     history = [stats for stats, _ in loop.iterations()]
-    assert len(history) == 6
+    assert len(history) == 5
     before = _mean_toy_reward(prior, limits, 1)
     after = _mean_toy_reward(loop.agent, limits, 1)
-    assert after > before + 0.2, (before, after)
+    assert after > before + 0.3, (before, after)
     assert history[-1].kl is not None and history[-1].kl > 0  # it moved away from the prior
     # The prior is frozen: the agent is the job's own copy.
     assert all(torch.equal(a, b) for a, b in zip(frozen, prior.parameters(), strict=True))
+
+
+def test_same_seed_same_templates_and_crystals(weights: dict[str, Path]) -> None:
+    from ml.methods.conditional.checkpoint import load_wyckoff_release
+    from ml.methods.matinvent.evaluate import PipelineEvaluator
+
+    prior, _ = load_prior(weights["prior"])
+    flow, _, _ = load_wyckoff_release(weights["flow"])
+    cfg = RLConfig(batch_size=6)
+    draws = [
+        MatInventLoop(prior, prior.limits(), cfg, len, _oxygen_fraction, seed=5).draw(6)
+        for _ in range(2)
+    ]
+    assert draws[0] == draws[1]
+    templates = [s.template for s in draws[0] if s.template is not None]
+    request = _request()
+    a, b = (PipelineEvaluator(request, flow, "cpu", flow_steps=3, seed=5) for _ in range(2))
+    coords = [[c.frac_coords.tolist() for c in e.crystals(templates, 2)] for e in (a, b)]
+    assert coords[0] == coords[1]
+    assert coords[0] != [c.frac_coords.tolist() for c in a.crystals(templates, 3)]
 
 
 def test_budget_ends_the_loop_and_every_scored_sample_is_counted() -> None:
@@ -194,9 +221,10 @@ def _fit_prior(records: list) -> TemplatePolicy:
         if sum(template_counts(w.space_group, orbits).values()) <= 8:
             seqs.append(encode(w.space_group, orbits))
     batch = pad(seqs)
+    masks = replay(batch, policy.limits())  # the grammar's part does not change: once
     opt = torch.optim.Adam(policy.parameters(), lr=2e-2)
-    for _ in range(40):
-        loglik, _ = sequence_terms(policy, batch, policy.limits())
+    for _ in range(30):
+        loglik, _ = sequence_terms(policy, batch, policy.limits(), grammar=masks)
         opt.zero_grad()
         (-loglik.mean()).backward()
         opt.step()
@@ -240,7 +268,7 @@ def _request(**params: object) -> DesignRequest:
             "seed": 3,
             "params": {
                 "iterations": 2,
-                "batch_size": 8,
+                "batch_size": 6,
                 "oracle_call_budget": 6,
                 "flow_steps": 3,
                 # An untrained flow's crystals are far from any hull: let them through.
@@ -274,22 +302,10 @@ def test_tiny_matinvent_job_returns_hits_and_counts_oracle_calls(
     assert len(cands) == summary["unique_hits"] == summary["oracle_calls"]
     assert summary["burden"] == 1.0
     assert summary["filter"]["outcomes"]["scored"] == summary["oracle_calls"]
-    assert sum(summary["filter"]["outcomes"].values()) <= summary["generated"] == 8 * len(rl)
+    assert sum(summary["filter"]["outcomes"].values()) <= summary["generated"] == 6 * len(rl)
     for c in cands:
         assert c.predicted["density"] < 1000.0 and c.meta["reward"] == 1.0
         assert c.meta["template_formula"] == c.crystal.to_structure().composition.reduced_formula
-    # Same request, same seed: the same crystals (first iteration only, to keep it short).
-    first = [c for c in cands if c.meta["iteration"] == 1]
-    once = _request(iterations=1)
-    again = [
-        c
-        for e in method.run(once, method.validate(once), MethodContext())
-        if isinstance(e, list)
-        for c in e
-    ]
-    assert [c.crystal.frac_coords.tolist() for c in again] == [
-        c.crystal.frac_coords.tolist() for c in first
-    ]
 
 
 def test_request_errors_name_the_field(
@@ -310,6 +326,7 @@ def test_request_errors_name_the_field(
     with pytest.raises(RequestError) as err:
         method.validate(no_objective)
     assert err.value.field == "objectives"
+    assert MatInventMethod.shardable is False  # a learning run cannot be cut into shards
 
 
 def test_missing_prior_makes_the_method_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -321,4 +338,5 @@ def test_missing_prior_makes_the_method_unavailable(monkeypatch: pytest.MonkeyPa
     with pytest.raises(RequestError) as err:
         method.validate(_request())
     assert err.value.field == "method" and "matinvent-prior.pt" in err.value.message
+    assert any("matinvent-prior.pt" in m for m in method.missing_weights())
     assert method.describe()["models"]["prior"] == {"file": None, "available": False}

@@ -211,6 +211,21 @@ def test_method_figures_reach_progress_and_summary(
     assert "detail" not in _job(db, plain).progress
 
 
+def test_a_method_that_is_not_shardable_runs_whole(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import shards
+
+    job = _job(db, _submit(db, n=10))
+    celery = settings.model_copy(
+        update={"broker_url": "redis://unused", "shard_min_candidates": 4, "shard_candidates": 2}
+    )
+    monkeypatch.setattr(shards, "get_method", lambda name: FakeMethod())
+    assert shards.wants_shards(job, db, celery)
+    monkeypatch.setattr(FakeMethod, "shardable", False)  # e.g. matinvent: it learns as it runs
+    assert not shards.wants_shards(job, db, celery)
+
+
 def test_resume_after_worker_death_stores_no_duplicates(
     db: Database, settings: Settings, scoring: FakeScoring
 ) -> None:

@@ -41,54 +41,73 @@ from ml.request import DesignRequest
 
 __all__ = ["MatInventMethod", "MatInventParams"]
 
+# Defaults of the RL loop (one place: the params below take theirs from it).
+_RL = RLConfig()
 # The structure generator is conditioned on these properties when asked to.
 FLOW_PROPERTIES = ("formation_energy", "band_gap")
 
 
 class MatInventParams(MethodParams):
     iterations: int = Field(
-        default=50, ge=1, le=2000, description="most RL iterations (the budget may end it first)"
+        default=_RL.iterations,
+        ge=1,
+        le=2000,
+        description="most RL iterations (the budget may end it first)",
     )
     batch_size: int = Field(
-        default=64, ge=2, le=2048, description="templates sampled per iteration"
+        default=_RL.batch_size, ge=2, le=2048, description="templates sampled per iteration"
     )
     oracle_call_budget: int = Field(
-        default=512,
+        default=_RL.oracle_call_budget,
         ge=1,
         le=200_000,
         description="property evaluations allowed: one per crystal that passes the filter "
         "(valid, charge neutral, unique, novel, E_hull <= max_energy_above_hull)",
     )
-    learning_rate: float = Field(default=3e-4, gt=0.0, le=0.1, description="Adam step size")
+    learning_rate: float = Field(
+        default=_RL.learning_rate, gt=0.0, le=0.1, description="Adam step size"
+    )
     kl_weight: float = Field(
-        default=0.05,
+        default=_RL.kl_weight,
         ge=0.0,
         le=100.0,
         description="beta: weight of the reward-weighted KL(agent || prior) per template",
     )
     top_fraction: float = Field(
-        default=0.5, gt=0.0, le=1.0, description="part of each batch, by reward, learned from"
+        default=_RL.top_fraction,
+        gt=0.0,
+        le=1.0,
+        description="part of each batch, by reward, learned from",
     )
     replay_size: int = Field(
-        default=100, ge=0, le=10_000, description="best templates kept for experience replay"
+        default=_RL.replay_size,
+        ge=0,
+        le=10_000,
+        description="best templates kept for experience replay",
     )
     replay_samples: int = Field(
-        default=16, ge=0, le=1024, description="replayed templates added to each update"
+        default=_RL.replay_samples,
+        ge=0,
+        le=1024,
+        description="replayed templates added to each update",
     )
     replay_cutoff: float = Field(
-        default=0.1, ge=0.0, le=1.0, description="least reward a template needs to be replayed"
+        default=_RL.replay_cutoff,
+        ge=0.0,
+        le=1.0,
+        description="least reward a template needs to be replayed",
     )
     updates_per_iteration: int = Field(
-        default=2, ge=1, le=32, description="gradient steps per iteration"
+        default=_RL.updates_per_iteration, ge=1, le=32, description="gradient steps per iteration"
     )
     diversity_tolerance: int = Field(
-        default=3,
+        default=_RL.diversity_tolerance,
         ge=0,
         le=10_000,
         description="earlier scored crystals of one composition before its reward is lowered",
     )
     diversity_buffer: int = Field(
-        default=8,
+        default=_RL.diversity_buffer,
         ge=1,
         le=10_001,
         description="earlier scored crystals of one composition from which its reward is 0 "
@@ -118,7 +137,7 @@ class MatInventParams(MethodParams):
         "objectives (off: the generator is unconditional, as the paper's)",
     )
     temperature: float = Field(
-        default=1.0, gt=0.0, le=5.0, description="policy sampling temperature"
+        default=_RL.temperature, gt=0.0, le=5.0, description="policy sampling temperature"
     )
     fine_tune: bool = Field(
         default=True,
@@ -170,8 +189,7 @@ def _load_flow(device: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     return model, info
 
 
-def missing_weights() -> list[str]:
-    """What the method cannot run without, in words (empty when all is installed)."""
+def _missing_weights() -> list[str]:
     out = []
     for what, find in (("the pretrained policy", _prior_path), ("the Wyckoff flow", _flow_path)):
         try:
@@ -218,13 +236,16 @@ class MatInventMethod(DesignMethod):
         "MatInvent: reinforcement-learning fine-tuning of a pretrained template policy "
         "(space group + Wyckoff orbits) feeding the Wyckoff flow generator, with a KL anchor "
         "to the prior, experience replay and a composition diversity filter; returns the "
-        "unique hits found within an oracle-call budget."
+        "unique hits found within an oracle-call budget (the job ends at the budget or at "
+        "num_candidates hits, whichever comes first)."
     )
     Params: ClassVar[type[MethodParams]] = MatInventParams
+    # Each shard would repeat the whole RL run to reach its slice of the stream.
+    shardable: ClassVar[bool] = False
 
     def validate(self, request: DesignRequest) -> MatInventParams:
         params = MatInventParams.model_validate(request.params)
-        missing = missing_weights()
+        missing = self.missing_weights()
         if missing:
             raise RequestError("method", "matinvent is not installed: " + "; ".join(missing))
         if not request.objectives:
@@ -238,6 +259,9 @@ class MatInventMethod(DesignMethod):
         if cons.templates:
             raise RequestError("constraints.templates", "matinvent does not start from templates")
         return params
+
+    def missing_weights(self) -> list[str]:
+        return _missing_weights()
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -263,11 +287,17 @@ class MatInventMethod(DesignMethod):
             for o in request.objectives:
                 if o.property in FLOW_PROPERTIES and o.property not in targets:
                     targets[o.property] = conditioning_target(o, flow)  # type: ignore[arg-type]
+        limit = request.constraints.max_energy_above_hull
+        max_ehull = (
+            params.max_energy_above_hull
+            if limit is None
+            else min(limit, params.max_energy_above_hull)
+        )
         evaluator = PipelineEvaluator(
             request=request,
             flow_model=flow,
             device=ctx.device,
-            max_energy_above_hull=params.max_energy_above_hull,
+            max_energy_above_hull=max_ehull,
             flow_steps=params.flow_steps,
             guidance=params.guidance,
             targets=targets,
@@ -299,7 +329,7 @@ class MatInventMethod(DesignMethod):
                 {
                     **loop.summary(),
                     "filter": {
-                        "max_energy_above_hull": params.max_energy_above_hull,
+                        "max_energy_above_hull": max_ehull,
                         "relaxed": request.relax,
                         "outcomes": dict(evaluator.reasons),
                     },
