@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from ml.data import load_records
 from ml.generative.assignment import TemplateStats
-from ml.generative.wyckoff import WyckoffCrystal, multiplicity, orbit_ops
+from ml.generative.wyckoff import WyckoffCrystal, _group, multiplicity, orbit_ops
 from ml.methods.base import MethodContext, Progress, RequestError
 from ml.methods.conditional.checkpoint import save_wyckoff_release
 from ml.methods.conditional.wyckoff_data import from_crystals
@@ -104,6 +104,20 @@ def test_sampled_sequences_are_legal_templates_within_the_limits() -> None:
         assert sum(multiplicity(sg, x) for x, _ in orbits) <= 6 * centring(sg)
         fixed = [x for x, _ in orbits if not orbit_ops(sg, x)[2].any()]
         assert len(fixed) == len(set(fixed))  # a position without freedom holds one orbit
+    # Required elements: a template ends without them only when nothing more fits.
+    need = limits_for(6, 4, ["Na", "Mg", "O", "Cl"], required=["Cl"], space_groups=[225, 221])
+    for sg, orbits in map(decode, sample(policy, 32, need, torch.Generator().manual_seed(1))):  # type: ignore[misc]
+        if 17 in {z for _, z in orbits}:
+            continue
+        used = {x for x, _ in orbits}
+        room = 6 * centring(sg) - sum(multiplicity(sg, x) for x, _ in orbits)
+        fits = [
+            wp.letter
+            for wp in _group(sg)
+            if multiplicity(sg, wp.letter) <= room
+            and (orbit_ops(sg, wp.letter)[2].any() or wp.letter not in used)
+        ]
+        assert len(orbits) == 4 or not fits, (sg, orbits)
     # The likelihood of the samples is finite and a policy has no KL to itself.
     loglik, kl = sequence_terms(policy, pad(seqs), limits, prior=policy)
     assert torch.isfinite(loglik).all() and (loglik < 0).all()

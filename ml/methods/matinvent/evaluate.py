@@ -13,6 +13,7 @@ of every valid crystal in the same batched pass, but nothing about a filtered-ou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +65,10 @@ class PipelineEvaluator:
     timings: dict[str, float] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
 
-    def crystals(self, templates: Sequence[tuple[int, tuple[tuple[str, int], ...]]], it: int):  # type: ignore[no-untyped-def]
+    def crystals(
+        self, templates: Sequence[tuple[int, tuple[tuple[str, int], ...]]], it: int
+    ) -> list[Crystal]:
+        """The flow's crystals for ``templates`` (in order), noise seeded by ``it``."""
         conditions = [
             WyckoffCondition(
                 sg,
@@ -91,7 +95,9 @@ class PipelineEvaluator:
         live = [k for k, s in enumerate(samples) if s.template is not None]
         if not live:
             return outcomes
+        t = time.perf_counter()
         crystals = self.crystals([samples[k].template for k in live], it)  # type: ignore[misc]
+        self.timings["flow_s"] = self.timings.get("flow_s", 0.0) + time.perf_counter() - t
         cands = [
             Candidate(crystal=c, meta=_template_meta(samples[k], it))
             for k, c in zip(live, crystals, strict=True)

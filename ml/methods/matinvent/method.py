@@ -332,6 +332,7 @@ class MatInventMethod(DesignMethod):
                         "max_energy_above_hull": max_ehull,
                         "relaxed": request.relax,
                         "outcomes": dict(evaluator.reasons),
+                        "timings": {k: round(v, 2) for k, v in evaluator.timings.items()},
                     },
                     "generator_conditioning": targets or None,
                     "prior": {

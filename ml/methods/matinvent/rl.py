@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -203,6 +204,7 @@ class MatInventLoop:
         self.generated = 0
         self.unique_valid = 0
         self.best_loss: float | None = None
+        self.timings = {"sample_s": 0.0, "evaluate_s": 0.0, "update_s": 0.0}
         self.history: list[IterationStats] = []
 
     @property
@@ -224,8 +226,13 @@ class MatInventLoop:
         for it in range(1, self.config.iterations + 1):
             if self.budget_left <= 0:
                 return
+            t0 = time.perf_counter()
             samples = self.draw(self.config.batch_size)
+            t1 = time.perf_counter()
             outcomes = self.evaluator(samples, it, self.budget_left)
+            t2 = time.perf_counter()
+            self.timings["sample_s"] += t1 - t0
+            self.timings["evaluate_s"] += t2 - t1
             rewards, raw = self._rewards(samples, outcomes)
             scored = [k for k, o in enumerate(outcomes) if o.scored]
             self.oracle_calls += len(scored)
@@ -240,6 +247,7 @@ class MatInventLoop:
             loss = kl = None
             if self.config.learn:
                 loss, kl = self._update(samples, rewards)
+            self.timings["update_s"] += time.perf_counter() - t2
             self.history.append(
                 IterationStats(
                     iteration=it,
@@ -328,6 +336,7 @@ class MatInventLoop:
             "distinct_formulas_scored": len(self.diversity.counts),
             "iterations": len(self.history),
             "fine_tuned": self.config.learn,
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
             "curves": {
                 "mean_reward": [round(h.mean_reward, 4) for h in self.history],
                 "mean_scored_reward": [
