@@ -13,12 +13,16 @@
 #          .cache/conditional (the Wyckoff decomposition of MP-20; saves ~40 s of pretraining)
 # Env: CKPT_WYCKOFF, PRIOR (an existing prior: no pretraining), MINUTES (3), STEPS
 #      (pretrain,bench | job | pretrain,bench,job), BUDGET (1000 oracle calls per run), BATCH
-#      (64), TASKS, RELAX (0: E_hull of the generated crystal; 1: relax first, far slower),
-#      CALL_S (520: seconds this script may use), BENCH_ARGS, TRAIN_ARGS, LIMIT (tiny runs).
-# CPU smoke:  OUT=/tmp/mi_smoke LOCAL=1 DEVICE=cpu MINUTES=0.2 LIMIT=100 CALL_S=400 BUDGET=8 \
-#   BATCH=6 TASKS=density STEPS=pretrain,bench,job CKPT_WYCKOFF=/tmp/wy.pt \
-#   TRAIN_ARGS="--d-model 32 --hidden 32 --samples 50" BENCH_ARGS='--params {"flow_steps":4}' \
-#   bash benchmarks/matinvent_gpu_run.sh
+#      (64), TASKS, RELAX (1: the paper's filter, E_hull <= 0.1 after relaxation; 0: E_hull of
+#      the generated crystal, which a CPU check found >= 0.3 eV/atom for all of 27 crystals),
+#      PARAMS (matinvent params as JSON; default relax_steps 100 for the filter's FIRE),
+#      JUDGE (chgnet-energy; empty: the service's default judge for the device), GPUS (all
+#      the box has: runs go round-robin on them), CALL_S (520: seconds this script may use),
+#      BENCH_ARGS, TRAIN_ARGS, LIMIT (tiny runs).
+# CPU smoke:  OUT=/tmp/mi_smoke LOCAL=1 DEVICE=cpu MINUTES=0.2 LIMIT=100 CALL_S=500 BUDGET=8 \
+#   BATCH=6 TASKS=density STEPS=pretrain,bench,job RELAX=0 JUDGE= JOB_BUDGET=4 JOB_BATCH=6 \
+#   PARAMS='{"flow_steps": 4, "max_energy_above_hull": 10}' BENCH_ARGS='--threads 1' \
+#   TRAIN_ARGS="--d-model 32 --hidden 32 --samples 50" bash benchmarks/matinvent_gpu_run.sh
 set -uo pipefail
 T0=$(date +%s)
 if [ -z "${LOCAL:-}" ]; then
@@ -30,7 +34,9 @@ export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 OUT=${OUT:-/tmp/out}; R=$OUT/res; mkdir -p "$R/plots" "$R/runs"
 DEVICE=${DEVICE:-cuda}; MINUTES=${MINUTES:-3}; WORKERS=${WORKERS:-14}
 STEPS=${STEPS:-pretrain,bench}; CALL_S=${CALL_S:-520}
-BUDGET=${BUDGET:-1000}; BATCH=${BATCH:-64}; RELAX=${RELAX:-0}
+BUDGET=${BUDGET:-1000}; BATCH=${BATCH:-64}; RELAX=${RELAX:-1}
+PARAMS=${PARAMS:-'{"relax_steps": 100}'}; JUDGE=${JUDGE-chgnet-energy}
+GPUS=${GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c GPU)}; [ "${GPUS:-0}" -ge 1 ] || GPUS=1
 TASKS=${TASKS:-band_gap,formation_energy,density,hhi}
 JOB_BUDGET=${JOB_BUDGET:-512}; JOB_BATCH=${JOB_BATCH:-128}
 CKPT_WYCKOFF=${CKPT_WYCKOFF:-ml/weights/conditional-wyckoff.pt}; PRIOR=${PRIOR:-}
@@ -40,6 +46,7 @@ left() { echo $(( CALL_S - ($(date +%s) - T0) )); }
 (nvidia-smi -L 2>/dev/null || echo "$DEVICE") > "$R/device.txt"
 [ -f "$CKPT_WYCKOFF" ] || { echo "no Wyckoff checkpoint at $CKPT_WYCKOFF" | tee -a "$R/device.txt"; pack; exit 1; }
 relax_arg=(); [ "$RELAX" = 1 ] && relax_arg=(--relax)
+judge_arg=(); [ -n "$JUDGE" ] && judge_arg=(--judge "$JUDGE")
 lim=${LIMIT:+--limit $LIMIT}
 
 if [ -n "$PRIOR" ]; then
@@ -60,7 +67,8 @@ if [[ ",$STEPS," == *",bench,"* ]]; then
   deadline=$(( $(left) - reserve ))
   timeout $(( deadline + 25 )) python3 benchmarks/matinvent_paper.py --device "$DEVICE" \
     --tasks "$TASKS" --budget "$BUDGET" --batch "$BATCH" --deadline-s "$deadline" \
-    "${ckpts[@]}" "${relax_arg[@]}" --out-dir "$R/runs" --json "$R/bench.json" \
+    --gpus "$GPUS" --params "$PARAMS" "${ckpts[@]}" "${relax_arg[@]}" "${judge_arg[@]}" \
+    --out-dir "$R/runs" --json "$R/bench.json" \
     --plot "$R/plots/matinvent_rl_curves.png" $BENCH_ARGS > "$R/bench.log" 2>&1
   echo "bench rc=$? at $(( $(date +%s) - T0 )) s" | tee -a "$R/device.txt"
   grep -v -e '^spglib' -e 'CHGNet v' "$R/bench.log" | tail -n 16
@@ -71,7 +79,8 @@ if [[ ",$STEPS," == *",job,"* ]]; then
   deadline=$(( $(left) - 25 ))
   timeout $(( deadline + 20 )) python3 benchmarks/matinvent_paper.py --device "$DEVICE" \
     --tasks "" --job --job-budget "$JOB_BUDGET" --job-deadline-s "$deadline" \
-    --batch "$JOB_BATCH" "${ckpts[@]}" "${relax_arg[@]}" --json "$R/job.json" $BENCH_ARGS \
+    --batch "$JOB_BATCH" --params "$PARAMS" "${ckpts[@]}" "${relax_arg[@]}" "${judge_arg[@]}" \
+    --json "$R/job.json" $BENCH_ARGS \
     > "$R/job.log" 2>&1
   echo "job rc=$? at $(( $(date +%s) - T0 )) s" | tee -a "$R/device.txt"
   grep -v -e '^spglib' -e 'CHGNet v' "$R/job.log" | tail -n 4

@@ -6,13 +6,14 @@ Four single-property tasks of the paper (band gap 3 +- 0.25 eV, formation energy
 prior through the same generator, filter and oracle-call budget). Per run: oracle calls,
 unique hits, **burden** (oracle calls per unique hit; lower is better), the burden when the
 100th hit arrived (the paper's protocol, n = 100) when it did, the **diversity ratio**
-(unique valid crystals per crystal generated; the paper divides unique valid crystals by its
-property-evaluation budget, which our filter makes 1 by construction, see below), distinct
-hit compositions, and the RL curves (mean reward and unique hits per iteration).
+(unique crystals among the valid, charge-neutral ones generated; the paper divides unique
+valid crystals by its property-evaluation budget, which our filter, scoring only unique
+crystals, would make 1 by construction), distinct hit compositions, and the RL curves (mean
+reward and unique hits per iteration).
 
 Oracle calls are property evaluations of crystals that passed the filter (valid, charge
-neutral, unique, novel against the reference set, E_hull <= 0.1 eV/atom by the default
-stability oracle, after relaxation with ``--relax``), as the paper counts them. The runs go
+neutral, unique, novel against the reference set, E_hull <= 0.1 eV/atom by the stability
+oracle ``--judge``, after relaxation with ``--relax``), as the paper counts them. The runs go
 in parallel processes (one per task x mode) on one GPU; each stops at its budget or at the
 deadline, and writes its rows after every iteration (``<out-dir>/run_<task>_<mode>.json``).
 
@@ -71,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--deadline-s", type=float, default=250.0, help="wall time of the runs")
     p.add_argument("--relax", action="store_true", help="relax before the E_hull filter")
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="energy oracle that relaxes and judges E_hull (default: the service's default "
+        "for the device)",
+    )
+    p.add_argument("--gpus", type=int, default=1, help="spread the runs over this many GPUs")
     p.add_argument("--params", default="{}", help="extra matinvent params (JSON)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -109,6 +117,7 @@ def task_request(task: str, mode: str, args: argparse.Namespace, budget: int) ->
         "num_candidates": 10_000,
         "seed": args.seed,
         "params": params,
+        "oracles": {"energy_above_hull": args.judge} if args.judge else {},
     }
 
 
@@ -133,9 +142,14 @@ def use_checkpoints(args: argparse.Namespace) -> None:
     method_mod._load_flow.cache_clear()
 
 
-def run_one(task: str, mode: str, args: argparse.Namespace, deadline: float) -> dict[str, Any]:
-    """One (task, mode) run through the method interface; rows written every iteration."""
+def run_one(
+    task: str, mode: str, args: argparse.Namespace, deadline: float, slot: int = 0
+) -> dict[str, Any]:
+    """One (task, mode) run through the method interface; rows written every iteration.
+    ``slot``: the run's place in the list; with several GPUs, runs go round-robin on them."""
     warnings.filterwarnings("ignore")
+    if args.gpus > 1:  # before torch is imported in this (fresh, spawned) process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(slot % args.gpus)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -347,8 +361,12 @@ def main(argv: list[str] | None = None) -> None:
             args.json.write_text(json.dumps(result, indent=1))
 
     ctx = multiprocessing.get_context("spawn")  # CUDA in every run process
-    with ProcessPoolExecutor(args.parallel or max(len(runs), 1), mp_context=ctx) as pool:
-        futures = {pool.submit(run_one, t, m, args, deadline): (t, m) for t, m in runs}
+    workers = args.parallel or max(len(runs), 1)
+    # One run per process: each picks its GPU before importing torch.
+    with ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+        futures = {
+            pool.submit(run_one, t, m, args, deadline, k): (t, m) for k, (t, m) in enumerate(runs)
+        }
         for fut in as_completed(futures):
             task, mode = futures[fut]
             try:

@@ -149,6 +149,7 @@ def _oxygen_fraction(samples, it, left):  # type: ignore[no-untyped-def]
                 scored=True,
                 values={"o": frac},
                 valid=True,
+                judged=True,
                 unique=True,
                 survived=True,
                 hit=frac >= 0.5,
@@ -316,6 +317,8 @@ def test_tiny_matinvent_job_returns_hits_and_counts_oracle_calls(
     assert len(cands) == summary["unique_hits"] == summary["oracle_calls"]
     assert summary["burden"] == 1.0
     assert summary["filter"]["outcomes"]["scored"] == summary["oracle_calls"]
+    assert summary["unique_valid"] <= summary["judged"] <= summary["generated"]
+    assert summary["diversity_ratio"] == round(summary["unique_valid"] / summary["judged"], 4)
     assert sum(summary["filter"]["outcomes"].values()) <= summary["generated"] == 6 * len(rl)
     for c in cands:
         assert c.predicted["density"] < 1000.0 and c.meta["reward"] == 1.0

@@ -1,5 +1,6 @@
 """Templates -> crystals (issue 13's Wyckoff flow) -> the common pipeline -> MatInvent's filter.
 
+Crystals whose composition is not charge neutral (the request's rule) are dropped first, unrelaxed.
 The pipeline (:func:`ml.pipeline.evaluate_candidates`) checks validity and neutrality, relaxes
 with the request's stability oracle when ``request.relax``, judges E_hull, uniqueness (against
 every valid crystal generated earlier in the job) and novelty (against the reference set),
@@ -20,12 +21,14 @@ from typing import Any
 
 import torch
 
+from ml.constraints import neutrality_ok
 from ml.crystal import Crystal
+from ml.evaluation.validity import check_validity
 from ml.methods.base import Candidate
 from ml.methods.conditional.wyckoff_flow import WyckoffSampleConfig
 from ml.methods.conditional.wyckoff_sampler import WyckoffCondition, generate_batches
 from ml.methods.matinvent.rl import Outcome, Sample
-from ml.pipeline import ScoredCandidate, evaluate_candidates
+from ml.pipeline import STABILITY_RELAX_STEPS, ScoredCandidate, evaluate_candidates
 from ml.request import DesignRequest
 
 __all__ = ["PipelineEvaluator", "filter_reason"]
@@ -61,6 +64,7 @@ class PipelineEvaluator:
     targets: dict[str, float] = field(default_factory=dict)  # flow conditioning
     seed: int = 0
     batch_size: int = 512
+    relax_steps: int = STABILITY_RELAX_STEPS  # FIRE steps of the filter's relaxation
     previous: list[Crystal] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
@@ -98,17 +102,36 @@ class PipelineEvaluator:
         t = time.perf_counter()
         crystals = self.crystals([samples[k].template for k in live], it)  # type: ignore[misc]
         self.timings["flow_s"] = self.timings.get("flow_s", 0.0) + time.perf_counter() - t
+        # Neutrality depends on the composition only, which relaxation keeps: a crystal that
+        # fails it is not relaxed and scored for nothing.
+        strict = self.request.constraints.charge_neutral
+        neutral = [neutrality_ok(samples[k].formula, requested=strict) for k in live]
+        for k, c, ok in zip(live, crystals, neutral, strict=True):
+            if not ok:
+                outcomes[k].valid = bool(check_validity(c))
+                outcomes[k].reason = "not charge neutral"
+                self._count(outcomes[k].reason)
+        live = [k for k, ok in zip(live, neutral, strict=True) if ok]
+        crystals = [c for c, ok in zip(crystals, neutral, strict=True) if ok]
+        if not live:
+            return outcomes
         cands = [
             Candidate(crystal=c, meta=_template_meta(samples[k], it))
             for k, c in zip(live, crystals, strict=True)
         ]
         scored = evaluate_candidates(
-            cands, self.request, previous=self.previous, device=self.device, timings=self.timings
+            cands,
+            self.request,
+            previous=self.previous,
+            device=self.device,
+            timings=self.timings,
+            relax_steps=self.relax_steps,
         )
         for k, sc in zip(live, scored, strict=True):
             reason = filter_reason(sc, self.max_energy_above_hull)
             o = outcomes[k]
             o.valid = bool(sc.flags.get("valid"))
+            o.judged = o.valid  # its uniqueness was judged
             o.unique = o.valid and bool(sc.flags.get("unique"))
             o.survived = not reason
             if reason:
@@ -123,10 +146,13 @@ class PipelineEvaluator:
                 o.payload = sc
             else:
                 o.reason = "budget spent"
-            self.reasons[o.reason or "scored"] = self.reasons.get(o.reason or "scored", 0) + 1
+            self._count(o.reason or "scored")
             if o.valid:
                 self.previous.append(sc.relaxed or sc.crystal)
         return outcomes
+
+    def _count(self, reason: str) -> None:
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
 def _template_meta(sample: Sample, it: int) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from ml.methods.matinvent.policy import TemplatePolicy
 from ml.methods.matinvent.rl import MatInventLoop, Outcome, RLConfig
 from ml.methods.matinvent.tokens import GrammarLimits, limits_for
 from ml.methods.rewards import request_reward
-from ml.pipeline import ScoredCandidate
+from ml.pipeline import STABILITY_RELAX_STEPS, ScoredCandidate
 from ml.request import DesignRequest
 
 __all__ = ["MatInventMethod", "MatInventParams"]
@@ -124,6 +124,14 @@ class MatInventParams(MethodParams):
         le=10.0,
         description="filter: largest E_hull (eV/atom, the request's stability oracle, after "
         "relaxation when relax) of a crystal that is scored",
+    )
+    relax_steps: int = Field(
+        default=STABILITY_RELAX_STEPS,
+        ge=1,
+        le=1000,
+        description="with relax: FIRE steps at most of the filter's relaxation of every "
+        "generated crystal (the job's own evaluation of the hits keeps the pipeline's "
+        f"{STABILITY_RELAX_STEPS}); fewer screen faster and let fewer crystals through",
     )
     flow_steps: int = Field(
         default=100, ge=2, le=1000, description="Euler steps of the Wyckoff flow"
@@ -299,6 +307,7 @@ class MatInventMethod(DesignMethod):
             device=ctx.device,
             max_energy_above_hull=max_ehull,
             flow_steps=params.flow_steps,
+            relax_steps=params.relax_steps,
             guidance=params.guidance,
             targets=targets,
             seed=request.seed,
@@ -331,6 +340,7 @@ class MatInventMethod(DesignMethod):
                     "filter": {
                         "max_energy_above_hull": max_ehull,
                         "relaxed": request.relax,
+                        "relax_steps": params.relax_steps if request.relax else None,
                         "outcomes": dict(evaluator.reasons),
                         "timings": {k: round(v, 2) for k, v in evaluator.timings.items()},
                     },

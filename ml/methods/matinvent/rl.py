@@ -62,7 +62,8 @@ class Outcome:
     values: dict[str, float | None] = field(default_factory=dict)
     hit: bool = False
     valid: bool = False
-    unique: bool = False  # valid and no earlier generated crystal matches it
+    judged: bool = False  # its uniqueness was judged (valid, and it reached the pipeline)
+    unique: bool = False  # judged, and no earlier generated crystal matches it
     survived: bool = False  # passed the filter (may still be unscored: budget spent)
     reason: str = ""  # why it was filtered out
     objective_loss: float = math.inf
@@ -203,6 +204,7 @@ class MatInventLoop:
         self.unique_hits = 0
         self.generated = 0
         self.unique_valid = 0
+        self.judged = 0
         self.best_loss: float | None = None
         self.timings = {"sample_s": 0.0, "evaluate_s": 0.0, "update_s": 0.0}
         self.history: list[IterationStats] = []
@@ -240,6 +242,7 @@ class MatInventLoop:
             self.unique_hits += len(hits)
             self.generated += len(samples)
             self.unique_valid += sum(o.unique for o in outcomes)
+            self.judged += sum(o.judged for o in outcomes)
             for k in scored:
                 loss_k = outcomes[k].objective_loss
                 if math.isfinite(loss_k) and (self.best_loss is None or loss_k < self.best_loss):
@@ -320,8 +323,8 @@ class MatInventLoop:
 
     def summary(self) -> dict[str, Any]:
         """Budget, oracle calls, unique hits, burden (oracle calls per unique hit; None
-        without hits), diversity ratio (unique valid crystals per crystal generated) and the
-        per-iteration curves."""
+        without hits), diversity ratio (unique crystals among the valid ones whose uniqueness
+        was judged) and the per-iteration curves."""
         calls, hits = self.oracle_calls, self.unique_hits
         return {
             "oracle_call_budget": self.config.oracle_call_budget,
@@ -329,10 +332,9 @@ class MatInventLoop:
             "unique_hits": hits,
             "burden": round(calls / hits, 3) if hits else None,
             "generated": self.generated,
+            "judged": self.judged,
             "unique_valid": self.unique_valid,
-            "diversity_ratio": round(self.unique_valid / self.generated, 4)
-            if self.generated
-            else None,
+            "diversity_ratio": round(self.unique_valid / self.judged, 4) if self.judged else None,
             "distinct_formulas_scored": len(self.diversity.counts),
             "iterations": len(self.history),
             "fine_tuned": self.config.learn,
