@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--budget", type=int, default=1000, help="oracle calls per run")
-    p.add_argument("--batch", type=int, default=64, help="templates per iteration")
+    p.add_argument("--batch", type=int, default=32, help="templates per iteration (paper: 32)")
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--deadline-s", type=float, default=250.0, help="wall time of the runs")
     p.add_argument("--relax", action="store_true", help="relax before the E_hull filter")
