@@ -85,6 +85,23 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "params": {"steps": 300},
         },
     },
+    "matinvent": {
+        "summary": "matinvent: wide-gap crystals (3 ± 0.25 eV) within 512 oracle calls",
+        "description": "Reinforcement-learning fine-tuning of the template policy toward the "
+        "objective; the job ends at the oracle-call budget or at num_candidates hits. Needs "
+        "its trained weights (matinvent-prior.pt, conditional-wyckoff.pt).",
+        "value": {
+            "method": "matinvent",
+            "objectives": [
+                {"property": "band_gap", "goal": "target", "value": 3.0, "tolerance": 0.25}
+            ],
+            "constraints": {"max_atoms": 20},
+            "num_candidates": 64,
+            "relax": False,
+            "seed": 0,
+            "params": {"oracle_call_budget": 512, "batch_size": 64},
+        },
+    },
 }
 
 

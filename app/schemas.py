@@ -33,6 +33,11 @@ class JobProgress(BaseModel):
         description="Sharded jobs only: shard tasks in all (total) and by state (queued, "
         "running, done, cancelled, failed).",
     )
+    detail: dict[str, Any] | None = Field(
+        default=None,
+        description="The method's own latest figures, when it reports any (e.g. matinvent: "
+        "iteration, mean reward, hits and oracle calls so far).",
+    )
 
 
 class JobOut(BaseModel):
@@ -58,7 +63,9 @@ class JobOut(BaseModel):
     error: str | None = Field(description="Why it failed (failed jobs only).")
     summary: dict[str, Any] | None = Field(
         description="When finished: counts and rates (n_candidates, n_valid, n_hits, "
-        "hit_rate, sun_rate, ...), best value per objective, timings (s), seed and versions."
+        "hit_rate, sun_rate, ...), best value per objective, timings (s), seed and versions; "
+        "method_summary: the method's own figures about its run, when it reports any (e.g. "
+        "matinvent: oracle calls, unique hits, burden, reward curves)."
     )
     attempts: int = Field(
         description="How often a worker started this job (count; >1 after a crash)."

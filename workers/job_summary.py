@@ -43,13 +43,20 @@ class ProgressReporter:
         self.current: dict[str, Any] = {}
 
     def report(
-        self, phase: str, step: int, total: int, best: float | None, force: bool = False
+        self,
+        phase: str,
+        step: int,
+        total: int,
+        best: float | None,
+        force: bool = False,
+        detail: dict[str, Any] | None = None,
     ) -> None:
         if best is None:
             best = self.current.get("best")
-        self.current = clean_json(
-            {**self.current, "phase": phase, "step": step, "total": total, "best": best}
-        )
+        current = {**self.current, "phase": phase, "step": step, "total": total, "best": best}
+        if detail is not None:
+            current["detail"] = detail  # the method's latest figures, kept until replaced
+        self.current = clean_json(current)
         now = time.monotonic()
         if force or phase != self._phase or now - self._last >= self.interval:
             self.lease.write(progress=self.current)
@@ -88,10 +95,12 @@ def finish_summary(
     method_info: dict[str, Any],
     t_start: float,
     generation: Generation | None = None,
+    method_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Rank every stored candidate of the job and summarise; ``_ranks`` maps row id -> rank,
     ``_hits`` row id -> hit for the rows whose hit changed once judged over the whole job
-    (minimize/maximize objectives: top decile of the job)."""
+    (minimize/maximize objectives: top decile of the job). ``method_summary``: what the
+    method reported about its run (:attr:`MethodContext.summary`), kept as is."""
     reporter.report(
         "ranking", reporter.current.get("step", 0), request.num_candidates, None, force=True
     )
@@ -110,6 +119,8 @@ def finish_summary(
             oracles.setdefault(prop, {"oracle": sc.oracle, "version": sc.version})
     if generation is not None:
         summary.update(_generation_summary(request, generation, summary["n_candidates"]))
+    if method_summary:
+        summary["method_summary"] = method_summary
     summary.update(
         {
             "seed": request.seed,

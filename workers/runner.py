@@ -107,6 +107,7 @@ def _run(
     request: DesignRequest | None = None
     generation: Generation | None = None
     method_info: dict[str, Any] = {"name": job.method}
+    ctx: MethodContext | None = None
     if job.started_at is not None:
         timer.add("queued_s", max((job.started_at - job.created_at).total_seconds(), 0.0))
     try:
@@ -131,7 +132,9 @@ def _run(
             for event in timed_events(gen, timer):
                 lease.checkpoint()
                 if isinstance(event, Progress):
-                    reporter.report(event.phase, event.step, event.total, event.best)
+                    reporter.report(
+                        event.phase, event.step, event.total, event.best, detail=event.detail
+                    )
                     continue
                 generation.n_generated += len(event)
                 fresh = [c for c in event if pipeline.fingerprint(c.crystal) not in stored]
@@ -146,7 +149,10 @@ def _run(
         finally:
             gen.close()
         lease.checkpoint()
-        summary = finish_summary(store, request, reporter, timer, method_info, t_start, generation)
+        method_summary = ctx.summary if ctx is not None else None
+        summary = finish_summary(
+            store, request, reporter, timer, method_info, t_start, generation, method_summary
+        )
         store.write_ranks(
             summary.pop("_ranks"),
             hits=summary.pop("_hits"),
@@ -165,7 +171,16 @@ def _run(
             return _fail(lease, f"time limit: job ran longer than {settings.job_time_limit_s:g} s")
         # Keep what was found so far, ranked, with a summary of it.
         summary = (
-            finish_summary(store, request, reporter, timer, method_info, t_start, generation)
+            finish_summary(
+                store,
+                request,
+                reporter,
+                timer,
+                method_info,
+                t_start,
+                generation,
+                ctx.summary if ctx is not None else None,
+            )
             if request
             else {}
         )

@@ -78,7 +78,8 @@ def shard_ranges(n: int, size: int) -> list[tuple[int, int]]:
 
 def wants_shards(job: Job, db: Database, settings: Settings) -> bool:
     """Whether this job runs as shards: a Celery job at or above the size threshold without
-    a stability limit, or any job that already has shard rows (a resumed sharded job)."""
+    a stability limit, of a method whose candidate stream can be cut (``shardable``), or any
+    job that already has shard rows (a resumed sharded job)."""
     if settings.embedded:
         return False
     with db.session() as s:
@@ -90,8 +91,13 @@ def wants_shards(job: Job, db: Database, settings: Settings) -> bool:
         request = DesignRequest.model_validate(job.request)
     except Exception:
         return False  # the whole-job path fails it with the validation error
+    try:
+        shardable = get_method(request.method).shardable
+    except KeyError:
+        shardable = True  # unknown method: the whole-job path fails it readably
     return (
-        request.num_candidates >= settings.shard_min_candidates
+        shardable
+        and request.num_candidates >= settings.shard_min_candidates
         and request.num_candidates > settings.shard_candidates
         and request.constraints.max_energy_above_hull is None
     )

@@ -48,6 +48,8 @@ class Progress:
     step: int
     total: int
     best: float | None = None
+    # The method's own figures for this step (e.g. MatInvent's reward, hits, oracle calls).
+    detail: dict[str, Any] | None = None
 
 
 @dataclass
@@ -58,6 +60,9 @@ class MethodContext:
     should_cancel: Callable[[], bool] = lambda: False
     # Oracles are created lazily and cached per process by the registry; methods ask by name.
     extra: dict[str, Any] = field(default_factory=dict)
+    # Figures the method reports about its whole run (e.g. oracle calls and burden); the
+    # runner adds them to the job summary as ``method_summary``.
+    summary: dict[str, Any] = field(default_factory=dict)
 
     def check_cancelled(self) -> None:
         if self.should_cancel():
@@ -76,6 +81,9 @@ class DesignMethod(ABC):
     version: ClassVar[str]
     description: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
+    # Whether a large job may be split into shards that each rerun the method with the same
+    # seed and keep a slice of its stream; not for a method that learns while it runs.
+    shardable: ClassVar[bool] = True
 
     def validate(self, request: DesignRequest) -> MethodParams:
         """Validate ``request.params`` (pydantic errors name the field) and method-specific
@@ -87,6 +95,11 @@ class DesignMethod(ABC):
         self, request: DesignRequest, params: MethodParams, ctx: MethodContext
     ) -> Iterator[MethodEvent]:
         """Yield :class:`Progress` events and batches (lists) of :class:`Candidate`."""
+
+    def missing_weights(self) -> list[str]:
+        """What this method cannot run without on this server, in words (empty: ready). A
+        method with missing weights refuses requests in :meth:`validate` (422), saying so."""
+        return []
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ _METHODS: dict[str, str] = {
     "cliqueflowmer": "ml.methods.cliqueflowmer.method:CliqueFlowmerMethod",
     "conditional": "ml.methods.conditional.method:ConditionalMethod",
     "crystal_gfn": "ml.methods.crystal_gfn.method:CrystalGFNMethod",
+    "matinvent": "ml.methods.matinvent.method:MatInventMethod",
 }
 
 

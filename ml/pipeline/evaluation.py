@@ -51,7 +51,7 @@ def _nan_to_none(value: float) -> float | None:
 
 
 def _relax(
-    crystals: list[Crystal], device: str | None, model: str
+    crystals: list[Crystal], device: str | None, model: str, steps: int = STABILITY_RELAX_STEPS
 ) -> list[tuple[Crystal | None, float | None, dict[str, Any]]]:
     """(relaxed crystal or None, energy per atom or None, meta) per crystal, all relaxed
     together by ``model``."""
@@ -61,7 +61,7 @@ def _relax(
     results = relax_crystals(
         crystals,
         fmax=STABILITY_RELAX_FMAX,
-        steps=STABILITY_RELAX_STEPS,
+        steps=steps,
         device=device,
         model=model,
     )
@@ -88,11 +88,14 @@ def evaluate_candidates(
     previous: Sequence[Crystal] = (),
     device: str | None = None,
     timings: dict[str, float] | None = None,
+    relax_steps: int = STABILITY_RELAX_STEPS,
 ) -> list[ScoredCandidate]:
     """Check, (optionally) relax, score and evaluate one batch of candidates.
 
     ``timings``: when given, seconds per phase are added to it (``validity_s``, ``relax_s``,
     ``oracles_s``, ``hull_s``, ``uniqueness_s``, ``novelty_s``), for job summaries.
+    ``relax_steps``: FIRE steps at most (the job's protocol is ``STABILITY_RELAX_STEPS``; a
+    method screening many crystals itself may bound them lower, and says so).
 
     ``previous`` holds the crystals already kept by the same job (uniqueness is judged against
     them and against earlier candidates of this batch). Ranks are not assigned here.
@@ -141,7 +144,7 @@ def evaluate_candidates(
     # Relaxation (optional), then the crystal each candidate is scored and judged on.
     energies: dict[int, float | None] = {}
     if request.relax:
-        relaxed = _relax([out[i].crystal for i in eligible], device, energy_model)
+        relaxed = _relax([out[i].crystal for i in eligible], device, energy_model, relax_steps)
         for i, (crystal, energy, meta) in zip(eligible, relaxed, strict=True):
             out[i].relaxed = crystal
             out[i].meta.update(meta)
@@ -198,7 +201,7 @@ def evaluate_candidates(
     # Energy above hull from the same energies, against the model's own relaxed-reference hull.
     hull = _reference_hull(energy_model)
     protocol = (
-        f"relaxed (FIRE, fmax {STABILITY_RELAX_FMAX} eV/A, <= {STABILITY_RELAX_STEPS} steps)"
+        f"relaxed (FIRE, fmax {STABILITY_RELAX_FMAX} eV/A, <= {relax_steps} steps)"
         if request.relax
         else "unrelaxed"
     )

@@ -273,7 +273,13 @@ def test_openapi_fields_described_enums_from_registries_and_examples(client: Tes
 
 @pytest.mark.parametrize("method", sorted(EXAMPLES))
 def test_every_method_example_is_accepted(client: TestClient, method: str) -> None:
+    from ml.methods.registry import get_method
+
     r = client.post("/v1/jobs", json=EXAMPLES[method]["value"])
+    if get_method(method).missing_weights():
+        # Not trained yet on this server: refused at submission, saying what is missing.
+        assert r.status_code == 422 and "not installed" in r.text, r.text
+        return
     assert r.status_code == 202, r.text
     assert r.json()["method"] == method
 

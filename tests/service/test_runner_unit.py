@@ -40,6 +40,7 @@ class FakeParams(MethodParams):
     batch: int = 2
     crash_after: int | None = None  # batches
     fail: bool = False
+    report: bool = False  # progress details and a method summary
 
 
 class FakeMethod(DesignMethod):
@@ -61,7 +62,10 @@ class FakeMethod(DesignMethod):
                 raise Crash()
             if FakeMethod.hook is not None:
                 FakeMethod.hook(b // params.batch)
-            yield Progress("making", b, n)
+            detail = {"batch": b // params.batch} if params.report else None
+            yield Progress("making", b, n, detail=detail)
+            if params.report:
+                ctx.summary["batches"] = b // params.batch + 1
             yield [
                 Candidate(
                     crystal=_rocksalt(4.0 + 0.05 * i + 0.001 * request.seed), method_score=float(i)
@@ -191,6 +195,36 @@ def test_job_succeeds_ranked_with_summary(db: Database, settings: Settings, scor
     assert s["versions"]["oracles"]["band_gap"] == {"oracle": "fake-gap", "version": "0"}
     assert s["seed"] == 0 and s["timings"]["total_s"] > 0
     assert job.progress["phase"] == "done" and job.progress["stored"] == 6
+
+
+def test_method_figures_reach_progress_and_summary(
+    db: Database, settings: Settings, scoring: Any
+) -> None:
+    job_id = _submit(db, n=6, batch=2, report=True)
+    assert execute_job(job_id, db, settings, worker="t") == "succeeded"
+    job = _job(db, job_id)
+    assert job.summary["method_summary"] == {"batches": 3}
+    assert job.progress["detail"] == {"batch": 2}  # the latest, kept through later phases
+    # A method that reports nothing adds no key.
+    plain = _submit(db, n=2)
+    assert execute_job(plain, db, settings, worker="t") == "succeeded"
+    assert "method_summary" not in _job(db, plain).summary
+    assert "detail" not in _job(db, plain).progress
+
+
+def test_a_method_that_is_not_shardable_runs_whole(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import shards
+
+    job = _job(db, _submit(db, n=10))
+    celery = settings.model_copy(
+        update={"broker_url": "redis://unused", "shard_min_candidates": 4, "shard_candidates": 2}
+    )
+    monkeypatch.setattr(shards, "get_method", lambda name: FakeMethod())
+    assert shards.wants_shards(job, db, celery)
+    monkeypatch.setattr(FakeMethod, "shardable", False)  # e.g. matinvent: it learns as it runs
+    assert not shards.wants_shards(job, db, celery)
 
 
 def test_resume_after_worker_death_stores_no_duplicates(
