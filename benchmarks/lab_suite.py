@@ -2,7 +2,7 @@
 
 Each request goes through the job runner's path without the database: the method's
 ``validate`` (a method that rejects a request is skipped, with its reason), generation with
-the runner's over-generation rule (:func:`workers.runner._generation_request`), batches
+the runner's over-generation rule (:func:`ml.pipeline.generation.generation_request`), batches
 evaluated by :func:`ml.pipeline.evaluate_candidates` against the job's earlier crystals,
 then :func:`ml.pipeline.apply_final_hits`, :func:`ml.pipeline.rank_candidates` and
 :func:`ml.pipeline.summarize` over the whole job, as ``workers.runner`` does.
@@ -43,12 +43,12 @@ from ml.evaluation.novelty import get_reference_set
 from ml.evaluation.uniqueness import PreparedStructure, prepare
 from ml.methods.base import MethodContext, Progress, RequestError
 from ml.methods.registry import get_method
+from ml.pipeline.generation import Generation, generation_request
 from ml.request import DesignRequest
 from ml.settings import get_ml_settings
-from workers.runner import Generation, _generation_request
 
 SUITE_VERSION = "1"
-METHODS = ("substitution", "smoacs", "conditional", "cliqueflowmer", "crystal_gfn")
+METHODS = ("substitution", "smoacs", "conditional", "cliqueflowmer", "crystal_gfn", "matinvent")
 TOXIC = ["Pb", "Cd", "Hg", "As", "Tl", "Be"]
 
 _EFORM_OK = {"property": "formation_energy", "goal": "below", "value": -0.5}
@@ -167,7 +167,7 @@ def run_job(
     generation counts. Raises RequestError when the method rejects the request."""
     method = get_method(request.method)
     params = method.validate(request)
-    gen_request = _generation_request(request)
+    gen_request = generation_request(request)
     generation = Generation(budget=gen_request.num_candidates)
     limit = request.constraints.max_energy_above_hull
     kept: list[pipeline.ScoredCandidate] = []

@@ -6,29 +6,15 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from app import __version__
 from ml import pipeline
+from ml.pipeline.generation import EHULL_OVERSAMPLE, Generation
 from ml.request import DesignRequest
 from workers.lease import JobLease
 from workers.store import StructureStore, clean_json
-
-# How many candidates the method is asked for per requested one when a stability limit will
-# reject some: the job is full when at least a quarter of the method's crystals meet it.
-EHULL_OVERSAMPLE = 4
-
-
-@dataclass
-class Generation:
-    """Counts of this attempt for the summary (a resumed job recounts from its restart)."""
-
-    budget: int  # candidates asked of the method
-    n_generated: int = 0  # yielded by the method
-    n_evaluated: int = 0  # scored by the pipeline (new ones only)
-    n_rejected: int = 0  # dropped for breaking constraints.max_energy_above_hull
-    exhausted: bool = False  # the method stopped before the job had enough
 
 
 class ProgressReporter:

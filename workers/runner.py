@@ -26,11 +26,10 @@ from app.settings import Settings
 from ml import pipeline
 from ml.methods.base import Cancelled, Candidate, MethodContext, Progress, RequestError
 from ml.methods.registry import get_method
-from ml.request import MAX_CANDIDATES, DesignRequest
+from ml.pipeline.generation import Generation, generation_request
+from ml.request import DesignRequest
 from ml.settings import get_ml_settings
 from workers.job_summary import (
-    EHULL_OVERSAMPLE,
-    Generation,
     PhaseTimer,
     ProgressReporter,
     finish_summary,
@@ -42,14 +41,6 @@ from workers.runtime import interrupted
 from workers.store import StructureStore, clean_json
 
 log = logging.getLogger(__name__)
-
-
-def _generation_request(request: DesignRequest) -> DesignRequest:
-    """The request the method runs: over-generating when a stability limit will reject."""
-    if request.constraints.max_energy_above_hull is None:
-        return request
-    budget = min(MAX_CANDIDATES, request.num_candidates * EHULL_OVERSAMPLE)
-    return request.model_copy(update={"num_candidates": budget})
 
 
 def execute_job(job_id: str, db: Database, settings: Settings, *, worker: str) -> str:
@@ -125,7 +116,7 @@ def _run(
         kept = len(previous)
         reporter.report("starting", 0, request.num_candidates, None, force=True)
         ctx = MethodContext(device=device, should_cancel=lease.should_cancel)
-        gen_request = _generation_request(request)
+        gen_request = generation_request(request)
         generation = Generation(budget=gen_request.num_candidates)
         gen = method.run(gen_request, params, ctx)
         try:

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from workers.job_summary import EHULL_OVERSAMPLE
+from ml.pipeline.generation import EHULL_OVERSAMPLE
 
 from .conftest import FAST, SMALL_JOB, finished, wait_for
 

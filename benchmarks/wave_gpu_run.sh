@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Several benchmarks in one lent-GPU call, side by side on the one GPU (the call's 64 MiB and
+# the session's device time are what limit GPU work here, not the H200):
+#   - Crystal-GFN (issue 17): benchmarks/crystal_gfn_gpu_run.sh with a proxy and a GFlowNet
+#     trained beforehand (PROXY, GFN): 10,000 samples and the oracle rows on relaxed crystals;
+#   - MatInvent (issue 16): benchmarks/matinvent_gpu_run.sh, prior pretrained here
+#     ($MI_MINUTES; its 7 MiB do not fit the call's carry), then the four Table 1 tasks;
+#   - the lab suite (issue 12): one benchmarks/lab_suite.py process per method in $LAB_METHODS,
+#     relaxed and judged by the GPU default (SevenNet-l3i5), the band-gap requests first.
+# Each part writes under $OUT/<part>/ as it goes; all stop by $CALL_S seconds.
+#   carry: .whl (sevenn stripped of SevenNet-0; no sqlalchemy needed) .devpack .cache/conditional
+set -uo pipefail
+T0=$(date +%s)
+source benchmarks/gpu_env.sh || exit 1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+OUT=${OUT:-/tmp/out}; CALL_S=${CALL_S:-390}
+LAB_METHODS=${LAB_METHODS:-substitution,smoacs,conditional}; LAB_N=${LAB_N:-16}
+LAB_REQUESTS=${LAB_REQUESTS:-gap1.5_eform_nontoxic,gap3.0_eform_nontoxic,known_ZnO_186,known_MgAl2O4_227,eform_below_-2.5,LiMnO_min_ehull,known_TiO2_136,known_LiFePO4_62,density_11,hhi_below_1250,perovskite_gap2.0}
+left() { echo $(( CALL_S - ($(date +%s) - T0) )); }
+mkdir -p "$OUT/lab" "$OUT/gfn" "$OUT/mi"
+nvidia-smi -L > "$OUT/device.txt" 2>&1
+echo "setup done at $(( $(date +%s) - T0 )) s" >> "$OUT/device.txt"
+if [ -n "${PROXY:-}" ]; then
+  (OUT=$OUT/gfn LIMIT_S=$(( $(left) - 10 )) WORKERS=4 bash benchmarks/crystal_gfn_gpu_run.sh \
+    > "$OUT/gfn/run.log" 2>&1) &
+fi
+if [ -n "${MI_MINUTES:-}" ]; then
+  (OUT=$OUT/mi MINUTES=$MI_MINUTES STEPS=pretrain,bench CALL_S=$(( $(left) - 10 )) WORKERS=6 \
+    bash benchmarks/matinvent_gpu_run.sh > "$OUT/mi/run.log" 2>&1) &
+fi
+for m in ${LAB_METHODS//,/ }; do
+  (timeout $(( $(left) - 10 )) python3 benchmarks/lab_suite.py --device cuda --relax --n "$LAB_N" \
+    --methods "$m" --requests "$LAB_REQUESTS" --out "$OUT/lab/lab_$m.json" \
+    > "$OUT/lab/lab_$m.log" 2>&1) &
+done
+wait
+echo "all done at $(( $(date +%s) - T0 )) s" >> "$OUT/device.txt"
+cat "$OUT/device.txt"; grep -h "sun_hit" "$OUT"/lab/*.log | cut -c1-200
+tail -n 4 "$OUT/gfn/run.log" "$OUT/mi/run.log" 2>/dev/null
