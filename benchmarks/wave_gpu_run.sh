@@ -7,33 +7,36 @@
 #     ($MI_MINUTES; its 7 MiB do not fit the call's carry), then the four Table 1 tasks;
 #   - the lab suite (issue 12): one benchmarks/lab_suite.py process per method in $LAB_METHODS,
 #     relaxed and judged by the GPU default (SevenNet-l3i5), the band-gap requests first.
-# Each part writes under $OUT/<part>/ as it goes; all stop by $CALL_S seconds.
+# Each part writes under $WORK/<part>/ as it goes; all stop by $CALL_S seconds. Only 8 files
+# come back from $OUT (device README, Limits): everything is packed into $OUT/wave.tar.gz
+# (a first run lost MatInvent's results and two lab-suite tables to that limit).
 #   carry: .whl (sevenn stripped of SevenNet-0; no sqlalchemy needed) .devpack .cache/conditional
 set -uo pipefail
 T0=$(date +%s)
 source benchmarks/gpu_env.sh || exit 1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-OUT=${OUT:-/tmp/out}; CALL_S=${CALL_S:-390}
+OUT=${OUT:-/tmp/out}; CALL_S=${CALL_S:-390}; WORK=/tmp/wave
 LAB_METHODS=${LAB_METHODS:-substitution,smoacs,conditional}; LAB_N=${LAB_N:-16}
 LAB_REQUESTS=${LAB_REQUESTS:-gap1.5_eform_nontoxic,gap3.0_eform_nontoxic,known_ZnO_186,known_MgAl2O4_227,eform_below_-2.5,LiMnO_min_ehull,known_TiO2_136,known_LiFePO4_62,density_11,hhi_below_1250,perovskite_gap2.0}
 left() { echo $(( CALL_S - ($(date +%s) - T0) )); }
-mkdir -p "$OUT/lab" "$OUT/gfn" "$OUT/mi"
-nvidia-smi -L > "$OUT/device.txt" 2>&1
-echo "setup done at $(( $(date +%s) - T0 )) s" >> "$OUT/device.txt"
+mkdir -p "$WORK/lab" "$WORK/gfn" "$WORK/mi"
+nvidia-smi -L > "$WORK/device.txt" 2>&1
+echo "setup done at $(( $(date +%s) - T0 )) s" >> "$WORK/device.txt"
 if [ -n "${PROXY:-}" ]; then
-  (OUT=$OUT/gfn LIMIT_S=$(( $(left) - 10 )) WORKERS=4 bash benchmarks/crystal_gfn_gpu_run.sh \
-    > "$OUT/gfn/run.log" 2>&1) &
+  (OUT=$WORK/gfn LIMIT_S=$(( $(left) - 10 )) WORKERS=4 bash benchmarks/crystal_gfn_gpu_run.sh \
+    > "$WORK/gfn/run.log" 2>&1) &
 fi
 if [ -n "${MI_MINUTES:-}" ]; then
-  (OUT=$OUT/mi MINUTES=$MI_MINUTES STEPS=pretrain,bench CALL_S=$(( $(left) - 10 )) WORKERS=6 \
-    bash benchmarks/matinvent_gpu_run.sh > "$OUT/mi/run.log" 2>&1) &
+  (OUT=$WORK/mi MINUTES=$MI_MINUTES STEPS=pretrain,bench CALL_S=$(( $(left) - 10 )) WORKERS=6 \
+    bash benchmarks/matinvent_gpu_run.sh > "$WORK/mi/run.log" 2>&1) &
 fi
 for m in ${LAB_METHODS//,/ }; do
   (timeout $(( $(left) - 10 )) python3 benchmarks/lab_suite.py --device cuda --relax --n "$LAB_N" \
-    --methods "$m" --requests "$LAB_REQUESTS" --out "$OUT/lab/lab_$m.json" \
-    > "$OUT/lab/lab_$m.log" 2>&1) &
+    --methods "$m" --requests "$LAB_REQUESTS" --out "$WORK/lab/lab_$m.json" \
+    > "$WORK/lab/lab_$m.log" 2>&1) &
 done
 wait
-echo "all done at $(( $(date +%s) - T0 )) s" >> "$OUT/device.txt"
-cat "$OUT/device.txt"; grep -h "sun_hit" "$OUT"/lab/*.log | cut -c1-200
-tail -n 4 "$OUT/gfn/run.log" "$OUT/mi/run.log" 2>/dev/null
+echo "all done at $(( $(date +%s) - T0 )) s" >> "$WORK/device.txt"
+cat "$WORK/device.txt"; grep -h "sun_hit" "$WORK"/lab/*.log | cut -c1-200
+tail -n 4 "$WORK/gfn/run.log" "$WORK/mi/run.log" 2>/dev/null
+tar -C "$WORK" -czf "$OUT/wave.tar.gz" . && ls -la "$OUT"
