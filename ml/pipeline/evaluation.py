@@ -50,6 +50,11 @@ def _nan_to_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+# Below any compound's total energy per atom in MP (PBE, the lowest near -13 eV/atom), and so
+# in the energy models trained on it: a relaxed energy under it is a runaway, not a result.
+RELAXED_ENERGY_FLOOR = -20.0
+
+
 def _relax(
     crystals: list[Crystal], device: str | None, model: str, steps: int = STABILITY_RELAX_STEPS
 ) -> list[tuple[Crystal | None, float | None, dict[str, Any]]]:
@@ -70,6 +75,15 @@ def _relax(
         energy = _nan_to_none(res.energy_per_atom)
         if energy is None:
             meta["relax_error"] = f"{model} relaxation failed (no finite energy)"
+            out.append((None, None, meta))
+            continue
+        if energy < RELAXED_ENERGY_FLOOR:
+            # A potential driven outside its training data (atoms collapsing) can descend
+            # without bound while the cell still passes the distance checks.
+            meta["relax_error"] = (
+                f"{model} relaxation ran away ({energy:.1f} eV/atom, below "
+                f"{RELAXED_ENERGY_FLOOR:g})"
+            )
             out.append((None, None, meta))
             continue
         validity = check_validity(res.crystal)

@@ -188,3 +188,21 @@ def test_stability_limit_is_a_constraint() -> None:
     assert far.meta["violations"] == ["max_energy_above_hull"]
     assert not far.flags["constraints"] and not far.flags["hit"]
     assert summarize([ref, far], request)["n_constraints_ok"] == 1
+
+
+def test_a_runaway_relaxation_is_a_failed_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relaxed energy below any real compound's (seen: -6,000 eV/atom from a cell whose atoms
+    collapsed) is reported as a relaxation error, not scored; a sane one passes."""
+    import ml.oracles.relax as relax_mod
+    from ml.oracles.batch_relax import RelaxResult
+    from ml.pipeline.evaluation import _relax
+
+    rocksalt = Crystal(np.eye(3) * 4.6, [[0, 0, 0], [0.5, 0.5, 0.5]], [11, 17])
+
+    def fake_relax(crystals, **_: object) -> list[RelaxResult]:
+        return [RelaxResult(c, e, True, 10) for c, e in zip(crystals, (-3.4, -6278.5), strict=True)]
+
+    monkeypatch.setattr(relax_mod, "relax_crystals", fake_relax)
+    (ok, e_ok, meta_ok), (bad, e_bad, meta_bad) = _relax([rocksalt, rocksalt], "cpu", "chgnet")
+    assert ok is not None and e_ok == -3.4 and "relax_error" not in meta_ok
+    assert bad is None and e_bad is None and "ran away" in meta_bad["relax_error"]
