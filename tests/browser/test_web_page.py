@@ -224,7 +224,8 @@ def test_field_errors_resubmit_and_cancel(
 
 
 def _finished_job(server: Server, label: str) -> str:
-    """A job with this label, cancelled (a finished state) before it gets far."""
+    """A finished job with this label: cancelled before it gets far, or done already (a job
+    whose method finds no parent ends in a fraction of a second, before the cancel lands)."""
     headers = {"X-API-Key": server.key}
     request = {
         "method": "substitution",
@@ -239,10 +240,10 @@ def _finished_job(server: Server, label: str) -> str:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         state = httpx.get(f"{server.url}/v1/jobs/{job['id']}", headers=headers).json()
-        if state["status"] == "cancelled":
+        if state["status"] in ("cancelled", "succeeded", "failed"):
             return str(job["id"])
         time.sleep(0.3)
-    raise AssertionError(f"job not cancelled: {state}")
+    raise AssertionError(f"job not finished: {state}")
 
 
 def test_labels_filter_and_delete_from_the_page(
