@@ -59,3 +59,30 @@ def shutdown_pools() -> None:
     for pool in _POOLS.values():
         pool.shutdown()
     _POOLS.clear()
+
+
+def insert_queued_job(db: Any, request: Any, owner: str) -> str:
+    """A queued job row for ``request`` (a DesignRequest) in ``db`` (an ``app.db.Database``,
+    tables created here), as the API would store it; returns the job id. Benchmarks use it to
+    run a job through ``workers.runner.execute_job`` without the API."""
+    import uuid
+
+    from app.db import utcnow
+    from app.jobs import request_hash
+    from app.models import QUEUED, Base, Job
+
+    Base.metadata.create_all(db.engine)
+    job_id = str(uuid.uuid4())
+    with db.session() as s:
+        s.add(
+            Job(
+                id=job_id,
+                owner=owner,
+                status=QUEUED,
+                method=request.method,
+                request=request.model_dump(mode="json"),
+                request_hash=request_hash(request),
+                created_at=utcnow(),
+            )
+        )
+    return job_id

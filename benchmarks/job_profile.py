@@ -55,9 +55,10 @@ def job_request(method: str, n: int, relax: bool, seed: int) -> dict[str, Any]:
 
 def run_job(request: dict[str, Any], workdir: Path, top: int) -> dict[str, Any]:
     """One job through the runner on a fresh SQLite file; summary timings and profile."""
-    from app.db import Database, utcnow
-    from app.jobs import request_hash
-    from app.models import QUEUED, Base, Job
+    from common import insert_queued_job  # benchmarks/common.py
+
+    from app.db import Database
+    from app.models import Job
     from app.settings import Settings
     from ml.request import DesignRequest
     from workers.runner import execute_job
@@ -67,21 +68,8 @@ def run_job(request: dict[str, Any], workdir: Path, top: int) -> dict[str, Any]:
         database_url=f"sqlite:///{path}", worker_warm_up=False, job_time_limit_s=3600
     )
     db = Database(settings.database_url)
-    Base.metadata.create_all(db.engine)
     req = DesignRequest.model_validate(request)
-    job_id = str(uuid.uuid4())
-    with db.session() as s:
-        s.add(
-            Job(
-                id=job_id,
-                owner="profile",
-                status=QUEUED,
-                method=req.method,
-                request=req.model_dump(mode="json"),
-                request_hash=request_hash(req),
-                created_at=utcnow(),
-            )
-        )
+    job_id = insert_queued_job(db, req, owner="profile")
     prof = cProfile.Profile()
     t = time.perf_counter()
     outcome = prof.runcall(execute_job, job_id, db, settings, worker="profile")

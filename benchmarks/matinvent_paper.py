@@ -215,11 +215,11 @@ def _figures(summary: dict[str, Any]) -> dict[str, Any]:
 def run_job(args: argparse.Namespace) -> dict[str, Any]:
     """One matinvent job through ``workers.runner.execute_job`` on a scratch SQLite file."""
     import tempfile
-    import uuid
 
-    from app.db import Database, utcnow
-    from app.jobs import request_hash
-    from app.models import QUEUED, Base, Job, Structure
+    from common import insert_queued_job  # benchmarks/common.py
+
+    from app.db import Database
+    from app.models import Job, Structure
     from app.settings import Settings
     from ml.request import DesignRequest
     from workers.runner import execute_job
@@ -235,20 +235,7 @@ def run_job(args: argparse.Namespace) -> dict[str, Any]:
             job_time_limit_s=int(args.job_deadline_s),
         )
         db = Database(settings.database_url)
-        Base.metadata.create_all(db.engine)
-        job_id = str(uuid.uuid4())
-        with db.session() as s:
-            s.add(
-                Job(
-                    id=job_id,
-                    owner="bench",
-                    status=QUEUED,
-                    method=req.method,
-                    request=req.model_dump(mode="json"),
-                    request_hash=request_hash(req),
-                    created_at=utcnow(),
-                )
-            )
+        job_id = insert_queued_job(db, req, owner="bench")
         t = time.time()
         outcome = execute_job(job_id, db, settings, worker="bench")
         with db.session() as s:
