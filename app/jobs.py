@@ -45,12 +45,15 @@ _ACTIVE = (QUEUED, RUNNING, CANCELLING)
 
 def with_server_defaults(request: DesignRequest, settings: Settings) -> DesignRequest:
     """The request with this server's defaults for the fields it left out (``relax``,
-    ``num_candidates``), so the stored request says what the job ran with."""
+    ``num_candidates``, ``oversample``), so the stored request says what the job ran with."""
     update: dict[str, Any] = {}
     if "relax" not in request.model_fields_set:
         update["relax"] = settings.relax_default
     if "num_candidates" not in request.model_fields_set:
         update["num_candidates"] = settings.num_candidates_default
+    if "oversample" not in request.model_fields_set:
+        n = update.get("num_candidates", request.num_candidates)
+        update["oversample"] = settings.oversample_default(n)
     if not update:
         return request
     # Re-validated rather than model_copy(update=...), so the copy is checked like the input.

@@ -36,6 +36,10 @@ def _complete(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
         request["method"]["enum"] = method_names()
     if "relax" in request:
         request["relax"]["default"] = settings.relax_default
+    if "oversample" in request:
+        request["oversample"]["default"] = settings.oversample_default(
+            settings.num_candidates_default
+        )
     if "num_candidates" in request:
         request["num_candidates"]["default"] = settings.num_candidates_default
         request["num_candidates"]["maximum"] = settings.max_candidates

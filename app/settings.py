@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # Celery (GPU) workers relaxation is on and 64 candidates are the default.
     default_relax: bool | None = None
     default_num_candidates: int | None = Field(default=None, ge=1)
+    # Over-generation factor (DesignRequest.oversample): scoring 4x the candidates costs
+    # seconds on a GPU and buys a best-of-4 selection; on a laptop's CPU it would not.
+    default_oversample: int | None = Field(default=None, ge=1, le=16)  # ml.request.MAX_OVERSAMPLE
 
     # --- liveness -----------------------------------------------------------------------
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
@@ -108,7 +111,7 @@ class Settings(BaseSettings):
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
 
-    @field_validator("default_relax", "default_num_candidates", mode="before")
+    @field_validator("default_relax", "default_num_candidates", "default_oversample", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         # MATDESIGN_DEFAULT_RELAX= (empty) means "fit the deployment", as when unset.
@@ -136,6 +139,17 @@ class Settings(BaseSettings):
         if self.default_num_candidates is not None:
             return min(self.default_num_candidates, self.max_candidates)
         return min(8 if self.embedded else 64, self.max_candidates)
+
+    def oversample_default(self, num_candidates: int) -> int:
+        """A screening-size job (sharded on Celery) returns what it generates; a lab-size
+        job on GPU workers is the best of 4x."""
+        if self.default_oversample is not None:
+            return self.default_oversample
+        if self.embedded or (
+            self.shard_min_candidates and num_candidates >= self.shard_min_candidates
+        ):
+            return 1
+        return 4
 
     @property
     def limits_on(self) -> bool:

@@ -43,7 +43,7 @@ from ml.evaluation.novelty import get_reference_set
 from ml.evaluation.uniqueness import PreparedStructure, prepare
 from ml.methods.base import MethodContext, Progress, RequestError
 from ml.methods.registry import get_method
-from ml.pipeline.generation import Generation, generation_request
+from ml.pipeline.generation import Generation, Selection, generation_request
 from ml.request import DesignRequest
 from ml.settings import get_ml_settings
 
@@ -111,7 +111,9 @@ SUITE: dict[str, dict[str, Any]] = {
 }
 
 
-def build_request(name: str, method: str, n: int, relax: bool, seed: int = 0) -> DesignRequest:
+def build_request(
+    name: str, method: str, n: int, relax: bool, seed: int = 0, oversample: int = 1
+) -> DesignRequest:
     """The suite's request ``name`` for ``method`` (validated as the API would)."""
     spec = SUITE[name]
     return DesignRequest.model_validate(
@@ -121,6 +123,7 @@ def build_request(name: str, method: str, n: int, relax: bool, seed: int = 0) ->
             "num_candidates": n,
             "relax": relax,
             "seed": seed,
+            "oversample": oversample,
             "label": f"lab_suite v{SUITE_VERSION}: {name}",
         }
     )
@@ -168,8 +171,8 @@ def run_job(
     method = get_method(request.method)
     params = method.validate(request)
     gen_request = generation_request(request)
-    generation = Generation(budget=gen_request.num_candidates)
-    limit = request.constraints.max_energy_above_hull
+    selection = Selection(request)
+    generation = Generation(budget=gen_request.num_candidates, oversample=selection.factor)
     kept: list[pipeline.ScoredCandidate] = []
     previous: list[Crystal] = []
     seen: set[str] = set()
@@ -186,25 +189,23 @@ def run_job(
                 if fp not in seen:
                     seen.add(fp)
                     fresh.append(c)
-            remaining = request.num_candidates - len(kept)
-            if limit is None:
-                fresh = fresh[:remaining]
+            fresh = selection.admit(fresh)
             if fresh:
                 scored = pipeline.evaluate_candidates(
                     fresh, request, previous=previous, device=device
                 )
                 generation.n_evaluated += len(scored)
-                if limit is not None:
-                    scored, rejected = pipeline.within_stability_limit(scored, remaining)
-                    generation.n_rejected += rejected
-                kept.extend(scored)
                 previous.extend(s.relaxed or s.crystal for s in scored)
-            if len(kept) >= request.num_candidates:
+                now, rejected = selection.take(scored)
+                generation.n_rejected += rejected
+                kept.extend(now)
+            if selection.full:
                 break
-        else:
-            generation.exhausted = len(kept) < request.num_candidates
     finally:
         gen.close()
+    now, generation.n_not_selected = selection.flush()
+    kept.extend(now)
+    generation.exhausted = not selection.full
     pipeline.apply_final_hits(kept, request)
     ranked = pipeline.rank_candidates(kept)
     return ranked, dict(pipeline.summarize(ranked, request)), generation
@@ -305,6 +306,12 @@ def main() -> None:
     )
     parser.add_argument("--n", type=int, default=16, help="candidates per job")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--oversample",
+        type=int,
+        default=1,
+        help="the requests' over-generation factor: the best n of n x this are returned",
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     parser.add_argument("--requests", default=None, help="comma-separated suite names")
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
@@ -318,7 +325,7 @@ def main() -> None:
         parser.error(f"unknown methods/requests {unknown}; requests: {list(SUITE)}")
     print(
         f"lab suite v{SUITE_VERSION}: {len(names)} requests x {methods}, n={args.n}, "
-        f"relax={args.relax}, device={device}",
+        f"relax={args.relax}, oversample={args.oversample}, device={device}",
         flush=True,
     )
     t = time.perf_counter()
@@ -332,7 +339,7 @@ def main() -> None:
         if target:
             print(f"[{name}] {len(refs)} reference structure(s) of {target[0]} in {target[1]}")
         for method in methods:
-            request = build_request(name, method, args.n, args.relax, args.seed)
+            request = build_request(name, method, args.n, args.relax, args.seed, args.oversample)
             reason = rejection(request)
             if reason is not None:
                 print(f"[{name}] {method}: skipped ({reason})", flush=True)
@@ -387,6 +394,7 @@ def _save(args: argparse.Namespace, device: str, rows: list[dict[str, Any]]) -> 
         "relax": args.relax,
         "n": args.n,
         "seed": args.seed,
+        "oversample": args.oversample,
         "rows": rows,
         "table": markdown_table(rows),
     }

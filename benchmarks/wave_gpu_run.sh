@@ -17,6 +17,9 @@ source benchmarks/gpu_env.sh || exit 1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 OUT=${OUT:-/tmp/out}; CALL_S=${CALL_S:-390}; WORK=/tmp/wave
 LAB_METHODS=${LAB_METHODS:-substitution,smoacs,conditional}; LAB_N=${LAB_N:-16}
+# LAB_SPLIT: processes per method, each with a share of the requests (slow methods: one
+# request each); LAB_ARGS: more lab_suite.py arguments (e.g. --oversample 4).
+LAB_SPLIT=${LAB_SPLIT:-1}; LAB_ARGS=${LAB_ARGS:-}; MI_STEPS=${MI_STEPS:-pretrain,bench}
 LAB_REQUESTS=${LAB_REQUESTS:-gap1.5_eform_nontoxic,gap3.0_eform_nontoxic,known_ZnO_186,known_MgAl2O4_227,eform_below_-2.5,LiMnO_min_ehull,known_TiO2_136,known_LiFePO4_62,density_11,hhi_below_1250,perovskite_gap2.0}
 left() { echo $(( CALL_S - ($(date +%s) - T0) )); }
 mkdir -p "$WORK/lab" "$WORK/gfn" "$WORK/mi"
@@ -27,16 +30,23 @@ if [ -n "${PROXY:-}" ]; then
     > "$WORK/gfn/run.log" 2>&1) &
 fi
 if [ -n "${MI_MINUTES:-}" ]; then
-  (OUT=$WORK/mi MINUTES=$MI_MINUTES STEPS=pretrain,bench CALL_S=$(( $(left) - 10 )) WORKERS=6 \
+  (OUT=$WORK/mi MINUTES=$MI_MINUTES STEPS=$MI_STEPS CALL_S=$(( $(left) - 10 )) WORKERS=6 \
     bash benchmarks/matinvent_gpu_run.sh > "$WORK/mi/run.log" 2>&1) &
 fi
+IFS=, read -r -a reqs <<< "$LAB_REQUESTS"
 for m in ${LAB_METHODS//,/ }; do
-  (timeout $(( $(left) - 10 )) python3 benchmarks/lab_suite.py --device cuda --relax --n "$LAB_N" \
-    --methods "$m" --requests "$LAB_REQUESTS" --out "$WORK/lab/lab_$m.json" \
-    > "$WORK/lab/lab_$m.log" 2>&1) &
+  for ((i = 0; i < LAB_SPLIT; i++)); do
+    share=$(for ((j = i; j < ${#reqs[@]}; j += LAB_SPLIT)); do printf '%s,' "${reqs[j]}"; done)
+    [ -n "$share" ] || continue
+    (timeout $(( $(left) - 10 )) python3 benchmarks/lab_suite.py --device cuda --relax \
+      --n "$LAB_N" --methods "$m" --requests "${share%,}" --out "$WORK/lab/lab_${m}_$i.json" \
+      $LAB_ARGS > "$WORK/lab/lab_${m}_$i.log" 2>&1) &
+  done
 done
 wait
 echo "all done at $(( $(date +%s) - T0 )) s" >> "$WORK/device.txt"
 cat "$WORK/device.txt"; grep -h "sun_hit" "$WORK"/lab/*.log | cut -c1-200
 tail -n 4 "$WORK/gfn/run.log" "$WORK/mi/run.log" 2>/dev/null
+# The Wyckoff decomposition built here (MatInvent's pretraining) saves the next call its time.
+[ -d .cache/conditional ] && cp -r .cache/conditional "$WORK/cache_conditional"
 tar -C "$WORK" -czf "$OUT/wave.tar.gz" . && ls -la "$OUT"

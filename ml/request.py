@@ -24,6 +24,8 @@ CrystalFamily = Literal["perovskite"]
 
 # Hard limits a single job may ask for; the service may lower them through settings.
 MAX_CANDIDATES = 10_000
+# Over-generation beyond this costs more oracle time than the selection gains.
+MAX_OVERSAMPLE = 16
 MAX_ATOMS = 200
 MAX_TEMPLATES = 64
 MAX_TEMPLATE_CIF_CHARS = 200_000
@@ -468,6 +470,20 @@ class DesignRequest(BaseModel):
         "before scoring; slow on CPU. When left out, the server's default "
         "(MATDESIGN_DEFAULT_RELAX: off on the embedded CPU server, on with Celery GPU "
         "workers) is written into the stored request.",
+        json_schema_extra=lambda schema: schema.pop("default", None),
+    )
+    oversample: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_OVERSAMPLE,
+        description="Over-generation factor (count): the method proposes num_candidates x "
+        "oversample crystals, every one is scored by the oracles, and the best num_candidates "
+        "are returned, hits that are metastable, unique and novel first. 1 returns the first "
+        "num_candidates the method proposes. A stability limit "
+        "(constraints.max_energy_above_hull) over-generates at least 4x. When left out, the "
+        "server's default (MATDESIGN_DEFAULT_OVERSAMPLE: 1 on the embedded CPU server, 4 with "
+        "Celery GPU workers below the sharding size, 1 at or above it) is written into the "
+        "stored request.",
         json_schema_extra=lambda schema: schema.pop("default", None),
     )
     seed: int = Field(

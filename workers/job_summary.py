@@ -11,7 +11,7 @@ from typing import Any
 
 from app import __version__
 from ml import pipeline
-from ml.pipeline.generation import EHULL_OVERSAMPLE, Generation
+from ml.pipeline.generation import Generation
 from ml.request import DesignRequest
 from workers.lease import JobLease
 from workers.store import StructureStore, clean_json
@@ -141,7 +141,7 @@ def _generation_summary(
         )
         if limit is not None:
             reason += (
-                f" (asked for {generation.budget}, {EHULL_OVERSAMPLE}x the request), of which "
+                f" (asked for {generation.budget}, {generation.oversample}x the request), of which "
                 f"{generation.n_rejected} were invalid or had energy above hull above "
                 f"{limit:g} eV/atom (or none could be computed)"
             )

@@ -5,11 +5,13 @@ method (from the registry) -> batches of candidates -> common pipeline -> stored
 a bounded rate; cancellation is checked between steps; the job ends ``succeeded``,
 ``failed`` (with a readable error) or ``cancelled``.
 
-With ``constraints.max_energy_above_hull`` the method is asked for ``EHULL_OVERSAMPLE`` times
-the requested number (capped at ``MAX_CANDIDATES``), and only candidates meeting the limit
-are stored, the best of each batch first (pipeline ranking order), until the requested number
-is reached. When the method runs out first, the job returns fewer and the summary's
-``shortfall`` says why; ``generation`` holds the counts.
+Over-generation and selection (``request.oversample``, at least ``EHULL_OVERSAMPLE`` with
+``constraints.max_energy_above_hull``): the method is asked for that many times the requested
+number (capped at ``MAX_CANDIDATES``); S.U.N. hits are stored as they are scored, the rest
+wait in memory and fill the places left, best first, when the method is done
+(:class:`ml.pipeline.generation.Selection`); candidates breaking the stability limit are never
+stored. When the method runs out first, the job returns fewer and the summary's ``shortfall``
+says why; ``generation`` holds the counts.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from app.settings import Settings
 from ml import pipeline
 from ml.methods.base import Cancelled, Candidate, MethodContext, Progress, RequestError
 from ml.methods.registry import get_method
-from ml.pipeline.generation import Generation, generation_request
+from ml.pipeline.generation import Generation, Selection, generation_request
 from ml.request import DesignRequest
 from ml.settings import get_ml_settings
 from workers.job_summary import (
@@ -97,6 +99,8 @@ def _run(
     reporter = ProgressReporter(lease, settings.progress_interval_s)
     request: DesignRequest | None = None
     generation: Generation | None = None
+    selection: Selection | None = None
+    previous: list[Any] = []
     method_info: dict[str, Any] = {"name": job.method}
     ctx: MethodContext | None = None
     if job.started_at is not None:
@@ -117,7 +121,8 @@ def _run(
         reporter.report("starting", 0, request.num_candidates, None, force=True)
         ctx = MethodContext(device=device, should_cancel=lease.should_cancel)
         gen_request = generation_request(request)
-        generation = Generation(budget=gen_request.num_candidates)
+        selection = Selection(request, kept=kept)
+        generation = Generation(budget=gen_request.num_candidates, oversample=selection.factor)
         gen = method.run(gen_request, params, ctx)
         try:
             for event in timed_events(gen, timer):
@@ -129,17 +134,17 @@ def _run(
                     continue
                 generation.n_generated += len(event)
                 fresh = [c for c in event if pipeline.fingerprint(c.crystal) not in stored]
-                kept = _evaluate_and_store(
-                    fresh, request, previous, store, reporter, timer, device, kept, generation
+                _evaluate_and_store(
+                    fresh, request, previous, store, reporter, timer, device, selection, generation
                 )
-                if kept >= request.num_candidates:
+                if selection.full:
                     break
                 lease.checkpoint()
-            else:
-                generation.exhausted = kept < request.num_candidates
         finally:
             gen.close()
         lease.checkpoint()
+        _store_selected(selection, store, reporter, timer, generation)
+        generation.exhausted = not selection.full
         method_summary = ctx.summary if ctx is not None else None
         summary = finish_summary(
             store, request, reporter, timer, method_info, t_start, generation, method_summary
@@ -160,7 +165,10 @@ def _run(
             raise Interrupted(job.id) from None
         if time.monotonic() > lease.deadline:
             return _fail(lease, f"time limit: job ran longer than {settings.job_time_limit_s:g} s")
-        # Keep what was found so far, ranked, with a summary of it.
+        # Keep what was found so far (with the best of those still waiting), ranked, with a
+        # summary of it.
+        if selection is not None and generation is not None:
+            _store_selected(selection, store, reporter, timer, generation)
         summary = (
             finish_summary(
                 store,
@@ -206,33 +214,52 @@ def _evaluate_and_store(
     reporter: ProgressReporter,
     timer: PhaseTimer,
     device: str,
-    kept: int,
+    selection: Selection,
     generation: Generation,
-) -> int:
-    remaining = max(request.num_candidates - kept, 0)
-    limit = request.constraints.max_energy_above_hull
-    if limit is None:
-        batch = batch[:remaining]
-    if not batch or not remaining:
-        return kept
+) -> None:
+    batch = selection.admit(batch)
+    if not batch:
+        return
     if request.relax:
         # CHGNet relaxation dominates a batch's time on CPU: show it as its own phase.
-        reporter.report("relaxing", kept, request.num_candidates, None)
+        reporter.report("relaxing", selection.kept, request.num_candidates, None)
     t = time.perf_counter()
     scored = pipeline.evaluate_candidates(
         batch, request, previous=previous, device=device, timings=timer.totals
     )
     timer.add("pipeline_s", time.perf_counter() - t)
     generation.n_evaluated += len(scored)
-    if limit is not None:
-        # Only crystals meeting the stability limit are returned; of those, the batch's best
-        # (the pipeline's ranking order) fill the remaining places.
-        scored, rejected = pipeline.within_stability_limit(scored, remaining)
-        generation.n_rejected += rejected
-        for s in scored:
-            s.rank = None  # ranks are the job's, set at the end
-        if not scored:
-            return kept
+    # Uniqueness is judged on the final (relaxed when relaxed) crystals, against every scored
+    # one: a crystal waiting for selection still makes a later copy of it a duplicate.
+    previous.extend(s.relaxed or s.crystal for s in scored)
+    now, rejected = selection.take(scored)
+    generation.n_rejected += rejected
+    _store(now, selection, store, reporter, timer)
+
+
+def _store_selected(
+    selection: Selection,
+    store: StructureStore,
+    reporter: ProgressReporter,
+    timer: PhaseTimer,
+    generation: Generation,
+) -> None:
+    """The method is done (or the job cancelled): the best waiting candidates fill the places
+    left."""
+    now, not_selected = selection.flush()
+    generation.n_not_selected += not_selected
+    _store(now, selection, store, reporter, timer)
+
+
+def _store(
+    scored: list[Any],
+    selection: Selection,
+    store: StructureStore,
+    reporter: ProgressReporter,
+    timer: PhaseTimer,
+) -> None:
+    if not scored:
+        return
     t = time.perf_counter()
     losses = [s.objective_loss for s in scored if s.flags.get("valid", True)]
     best = min(losses) if losses else None
@@ -242,16 +269,15 @@ def _evaluate_and_store(
         {
             **reporter.current,
             "phase": "evaluating",
-            "step": kept + len(scored),
-            "total": request.num_candidates,
+            "step": selection.kept,
+            "total": selection.request.num_candidates,
             "best": best,
         }
     )
     _, reporter.current = store.add(scored, progress)
-    # Uniqueness is judged on the final (relaxed when relaxed) crystals.
-    previous.extend(s.relaxed or s.crystal for s in scored)
+    # The store keeps a crystal yielded twice once: its count is what the job holds.
+    selection.kept = int(reporter.current["stored"])
     timer.add("storage_s", time.perf_counter() - t)
-    return int(reporter.current["stored"])
 
 
 def _fail(lease: JobLease, error: str) -> str:

@@ -55,6 +55,7 @@ from ml import pipeline
 from ml.evaluation.uniqueness import PreparedStructure, unique_flags
 from ml.methods.base import Cancelled, MethodContext, Progress, RequestError
 from ml.methods.registry import get_method
+from ml.pipeline.generation import oversample_factor
 from ml.request import DesignRequest
 from ml.settings import get_ml_settings
 from workers.job_summary import PhaseTimer, ProgressReporter, finish_summary, timed_events
@@ -78,8 +79,8 @@ def shard_ranges(n: int, size: int) -> list[tuple[int, int]]:
 
 def wants_shards(job: Job, db: Database, settings: Settings) -> bool:
     """Whether this job runs as shards: a Celery job at or above the size threshold without
-    a stability limit, of a method whose candidate stream can be cut (``shardable``), or any
-    job that already has shard rows (a resumed sharded job)."""
+    selection (no over-generation, no stability limit), of a method whose candidate stream
+    can be cut (``shardable``), or any job that already has shard rows (a resumed sharded job)."""
     if settings.embedded:
         return False
     with db.session() as s:
@@ -99,7 +100,8 @@ def wants_shards(job: Job, db: Database, settings: Settings) -> bool:
         shardable
         and request.num_candidates >= settings.shard_min_candidates
         and request.num_candidates > settings.shard_candidates
-        and request.constraints.max_energy_above_hull is None
+        # Selection (over-generation, a stability limit) needs the whole job's candidates.
+        and oversample_factor(request) == 1
     )
 
 

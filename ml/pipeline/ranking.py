@@ -103,13 +103,19 @@ def within_stability_limit(
     return rank_candidates(meeting)[:remaining], len(scored) - len(meeting)
 
 
-def _sort_key(sc: ScoredCandidate) -> tuple[bool, bool, bool, float, bool, float]:
+def is_sun_hit(sc: ScoredCandidate) -> bool:
+    """A hit that is metastable, unique and novel: what the lab can use."""
+    return all(sc.flags.get(k, False) for k in ("hit", "metastable", "unique", "novel"))
+
+
+def _sort_key(sc: ScoredCandidate) -> tuple[bool, bool, bool, bool, float, bool, float]:
     loss = sc.objective_loss if sc.objective_loss == sc.objective_loss else math.inf
     ms = sc.method_score
     has_ms = ms is not None and ms == ms
     return (
         not sc.flags.get("valid", False),
         not sc.flags.get("hit", False),
+        not is_sun_hit(sc),  # among hits, those a lab can use come first
         not sc.flags.get("constraints", False),
         loss,
         not has_ms,
@@ -118,9 +124,11 @@ def _sort_key(sc: ScoredCandidate) -> tuple[bool, bool, bool, float, bool, float
 
 
 def rank_candidates(scored: Sequence[ScoredCandidate]) -> list[ScoredCandidate]:
-    """Order by (valid, hit, constraints met, objective loss, method score); set ``rank``.
+    """Order by (valid, hit, S.U.N. hit, constraints met, objective loss, method score); set
+    ``rank``.
 
-    Valid before invalid, hits before misses, constraint-abiding before violators, lower
+    Valid before invalid, hits before misses, hits that are metastable, unique and novel
+    before other hits, constraint-abiding before violators, lower
     objective loss first, then lower method
     score first (a method's score is a loss; None last); ties keep the input order.
     """
