@@ -54,7 +54,7 @@ lim=${LIMIT:+--limit $LIMIT}
 if [ -n "$PRIOR" ]; then
   cp "$PRIOR" "$R/matinvent-prior.pt"
 elif [[ ",$STEPS," == *",pretrain,"* ]]; then
-  timeout $(python3 -c "print(int($MINUTES * 60 + 120))") python3 -m ml.methods.matinvent.pretrain \
+  timeout $(python3 -c "print(int($MINUTES * 60 + 240))") python3 -m ml.methods.matinvent.pretrain \
     --device "$DEVICE" --minutes "$MINUTES" --workers "$WORKERS" --out "$R/matinvent-prior.pt" \
     --history "$R/pretrain_history.json" $lim $TRAIN_ARGS > "$R/pretrain.log" 2>&1
   echo "pretrain rc=$? at $(( $(date +%s) - T0 )) s" | tee -a "$R/device.txt"

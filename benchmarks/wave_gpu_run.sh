@@ -17,8 +17,8 @@ source benchmarks/gpu_env.sh || exit 1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 OUT=${OUT:-/tmp/out}; CALL_S=${CALL_S:-390}; WORK=/tmp/wave
 LAB_METHODS=${LAB_METHODS:-substitution,smoacs,conditional}; LAB_N=${LAB_N:-16}
-# LAB_SPLIT: processes per method, each with a share of the requests (slow methods: one
-# request each); LAB_ARGS: more lab_suite.py arguments (e.g. --oversample 4).
+# LAB_SPLIT: processes per method, each with a share of the requests (or per method in
+# LAB_METHODS as method:processes; LAB_REQUESTS_<method> replaces LAB_REQUESTS for one); LAB_ARGS: more lab_suite.py arguments (e.g. --oversample 4).
 LAB_SPLIT=${LAB_SPLIT:-1}; LAB_ARGS=${LAB_ARGS:-}; MI_STEPS=${MI_STEPS:-pretrain,bench}
 LAB_REQUESTS=${LAB_REQUESTS:-gap1.5_eform_nontoxic,gap3.0_eform_nontoxic,known_ZnO_186,known_MgAl2O4_227,eform_below_-2.5,LiMnO_min_ehull,known_TiO2_136,known_LiFePO4_62,density_11,hhi_below_1250,perovskite_gap2.0}
 left() { echo $(( CALL_S - ($(date +%s) - T0) )); }
@@ -33,10 +33,12 @@ if [ -n "${MI_MINUTES:-}" ]; then
   (OUT=$WORK/mi MINUTES=$MI_MINUTES STEPS=$MI_STEPS CALL_S=$(( $(left) - 10 )) WORKERS=6 \
     bash benchmarks/matinvent_gpu_run.sh > "$WORK/mi/run.log" 2>&1) &
 fi
-IFS=, read -r -a reqs <<< "$LAB_REQUESTS"
-for m in ${LAB_METHODS//,/ }; do
-  for ((i = 0; i < LAB_SPLIT; i++)); do
-    share=$(for ((j = i; j < ${#reqs[@]}; j += LAB_SPLIT)); do printf '%s,' "${reqs[j]}"; done)
+for ms in ${LAB_METHODS//,/ }; do
+  m=${ms%%:*}; split=$LAB_SPLIT; [ "$ms" != "$m" ] && split=${ms#*:}  # method:processes
+  own=LAB_REQUESTS_$m  # e.g. LAB_REQUESTS_crystal_gfn: this method's requests only
+  IFS=, read -r -a reqs <<< "${!own:-$LAB_REQUESTS}"
+  for ((i = 0; i < split; i++)); do
+    share=$(for ((j = i; j < ${#reqs[@]}; j += split)); do printf '%s,' "${reqs[j]}"; done)
     [ -n "$share" ] || continue
     (timeout $(( $(left) - 10 )) python3 benchmarks/lab_suite.py --device cuda --relax \
       --n "$LAB_N" --methods "$m" --requests "${share%,}" --out "$WORK/lab/lab_${m}_$i.json" \
