@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml.generative.training import clipped_step
 from ml.methods.matinvent.policy import TemplatePolicy, sample, sequence_terms
 from ml.methods.matinvent.tokens import GrammarLimits, decode, pad, replay, template_formula
 
@@ -313,10 +314,7 @@ class MatInventLoop:
                 -cfg.likelihood_weight * reward * loglik
                 + cfg.kl_weight * (cfg.reward_ceiling - reward) * kl
             ).mean()
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.agent.parameters(), 1.0)
-            self.opt.step()
+            clipped_step(self.opt, loss, self.agent.parameters(), 1.0)
             losses.append(float(loss.detach()))
             kls.append(float(kl.detach().mean()))
         return float(np.mean(losses)), float(np.mean(kls))
