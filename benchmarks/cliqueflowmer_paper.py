@@ -35,7 +35,9 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -460,7 +462,7 @@ def decode_seeded(
         )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path)
     p.add_argument(
@@ -488,6 +490,331 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--deadline", type=float, default=float("inf"), help="seconds for all")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--save-candidates", type=Path, default=None)
+    return p
+
+
+@dataclass
+class Run:
+    """What every stage of one run shares: the options, the device, the worker pool, the
+    oracle scorer and the results, rewritten to ``--out`` after each stage."""
+
+    args: argparse.Namespace
+    device: str
+    pool: ProcessPoolExecutor | None
+    scorer: Scorer
+    t0: float
+    results: dict[str, Any]
+
+    @classmethod
+    def start(cls, args: argparse.Namespace) -> Run:
+        t0 = time.time()
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+        workers = args.workers
+        pool = ProcessPoolExecutor(workers, initializer=_init_worker) if workers > 1 else None
+        results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+        results["timings_s"] = {}
+        return cls(args, device, pool, Scorer(device, pool), t0, results)
+
+    def save(self) -> None:
+        if self.args.out is not None:
+            self.args.out.parent.mkdir(parents=True, exist_ok=True)
+            self.args.out.write_text(json.dumps(self.results, indent=1))
+
+    def left(self) -> float:
+        """Seconds left before ``--deadline``."""
+        return self.args.deadline - (time.time() - self.t0)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name`` (printed, in ``timings_s``), then save."""
+        start = time.time()
+        yield
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        timings = self.results["timings_s"]
+        timings[name] = round(time.time() - start, 2)
+        print(f"[{name}] {timings[name]} s", flush=True)
+        self.save()
+
+
+@dataclass
+class Seeds:
+    """The model searched and the seed materials drawn from MP-20 test."""
+
+    model: Any
+    prop: str
+    packed: Any  # PackedMaterials
+    crystals: list[Crystal]
+
+    @property
+    def n(self) -> int:
+        return len(self.crystals)
+
+
+@dataclass
+class Latents:
+    """Seed latents ``z0``, optimised latents ``z``, their predicted values, and the top-k %
+    of each by predicted value (``top``: candidates, ``base_top``: the baseline)."""
+
+    z0: torch.Tensor
+    z: torch.Tensor
+    pred0: np.ndarray
+    pred: np.ndarray
+    top: np.ndarray
+    base_top: np.ndarray
+
+
+@dataclass
+class Decoded:
+    """Decoded crystals, their structural validity and oracle values."""
+
+    crystals: list[Crystal]
+    valid: np.ndarray
+    values: dict[str, np.ndarray]
+
+
+def load_seeds(run: Run) -> Seeds:
+    args, results = run.args, run.results
+    with run.stage("load"):
+        model, info = load_checkpoint(args.checkpoint, run.device)
+        prop = info["property"]
+        results.update(
+            property=prop,
+            target=info.get("target"),
+            checkpoint=str(args.checkpoint),
+            checkpoint_meta=info.get("meta", {}),
+        )
+        test = load_split("test")
+        rng = np.random.default_rng(args.seed)
+        n = min(args.n_seeds, len(test))
+        packed = test.subset(np.sort(rng.permutation(len(test))[:n]))
+        results["n_seeds"] = n
+        if n < args.n_seeds:
+            results["note_seeds"] = f"MP-20 test holds {len(test)} materials: N = {n}"
+        crystals = [packed.crystal(i) for i in range(n)]
+    return Seeds(model, prop, packed, crystals)
+
+
+def seed_oracles(run: Run, seeds: Seeds) -> None:
+    """The seeds' oracle values: from the reference table when present (same oracles)."""
+    results = run.results
+    with run.stage("seed_oracles"):
+        seed_values: dict[str, np.ndarray]
+        if REFERENCE_TABLE.is_file():
+            import pandas as pd
+
+            ref = pd.read_csv(REFERENCE_TABLE)
+            ref = ref[(ref["dataset"] == "mp20") & (ref["split"] == "test")]
+            ref = ref.drop_duplicates("material_id").set_index("material_id")
+            ref = ref.reindex(seeds.packed.ids.astype(str))
+            eform = ref["chgnet_eform"].to_numpy(dtype=float)
+            gap = ref["megnet_gap_pbe"].to_numpy(dtype=float)
+            seed_values = {"objective": eform, "eform": eform}
+            if seeds.prop == "band_gap":
+                seed_values = {"objective": regularised_gap(gap, eform), "gap": gap, "eform": eform}
+            results["seed_values_from"] = "reference table (same oracles)"
+        else:
+            seed_values = run.scorer.score(seeds.prop, seeds.crystals)
+            results["seed_values_from"] = "oracles on the seeds"
+        results["seeds"] = summary(seed_values)
+
+
+def es_settings(args: argparse.Namespace, steps: int, method: str) -> OptimiserSettings:
+    return OptimiserSettings(
+        steps=steps,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        method=method,
+        pairs=args.pairs,
+        sigma=args.sigma,
+    )
+
+
+def optimise(run: Run, seeds: Seeds) -> Latents:
+    """Encode the seeds, then ``--steps`` of ES on the latent predictor."""
+    args, results, device, model = run.args, run.results, run.device, seeds.model
+    with run.stage("encode"):
+        z0, _ = encode_packed(model, seeds.packed, device)
+    with run.stage("optimise"):
+        gen = torch.Generator(device=device).manual_seed(args.seed)
+        opt = LatentOptimiser(model.predict, z0, es_settings(args, args.steps, "es"), gen)
+        trace = [(0, *opt.evaluate())]
+        for step in range(1, args.steps + 1):
+            opt.step()
+            if step % 250 == 0 or step == args.steps:
+                trace.append((step, *opt.evaluate()))
+        z = opt.latents
+        results["es_trace_predicted"] = [
+            {"step": a, "mean": round(b, 4), "best": round(c, 4)} for a, b, c in trace
+        ]
+        with torch.no_grad():
+            pred = model.predict(z).cpu().numpy()
+            pred0 = model.predict(z0).cpu().numpy()
+        results["predicted"] = {"seeds": float(pred0.mean()), "optimised": float(pred.mean())}
+        results["latent_norm"] = {
+            "seeds": float(z0.norm(dim=-1).mean()),
+            "optimised": float(z.norm(dim=-1).mean()),
+        }
+        k = max(1, round(seeds.n * args.top_percent / 100))
+        top = np.argsort(pred)[:k]
+        results["predicted"]["top"] = float(pred[top].mean())
+    return Latents(z0, z, pred0, pred, top, np.argsort(pred0)[:k])
+
+
+def decode_candidates(run: Run, seeds: Seeds, lat: Latents) -> Decoded:
+    """The optimised latents decoded, checked and judged by the oracles (all and top-k %)."""
+    args, results = run.args, run.results
+    with run.stage("decode"):
+        cands = decode_seeded(seeds.model, lat.z, args, run.device, args.seed + 1)
+    with run.stage("validity"):
+        valid = validity(cands, run.pool)
+        results["validity_rate"] = float(valid.mean())
+        results["top_validity_rate"] = float(valid[lat.top].mean())
+    with run.stage("candidate_oracles"):
+        values = run.scorer.score(seeds.prop, cands, valid)
+        # Means over valid, scored candidates (n_scored says how many).
+        results["candidates"] = summary(values)
+        results["top"] = summary(values, lat.top)
+        results["top"]["percent"] = args.top_percent
+    return Decoded(cands, valid, values)
+
+
+def decode_baseline(run: Run, seeds: Seeds, lat: Latents) -> Decoded:
+    """Decode-and-select (no search): the seeds' own latents decoded and judged the same way."""
+    results = run.results
+    with run.stage("baseline_decode_and_oracles"):
+        base = decode_seeded(seeds.model, lat.z0, run.args, run.device, run.args.seed + 1)
+        base_valid = validity(base, run.pool)
+        base_values = run.scorer.score(seeds.prop, base, base_valid)
+        results["baseline"] = summary(base_values)
+        results["baseline"]["validity_rate"] = float(base_valid.mean())
+        results["baseline_top"] = summary(base_values, lat.base_top)
+        results["baseline_top"]["validity_rate"] = float(base_valid[lat.base_top].mean())
+    return Decoded(base, base_valid, base_values)
+
+
+def save_candidates(path: Path, seeds: Seeds, lat: Latents, cands: Decoded, base: Decoded) -> None:
+    arrays = {
+        **packed_crystals(cands.crystals, "", lat.pred, cands.values),
+        **packed_crystals(base.crystals, "base_", lat.pred0, base.values),
+    }
+    np.savez_compressed(path, seed_ids=seeds.packed.ids, **arrays)
+
+
+def es_vs_backprop(run: Run, seeds: Seeds, lat: Latents) -> None:
+    """ES and back-propagation from the same few seeds: the predicted objective along the run
+    and the oracle value of the decoded latents at ``--compare-points`` steps."""
+    args, results = run.args, run.results
+    if run.left() <= 90:
+        results["skipped_es_vs_backprop"] = "deadline"
+        return
+    with run.stage("es_vs_backprop"):
+        m = min(args.compare_seeds, seeds.n)
+        comp: dict[str, Any] = {}
+        points = sorted(set(args.compare_points) | {0})
+        for method in ("es", "backprop"):
+            cfg = es_settings(args, args.compare_steps, method)
+            gen = torch.Generator(device=run.device).manual_seed(7)
+            o = LatentOptimiser(seeds.model.predict, lat.z0[:m], cfg, gen)
+            curve, oracle_curve = [], []
+            for step in range(0, args.compare_steps + 1):
+                if step > 0:
+                    o.step()
+                if step % 50 == 0:
+                    curve.append({"step": step, "predicted": round(o.evaluate()[0], 4)})
+                if step in points:
+                    dec = decode_seeded(seeds.model, o.latents, args, run.device, 11)
+                    vals = run.scorer.score(seeds.prop, dec, validity(dec, run.pool))
+                    oracle_curve.append(
+                        {
+                            "step": step,
+                            "oracle": nanmean(vals["objective"]),
+                            "predicted": round(o.evaluate()[0], 4),
+                        }
+                    )
+            comp[method] = {"predicted_curve": curve, "oracle_curve": oracle_curve}
+        results["es_vs_backprop"] = {"n_seeds": m, **comp}
+
+
+def unique_novel(run: Run, n: int, lat: Latents, cands: Decoded) -> dict[str, dict[str, Any]]:
+    """Uniqueness and novelty of a random subset of the candidates and of the top set; the
+    flags of each set (index, valid, unique, novel) by set name."""
+    from ml.evaluation.uniqueness import unique_flags
+
+    args, results, valid = run.args, run.results, cands.valid
+    sub = np.sort(np.random.default_rng(args.seed + 2).permutation(n)[: args.eval_subset])
+    flags: dict[str, dict[str, Any]] = {}
+    rng = np.random.default_rng(args.seed + 3)
+    top_sub = np.sort(rng.permutation(lat.top)[: args.eval_subset])
+    for name, idx in (("subset", sub), ("top", top_sub)):
+        if run.left() < 60:
+            results[f"skipped_un_{name}"] = "deadline"
+            continue
+        with run.stage(f"unique_novel_{name}"):
+            # Only valid crystals take part (a broken cell is neither unique nor novel).
+            ok = idx[valid[idx]]
+            crystals = [cands.crystals[i] for i in ok]
+            uniq = np.zeros(len(idx), dtype=bool)
+            nov = np.zeros(len(idx), dtype=bool)
+            uniq[valid[idx]] = unique_flags(crystals)
+            nov[valid[idx]] = novelty(crystals, run.pool)
+            flags[name] = {"idx": idx, "unique": uniq, "novel": nov, "valid": valid[idx]}
+            results[f"flags_{name}"] = {k: v.tolist() for k, v in flags[name].items()}
+            results[f"un_{name}"] = {
+                "novelty_reference_missing": [list(k) for k in missing_reference_splits()],
+                "n": len(idx),
+                "unique_rate": float(uniq.mean()),
+                "novel_rate": float(nov.mean()),
+                "valid_unique_novel_rate": float((uniq & nov & valid[idx]).mean()),
+            }
+    return flags
+
+
+def sun(run: Run, flags: dict[str, dict[str, Any]], cands: Decoded) -> None:
+    """S.U.N. of the first ``--sun-subset`` materials of the random subset."""
+    args, results = run.args, run.results
+    if "subset" not in flags:
+        return
+    if not hull_available():
+        results["skipped_sun"] = "pymatgen's phase diagram cannot be imported here: --rescore"
+    elif run.left() > 60 and REFERENCE_TABLE.is_file():
+        with run.stage("sun_subset"):
+            results.update(
+                sun_stage(
+                    flags["subset"],
+                    cands.crystals,
+                    cands.values["eform"],
+                    args.sun_subset,
+                    args.relax_steps,
+                    run.device,
+                    lambda: run.left() > 20,
+                )
+            )
+    else:
+        results["skipped_sun"] = "deadline or no reference table"
+
+
+def relaxed(run: Run, seeds: Seeds, lat: Latents, cands: Decoded, base: Decoded) -> None:
+    """The paired and top groups relaxed approximately, then judged by the oracles."""
+    args, results = run.args, run.results
+    if not (args.relax_subset > 0 and run.left() > 60):
+        results["skipped_relaxed"] = "deadline or --relax-subset 0"
+        return
+    with run.stage("relaxed_oracles"):
+        picks = relax_picks(seeds.n, lat.top, lat.base_top, args.relax_subset, args.seed + 4)
+        results["relax_picks"] = {g: v.tolist() for g, v in picks.items()}
+        groups = relax_groups(
+            picks, seeds.crystals, cands.crystals, cands.valid, base.crystals, base.valid
+        )
+        results["relaxed"] = relaxed_stage(
+            seeds.prop, groups, args.relax_steps, run.scorer, run.pool
+        )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.rescore is not None:
         return rescore(
@@ -502,267 +829,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.checkpoint is None:
         p.error("--checkpoint is required")
 
-    t0 = time.time()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    pool = ProcessPoolExecutor(args.workers, initializer=_init_worker) if args.workers > 1 else None
-    scorer = Scorer(device, pool)
-    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
-    timings: dict[str, float] = {}
-    results["timings_s"] = timings
-
-    def save() -> None:
-        if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=1))
-
-    def left() -> float:
-        return args.deadline - (time.time() - t0)
-
-    def stage(name: str, start: float) -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        timings[name] = round(time.time() - start, 2)
-        print(f"[{name}] {timings[name]} s", flush=True)
-        save()
-
-    # ---------------------------------------------------------------- seeds
-    s = time.time()
-    model, info = load_checkpoint(args.checkpoint, device)
-    prop = info["property"]
-    results.update(
-        property=prop,
-        target=info.get("target"),
-        checkpoint=str(args.checkpoint),
-        checkpoint_meta=info.get("meta", {}),
-    )
-    test = load_split("test")
-    rng = np.random.default_rng(args.seed)
-    n = min(args.n_seeds, len(test))
-    seed_idx = np.sort(rng.permutation(len(test))[:n])
-    seeds = test.subset(seed_idx)
-    results["n_seeds"] = n
-    if n < args.n_seeds:
-        results["note_seeds"] = f"MP-20 test holds {len(test)} materials: N = {n}"
-    seed_crystals = [seeds.crystal(i) for i in range(n)]
-    stage("load", s)
-
-    s = time.time()
-    seed_values: dict[str, np.ndarray]
-    if REFERENCE_TABLE.is_file():
-        import pandas as pd
-
-        ref = pd.read_csv(REFERENCE_TABLE)
-        ref = ref[(ref["dataset"] == "mp20") & (ref["split"] == "test")]
-        ref = ref.drop_duplicates("material_id").set_index("material_id")
-        ref = ref.reindex(seeds.ids.astype(str))
-        eform = ref["chgnet_eform"].to_numpy(dtype=float)
-        gap = ref["megnet_gap_pbe"].to_numpy(dtype=float)
-        seed_values = {"objective": eform, "eform": eform}
-        if prop == "band_gap":
-            seed_values = {"objective": regularised_gap(gap, eform), "gap": gap, "eform": eform}
-        results["seed_values_from"] = "reference table (same oracles)"
-    else:
-        seed_values = scorer.score(prop, seed_crystals)
-        results["seed_values_from"] = "oracles on the seeds"
-    results["seeds"] = summary(seed_values)
-    stage("seed_oracles", s)
-
-    # ---------------------------------------------------------------- optimise
-    s = time.time()
-    z0, _ = encode_packed(model, seeds, device)
-    stage("encode", s)
-
-    def g(z: torch.Tensor) -> torch.Tensor:
-        return model.predict(z)
-
-    s = time.time()
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    settings = OptimiserSettings(
-        steps=args.steps,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        method="es",
-        pairs=args.pairs,
-        sigma=args.sigma,
-    )
-    opt = LatentOptimiser(g, z0, settings, gen)
-    trace = [(0, *opt.evaluate())]
-    for step in range(1, args.steps + 1):
-        opt.step()
-        if step % 250 == 0 or step == args.steps:
-            trace.append((step, *opt.evaluate()))
-    z = opt.latents
-    results["es_trace_predicted"] = [
-        {"step": a, "mean": round(b, 4), "best": round(c, 4)} for a, b, c in trace
-    ]
-    with torch.no_grad():
-        pred = model.predict(z).cpu().numpy()
-        pred0 = model.predict(z0).cpu().numpy()
-    results["predicted"] = {"seeds": float(pred0.mean()), "optimised": float(pred.mean())}
-    results["latent_norm"] = {
-        "seeds": float(z0.norm(dim=-1).mean()),
-        "optimised": float(z.norm(dim=-1).mean()),
-    }
-    k = max(1, round(n * args.top_percent / 100))
-    top = np.argsort(pred)[:k]
-    results["predicted"]["top"] = float(pred[top].mean())
-    stage("optimise", s)
-
-    # ---------------------------------------------------------------- decode and score
-    def decode(latents: torch.Tensor, seed: int) -> list[Crystal]:
-        return decode_seeded(model, latents, args, device, seed)
-
-    s = time.time()
-    cands = decode(z, args.seed + 1)
-    stage("decode", s)
-
-    s = time.time()
-    valid = validity(cands, pool)
-    results["validity_rate"] = float(valid.mean())
-    results["topis_valid_quietly_rate"] = float(valid[top].mean())
-    stage("validity", s)
-
-    s = time.time()
-    values = scorer.score(prop, cands, valid)
-    # Means over valid, scored candidates (n_scored says how many).
-    results["candidates"] = summary(values)
-    results["top"] = summary(values, top)
-    results["top"]["percent"] = args.top_percent
-    stage("candidate_oracles", s)
-
-    # ------------------------------------------------ decode-and-select baseline (no search)
-    s = time.time()
-    base = decode(z0, args.seed + 1)
-    base_valid = validity(base, pool)
-    base_values = scorer.score(prop, base, base_valid)
-    base_top = np.argsort(pred0)[:k]
-    results["baseline"] = summary(base_values)
-    results["baseline"]["validity_rate"] = float(base_valid.mean())
-    results["baseline_top"] = summary(base_values, base_top)
-    results["baseline_top"]["validity_rate"] = float(base_valid[base_top].mean())
-    stage("baseline_decode_and_oracles", s)
-
+    run = Run.start(args)
+    seeds = load_seeds(run)
+    seed_oracles(run, seeds)
+    lat = optimise(run, seeds)
+    cands = decode_candidates(run, seeds, lat)
+    base = decode_baseline(run, seeds, lat)
     if args.save_candidates is not None:
-        arrays = {
-            **packed_crystals(cands, "", pred, values),
-            **packed_crystals(base, "base_", pred0, base_values),
-        }
-        np.savez_compressed(args.save_candidates, seed_ids=seeds.ids, **arrays)
+        save_candidates(args.save_candidates, seeds, lat, cands, base)
+    es_vs_backprop(run, seeds, lat)
+    flags = unique_novel(run, seeds.n, lat, cands)
+    sun(run, flags, cands)
+    relaxed(run, seeds, lat, cands, base)
 
-    # ---------------------------------------------------------------- ES vs back-propagation
-    if left() > 90:
-        s = time.time()
-        m = min(args.compare_seeds, n)
-        comp: dict[str, Any] = {}
-        points = sorted(set(args.compare_points) | {0})
-        for method in ("es", "backprop"):
-            cfg = OptimiserSettings(
-                steps=args.compare_steps,
-                lr=args.lr,
-                weight_decay=args.weight_decay,
-                method=method,
-                pairs=args.pairs,
-                sigma=args.sigma,
-            )
-            o = LatentOptimiser(g, z0[:m], cfg, torch.Generator(device=device).manual_seed(7))
-            curve, oracle_curve = [], []
-            for step in range(0, args.compare_steps + 1):
-                if step > 0:
-                    o.step()
-                if step % 50 == 0:
-                    curve.append({"step": step, "predicted": round(o.evaluate()[0], 4)})
-                if step in points:
-                    with autocast(device):
-                        dec = decode_latents(
-                            model,
-                            o.latents,
-                            beam_width=args.beam,
-                            steps=args.euler_steps,
-                            guidance=args.guidance,
-                            generator=torch.Generator(device=device).manual_seed(11),
-                        )
-                    vals = scorer.score(prop, dec, validity(dec, pool))
-                    oracle_curve.append(
-                        {
-                            "step": step,
-                            "oracle": nanmean(vals["objective"]),
-                            "predicted": round(o.evaluate()[0], 4),
-                        }
-                    )
-            comp[method] = {"predicted_curve": curve, "oracle_curve": oracle_curve}
-        results["es_vs_backprop"] = {"n_seeds": m, **comp}
-        stage("es_vs_backprop", s)
-    else:
-        results["skipped_es_vs_backprop"] = "deadline"
-
-    # ---------------------------------------------------------------- uniqueness, novelty
-    from ml.evaluation.uniqueness import unique_flags
-
-    sub = np.sort(np.random.default_rng(args.seed + 2).permutation(n)[: args.eval_subset])
-    flags: dict[str, dict[str, Any]] = {}
-    top_sub = np.sort(np.random.default_rng(args.seed + 3).permutation(top)[: args.eval_subset])
-    for name, idx in (("subset", sub), ("top", top_sub)):
-        if left() < 60:
-            results[f"skipped_un_{name}"] = "deadline"
-            continue
-        s = time.time()
-        # Only valid crystals take part (a broken cell is neither unique nor novel).
-        ok = idx[valid[idx]]
-        crystals = [cands[i] for i in ok]
-        uniq = np.zeros(len(idx), dtype=bool)
-        nov = np.zeros(len(idx), dtype=bool)
-        uniq[valid[idx]] = unique_flags(crystals)
-        nov[valid[idx]] = novelty(crystals, pool)
-        flags[name] = {"idx": idx, "unique": uniq, "novel": nov, "valid": valid[idx]}
-        results[f"flags_{name}"] = {k: v.tolist() for k, v in flags[name].items()}
-        results[f"un_{name}"] = {
-            "novelty_reference_missing": [list(k) for k in missing_reference_splits()],
-            "n": len(idx),
-            "unique_rate": float(uniq.mean()),
-            "novel_rate": float(nov.mean()),
-            "valid_unique_novel_rate": float((uniq & nov & valid[idx]).mean()),
-        }
-        stage(f"unique_novel_{name}", s)
-
-    # ---------------------------------------------------------------- S.U.N. on a subset
-    if "subset" in flags and not hull_available():
-        results["skipped_sun"] = "pymatgen's phase diagram cannot be imported here: --rescore"
-    elif "subset" in flags and left() > 60 and REFERENCE_TABLE.is_file():
-        s = time.time()
-        f = flags["subset"]
-        results.update(
-            sun_stage(
-                f,
-                cands,
-                values["eform"],
-                args.sun_subset,
-                args.relax_steps,
-                device,
-                lambda: left() > 20,
-            )
-        )
-        stage("sun_subset", s)
-    elif "subset" in flags:
-        results["skipped_sun"] = "deadline or no reference table"
-
-    # ------------------------------------------------ approximate relaxation, then oracles
-    if args.relax_subset > 0 and left() > 60:
-        s = time.time()
-        picks = relax_picks(n, top, base_top, args.relax_subset, args.seed + 4)
-        results["relax_picks"] = {g: v.tolist() for g, v in picks.items()}
-        groups = relax_groups(picks, seed_crystals, cands, valid, base, base_valid)
-        results["relaxed"] = relaxed_stage(prop, groups, args.relax_steps, scorer, pool)
-        stage("relaxed_oracles", s)
-    else:
-        results["skipped_relaxed"] = "deadline or --relax-subset 0"
-
-    results["total_s"] = round(time.time() - t0, 1)
-    save()
+    results = run.results
+    results["total_s"] = round(time.time() - run.t0, 1)
+    run.save()
     print(json.dumps({k: v for k, v in results.items() if k not in ("args",)}, indent=1))
-    if pool is not None:
-        pool.shutdown(cancel_futures=True)
+    if run.pool is not None:
+        run.pool.shutdown(cancel_futures=True)
     return results
 
 

@@ -314,7 +314,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
                 style,
                 label=r["mode"],
             )
-        axes[0][j].set_title(f"{task} ({rows[0]['device'] if rows else ''})", fontsize=9)
+        device = next((r["device"] for r in rows if "device" in r), "")  # failed runs lack it
+        axes[0][j].set_title(f"{task} ({device})", fontsize=9)
         axes[0][j].set_xlabel("iteration")
         axes[0][j].set_ylabel("mean reward of the batch")
         axes[1][j].set_xlabel("oracle calls")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -48,6 +48,17 @@ class ProgressReporter:
             self.lease.write(progress=self.current)
             self._last = now
             self._phase = phase
+
+    def evaluated(self, scored: Sequence[Any], step: int, total: int) -> dict[str, Any]:
+        """The progress stored with a batch of scored candidates (``pipeline`` results):
+        phase "evaluating", and the lowest objective loss of the valid ones, this batch's or
+        the earlier best (None when the batch has none)."""
+        losses = [s.objective_loss for s in scored if s.flags.get("valid", True)]
+        best = min(losses) if losses else None
+        if best is not None and self.current.get("best") is not None:
+            best = min(best, self.current["best"])
+        progress = {"phase": "evaluating", "step": step, "total": total, "best": best}
+        return clean_json({**self.current, **progress})
 
 
 class PhaseTimer:

@@ -14,13 +14,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from sqlalchemy import func, or_, select, update
 
 from app.db import Database, utcnow
-from app.models import CANCELLING, FAILED, QUEUED, RUNNING, Job
+from app.models import CANCELLING, FAILED, QUEUED, RUNNING, Job, JobShard
 from app.settings import Settings
 from ml.methods.base import Cancelled
 from workers.periodic import PeriodicThread
@@ -45,6 +45,39 @@ class JobTimeLimit(Exception):
 class Claimed:
     job: Job
     claim: str
+
+
+def stale_before(settings: Settings, now: datetime | None = None) -> datetime:
+    """Heartbeats older than this are a dead worker's."""
+    return (now or utcnow()) - timedelta(seconds=settings.heartbeat_stale_after_s)
+
+
+def take_claim(
+    session: Any,
+    table: type[Job] | type[JobShard],
+    *where: Any,
+    status: str,
+    token: str,
+    worker: str,
+    now: datetime,
+) -> bool:
+    """One conditional UPDATE of the job or shard row matching ``where``: running under this
+    claim token and worker, heartbeat now, one more attempt, the first start kept and the last
+    error cleared. False when no row matched (another worker has it, or it is finished)."""
+    taken = session.execute(
+        update(table)
+        .where(*where)
+        .values(
+            status=status,
+            claim=token,
+            worker=worker[:255],
+            heartbeat_at=now,
+            attempts=table.attempts + 1,
+            started_at=func.coalesce(table.started_at, now),
+            error=None,
+        )
+    ).rowcount
+    return bool(taken)
 
 
 def claim_job(
@@ -84,7 +117,7 @@ def _claim(
     token: str,
 ) -> Claimed | None:
     now = utcnow()
-    stale = now - timedelta(seconds=settings.heartbeat_stale_after_s)
+    stale = stale_before(settings, now)
     with db.session() as s:
         if from_claim is not None:  # take over exactly that (dead) owner's lease
             claimable = (Job.status == RUNNING) & (Job.claim == from_claim)
@@ -93,20 +126,9 @@ def _claim(
                 Job.status == QUEUED,
                 (Job.status == RUNNING) & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
             )
-        taken = s.execute(
-            update(Job)
-            .where(Job.id == job_id, claimable)
-            .values(
-                status=RUNNING,
-                claim=token,
-                worker=worker[:255],
-                heartbeat_at=now,
-                attempts=Job.attempts + 1,
-                started_at=func.coalesce(Job.started_at, now),
-                error=None,
-            )
-        ).rowcount
-        if not taken:
+        if not take_claim(
+            s, Job, Job.id == job_id, claimable, status=RUNNING, token=token, worker=worker, now=now
+        ):
             return None
         job = s.scalars(select(Job).where(Job.id == job_id)).one()
     return Claimed(job=job, claim=token)
@@ -129,7 +151,9 @@ def fail_unstarted(db: Database, job_id: str, error: str, worker: str | None = N
 
 
 class JobLease:
-    """The running job's lease: heartbeat thread, guarded writes and the cancel check."""
+    """The running job's lease: heartbeat thread, guarded writes and the cancel check.
+
+    The same for a shard (``workers.shards.ShardLease`` writes to the shard's row instead)."""
 
     def __init__(self, db: Database, settings: Settings, job_id: str, claim: str) -> None:
         self.db = db
@@ -165,6 +189,30 @@ class JobLease:
         self._status = status
         self._status_checked = time.monotonic()
         return status
+
+    def finish(self, status: str, **values: Any) -> str:
+        """Write the final ``status`` (finished now, with ``values`` such as the error);
+        returns ``status``."""
+        self.write(status=status, finished_at=utcnow(), **values)
+        return status
+
+    # --- holding the claim while the work runs --------------------------------------------
+    def hold(self, run: Callable[[], str], *, lost: str, interrupted: str | None = None) -> str:
+        """``run()`` with the heartbeat beating; its outcome, or "lost" when another worker
+        took the claim over and "interrupted" on shutdown (the work is resumed later), each
+        logged as a warning with the message given for it."""
+        self.start()
+        try:
+            return run()
+        except Interrupted:
+            if interrupted:
+                log.warning(interrupted)
+            return "interrupted"
+        except LostClaim:
+            log.warning(lost)
+            return "lost"
+        finally:
+            self.stop()
 
     # --- heartbeat ------------------------------------------------------------------------
     def start(self) -> None:
@@ -207,6 +255,17 @@ class JobLease:
                 raise LostClaim(self.job_id)
             self._status = row.status
         return self._status == CANCELLING
+
+    def stop_reason(self) -> Literal["time limit", "cancelled"]:
+        """Why the method stopped at :meth:`should_cancel`: raises :class:`LostClaim` when the
+        lease was lost and :class:`Interrupted` on shutdown (neither is the job's end)."""
+        if self.lost.is_set():
+            raise LostClaim(self.job_id) from None
+        if interrupted():
+            raise Interrupted(self.job_id) from None
+        if time.monotonic() > self.deadline:
+            return "time limit"
+        return "cancelled"
 
     def should_cancel(self) -> bool:
         """For ``MethodContext.should_cancel``: true on cancel, lease loss or time limit (the

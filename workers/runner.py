@@ -37,10 +37,9 @@ from workers.job_summary import (
     finish_summary,
     timed_events,
 )
-from workers.lease import Interrupted, JobLease, JobTimeLimit, LostClaim, claim_job
+from workers.lease import JobLease, JobTimeLimit, LostClaim, claim_job
 from workers.liveness import owner_gone, running
-from workers.runtime import interrupted
-from workers.store import StructureStore, clean_json
+from workers.store import StructureStore
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +69,13 @@ def _execute(job_id: str, db: Database, settings: Settings, worker: str, token: 
         return dispatch(claimed, db, settings)
     lease = JobLease(db, settings, job_id, claimed.claim)
     if job.attempts > settings.max_attempts:
-        lease.write(
-            status=FAILED,
-            finished_at=utcnow(),
-            error=f"gave up after {job.attempts - 1} attempts: the worker died each time",
-        )
-        return FAILED
-    lease.start()
-    try:
-        return _run(job.request, job, lease, db, settings)
-    except Interrupted:
-        log.warning("job %s interrupted by shutdown; it will be resumed", job_id)
-        return "interrupted"
-    except LostClaim:
-        log.warning("job %s was taken over by another worker", job_id)
-        return "lost"
-    finally:
-        lease.stop()
+        error = f"gave up after {job.attempts - 1} attempts: the worker died each time"
+        return lease.finish(FAILED, error=error)
+    return lease.hold(
+        lambda: _run(job.request, job, lease, db, settings),
+        lost=f"job {job_id} was taken over by another worker",
+        interrupted=f"job {job_id} interrupted by shutdown; it will be resumed",
+    )
 
 
 def _run(
@@ -159,11 +148,7 @@ def _run(
         )
         return SUCCEEDED
     except Cancelled:
-        if lease.lost.is_set():
-            raise LostClaim(job.id) from None
-        if interrupted():
-            raise Interrupted(job.id) from None
-        if time.monotonic() > lease.deadline:
+        if lease.stop_reason() == "time limit":
             return _fail(lease, f"time limit: job ran longer than {settings.job_time_limit_s:g} s")
         # Keep what was found so far (with the best of those still waiting), ranked, with a
         # summary of it.
@@ -261,19 +246,7 @@ def _store(
     if not scored:
         return
     t = time.perf_counter()
-    losses = [s.objective_loss for s in scored if s.flags.get("valid", True)]
-    best = min(losses) if losses else None
-    if best is not None and reporter.current.get("best") is not None:
-        best = min(best, reporter.current["best"])
-    progress = clean_json(
-        {
-            **reporter.current,
-            "phase": "evaluating",
-            "step": selection.kept,
-            "total": selection.request.num_candidates,
-            "best": best,
-        }
-    )
+    progress = reporter.evaluated(scored, selection.kept, selection.request.num_candidates)
     _, reporter.current = store.add(scored, progress)
     # The store keeps a crystal yielded twice once: its count is what the job holds.
     selection.kept = int(reporter.current["stored"])
@@ -281,5 +254,4 @@ def _store(
 
 
 def _fail(lease: JobLease, error: str) -> str:
-    lease.write(status=FAILED, finished_at=utcnow(), error=error[:4000])
-    return FAILED
+    return lease.finish(FAILED, error=error[:4000])

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import exists, func, select, update
@@ -59,8 +58,7 @@ from ml.pipeline.generation import oversample_factor
 from ml.request import DesignRequest
 from ml.settings import get_ml_settings
 from workers.job_summary import PhaseTimer, ProgressReporter, finish_summary, timed_events
-from workers.lease import Claimed, Interrupted, JobLease, LostClaim
-from workers.runtime import interrupted
+from workers.lease import Claimed, JobLease, LostClaim, stale_before, take_claim
 from workers.store import StructureStore, clean_json
 
 log = logging.getLogger(__name__)
@@ -110,14 +108,11 @@ def dispatch(claimed: Claimed, db: Database, settings: Settings) -> str:
     """Record the shards (first time) and send the unfinished ones with their join."""
     job = claimed.job
     lease = JobLease(db, settings, job.id, claimed.claim)
-    lease.start()  # validating may load a method's data: keep the job alive meanwhile
-    try:
-        return _dispatch(job, lease, db, settings)
-    except LostClaim:
-        log.warning("job %s was taken over while its shards were being sent", job.id)
-        return "lost"
-    finally:
-        lease.stop()
+    # Validating may load a method's data: the heartbeat keeps the job alive meanwhile.
+    return lease.hold(
+        lambda: _dispatch(job, lease, db, settings),
+        lost=f"job {job.id} was taken over while its shards were being sent",
+    )
 
 
 def _dispatch(job: Job, lease: JobLease, db: Database, settings: Settings) -> str:
@@ -133,13 +128,10 @@ def _dispatch(job: Job, lease: JobLease, db: Database, settings: Settings) -> st
             raise RequestError("method", f"method {request.method!r} is not installed") from None
         method.validate(request)
     except RequestError as exc:
-        error = f"invalid request: {exc.field}: {exc.message}"
-        lease.write(status=FAILED, finished_at=utcnow(), error=error)
-        return FAILED
+        return lease.finish(FAILED, error=f"invalid request: {exc.field}: {exc.message}")
     except Exception as exc:
-        lease.write(status=FAILED, finished_at=utcnow(), error=f"{type(exc).__name__}: {exc}")
-        return FAILED
-    stale = utcnow() - timedelta(seconds=settings.heartbeat_stale_after_s)
+        return lease.finish(FAILED, error=f"{type(exc).__name__}: {exc}")
+    stale = stale_before(settings)
     with db.session() as s:
         have = s.scalar(select(func.count()).where(JobShard.job_id == job.id))
         if not have:
@@ -231,7 +223,7 @@ class ShardLease(JobLease):
         if not done:
             self.lost.set()
             raise LostClaim(self.job_id)
-        stale = now - timedelta(seconds=self.settings.heartbeat_stale_after_s)
+        stale = stale_before(self.settings, now)
         dead_shard = exists().where(
             JobShard.job_id == self.job_id,
             JobShard.status == SHARD_RUNNING,
@@ -270,27 +262,20 @@ def claim_shard(
 ) -> JobShard | None:
     """Take the shard if it is queued or its worker's heartbeat went stale."""
     now = utcnow()
-    stale = now - timedelta(seconds=settings.heartbeat_stale_after_s)
+    stale = stale_before(settings, now)
     with db.session() as s:
-        taken = s.execute(
-            update(JobShard)
-            .where(
-                JobShard.job_id == job_id,
-                JobShard.shard == shard,
-                (JobShard.status == SHARD_QUEUED)
-                | ((JobShard.status == SHARD_RUNNING) & (JobShard.heartbeat_at < stale)),
-            )
-            .values(
-                status=SHARD_RUNNING,
-                claim=token,
-                worker=worker[:255],
-                heartbeat_at=now,
-                attempts=JobShard.attempts + 1,
-                started_at=func.coalesce(JobShard.started_at, now),
-                error=None,
-            )
-        ).rowcount
-        if not taken:
+        if not take_claim(
+            s,
+            JobShard,
+            JobShard.job_id == job_id,
+            JobShard.shard == shard,
+            (JobShard.status == SHARD_QUEUED)
+            | ((JobShard.status == SHARD_RUNNING) & (JobShard.heartbeat_at < stale)),
+            status=SHARD_RUNNING,
+            token=token,
+            worker=worker,
+            now=now,
+        ):
             return None
         return s.scalars(
             select(JobShard).where(JobShard.job_id == job_id, JobShard.shard == shard)
@@ -307,25 +292,14 @@ def execute_shard(job_id: str, shard: int, db: Database, settings: Settings, wor
     with db.session() as s:
         job = s.scalars(select(Job).where(Job.id == job_id)).one_or_none()
     if job is None or job.status in _STOP_STATES:
-        lease.write(status=SHARD_CANCELLED, finished_at=utcnow())
-        return SHARD_CANCELLED
+        return lease.finish(SHARD_CANCELLED)
     if row.attempts > settings.max_attempts:
-        lease.write(
-            status=SHARD_FAILED,
-            finished_at=utcnow(),
-            error=f"shard {shard}: gave up after {row.attempts - 1} attempts",
-        )
-        return SHARD_FAILED
-    lease.start()
-    try:
-        return _run_shard(job, row, lease, db, settings)
-    except Interrupted:
-        return "interrupted"
-    except LostClaim:
-        log.warning("job %s shard %d was taken over by another worker", job_id, shard)
-        return "lost"
-    finally:
-        lease.stop()
+        error = f"shard {shard}: gave up after {row.attempts - 1} attempts"
+        return lease.finish(SHARD_FAILED, error=error)
+    return lease.hold(
+        lambda: _run_shard(job, row, lease, db, settings),
+        lost=f"job {job_id} shard {shard} was taken over by another worker",
+    )
 
 
 def _run_shard(job: Job, row: JobShard, lease: ShardLease, db: Database, settings: Settings) -> str:
@@ -339,14 +313,12 @@ def _run_shard(job: Job, row: JobShard, lease: ShardLease, db: Database, setting
 
     def finish(status: str, error: str | None = None) -> str:
         timer.add("total_s", time.perf_counter() - t_start)
-        lease.write(
-            status=status,
-            finished_at=utcnow(),
+        return lease.finish(
+            status,
             error=error,
             timings={k: round(v, 4) for k, v in timer.totals.items()},
             progress={**reporter.current, "phase": status},
         )
-        return status
 
     try:
         request = DesignRequest.model_validate(job.request)
@@ -380,11 +352,7 @@ def _run_shard(job: Job, row: JobShard, lease: ShardLease, db: Database, setting
         lease.checkpoint()
         return finish(SHARD_DONE)
     except Cancelled:
-        if lease.lost.is_set():
-            raise LostClaim(job.id) from None
-        if interrupted():
-            raise Interrupted(job.id) from None
-        if time.monotonic() > lease.deadline:
+        if lease.stop_reason() == "time limit":
             limit = settings.job_time_limit_s
             return finish(SHARD_FAILED, f"time limit: ran longer than {limit:g} s")
         return finish(SHARD_CANCELLED)
@@ -403,8 +371,8 @@ def _evaluate_and_store(
     picked: list[tuple[int, Any]],
     request: DesignRequest,
     store: StructureStore,
-    reporter: Any,
-    timer: Any,
+    reporter: ProgressReporter,
+    timer: PhaseTimer,
     device: str,
     lo: int,
     hi: int,
@@ -418,19 +386,7 @@ def _evaluate_and_store(
     )
     timer.add("pipeline_s", time.perf_counter() - t)
     t = time.perf_counter()
-    losses = [s.objective_loss for s in scored if s.flags.get("valid", True)]
-    best = min(losses) if losses else None
-    if best is not None and reporter.current.get("best") is not None:
-        best = min(best, reporter.current["best"])
-    progress = clean_json(
-        {
-            **reporter.current,
-            "phase": "evaluating",
-            "step": picked[-1][0] + 1 - lo,
-            "total": hi - lo,
-            "best": best,
-        }
-    )
+    progress = reporter.evaluated(scored, picked[-1][0] + 1 - lo, hi - lo)
     seqs = [i + 1 for i, _ in picked]
     try:
         _, reporter.current = store.add(scored, progress, seqs=seqs)

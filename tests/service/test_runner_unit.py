@@ -19,13 +19,13 @@ from sqlalchemy import func, select, update
 from app.db import Database, utcnow
 from app.jobs import submit_job
 from app.migrate import upgrade
-from app.models import Job, Structure
+from app.models import Job, JobShard, Structure
 from app.settings import Settings
 from ml import pipeline
 from ml.crystal import Crystal
 from ml.methods.base import Candidate, DesignMethod, MethodContext, MethodParams, Progress
 from ml.request import DesignRequest
-from workers import runner
+from workers import runner, shards
 from workers.job_summary import ProgressReporter
 from workers.lease import JobLease, claim_job
 from workers.runner import execute_job
@@ -215,8 +215,6 @@ def test_method_figures_reach_progress_and_summary(
 def test_a_method_that_is_not_shardable_runs_whole(
     db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers import shards
-
     job = _job(db, _submit(db, n=10))
     celery = settings.model_copy(
         update={"broker_url": "redis://unused", "shard_min_candidates": 4, "shard_candidates": 2}
@@ -304,6 +302,37 @@ def test_claim_is_exclusive(db: Database, settings: Settings) -> None:
     job_id = _submit(db)
     assert claim_job(db, settings, job_id, "a") is not None
     assert claim_job(db, settings, job_id, "b") is None
+
+
+def test_a_job_past_its_attempts_fails_without_running(
+    db: Database, settings: Settings, scoring: Any
+) -> None:
+    job_id = _submit(db)
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(attempts=settings.max_attempts))
+    assert execute_job(job_id, db, settings, worker="t") == "failed"
+    job = _job(db, job_id)
+    assert job.status == "failed" and job.finished_at is not None
+    assert job.error == "gave up after 3 attempts: the worker died each time"
+    assert not scoring.seen and not _rows(db, job_id)
+
+
+def test_shard_claim_is_exclusive_until_its_heartbeat_goes_stale(
+    db: Database, settings: Settings
+) -> None:
+    job_id = _submit(db)
+    with db.session() as s:
+        s.add(JobShard(job_id=job_id, shard=0, lo=0, hi=2, status=shards.SHARD_QUEUED))
+    first = shards.claim_shard(db, settings, job_id, 0, "a", "token-a")
+    assert first is not None and first.claim == "token-a" and first.attempts == 1
+    assert first.status == shards.SHARD_RUNNING and first.worker == "a"
+    assert shards.claim_shard(db, settings, job_id, 0, "b", "token-b") is None
+    with db.session() as s:
+        stale = utcnow() - timedelta(seconds=settings.heartbeat_stale_after_s + 1)
+        s.execute(update(JobShard).where(JobShard.job_id == job_id).values(heartbeat_at=stale))
+    taken = shards.claim_shard(db, settings, job_id, 0, "b", "token-b")
+    assert taken is not None and taken.claim == "token-b" and taken.attempts == 2
+    assert taken.started_at == first.started_at  # the first start is kept
 
 
 def test_progress_writes_are_rate_limited(db: Database, settings: Settings) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ml.generative.training import cpu_state, save_atomic
 from ml.methods.cliqueflowmer.config import CliqueFlowmerConfig
 from ml.methods.cliqueflowmer.model import CliqueFlowmer
 
@@ -38,13 +39,8 @@ def export_checkpoint(
     model: CliqueFlowmer, path: str | Path, prop: str, meta: dict[str, Any]
 ) -> int:
     """Write the inference checkpoint (bf16 weights); returns its size in bytes."""
-    state = {
-        k: (v.detach().to(torch.bfloat16) if v.is_floating_point() else v.detach()).cpu()
-        for k, v in model.state_dict().items()
-    }
-    # Prior and label statistics are small and precision-critical: keep them in float32.
-    for k in ("len_mu", "len_sigma", "y_mean", "y_std"):
-        state[k] = model.state_dict()[k].detach().float().cpu()
+    # Prior and label statistics are small and precision-critical: kept in float32.
+    state = cpu_state(model, torch.bfloat16, ("len_mu", "len_sigma", "y_mean", "y_std"))
     payload = {
         "format": "cliqueflowmer/1",
         "config": model.cfg.to_dict(),
@@ -53,12 +49,7 @@ def export_checkpoint(
         "target": TARGETS.get(prop, prop),
         "meta": meta,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path.stat().st_size
+    return save_atomic(payload, Path(path))
 
 
 def load_checkpoint(

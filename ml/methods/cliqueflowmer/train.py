@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml.generative.training import EMA, Optimiser
 from ml.methods.cliqueflowmer.checkpoint import export_checkpoint, load_checkpoint
 from ml.methods.cliqueflowmer.config import CliqueFlowmerConfig, tiny_config
 from ml.methods.cliqueflowmer.data import PROPERTIES, labels_for, load_split
@@ -150,26 +151,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.init is not None and not (args.resume and state_path.is_file()):
         init = init_from_checkpoint(model, args.init, args.property)
         print(f"initialised from {args.init} ({init['steps']} earlier steps)", flush=True)
-    # A CPU twin (never compiled) receives the averaged weights for periodic exports.
-    export_twin = CliqueFlowmer(cfg, prior)
-    export_twin.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    # Exponential moving average of the weights: the exported model (smoother samples). Its
+    # copy of the model is made before compiling, so it exports and evaluates at any shape.
+    ema = EMA(model, args.ema, warmup=True)
+    optim = Optimiser(model, args.lr, weight_decay=args.weight_decay, ema=ema)
     if args.compile:
         for sub in (model.encoder, model.atom_decoder, model.flow):
             sub.compile()
     y_std = (y - float(model.y_mean)) / float(model.y_std)
     data = MaterialBatch.from_packed(packed, y=y_std, device=device)
     n = len(packed)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    params = list(model.parameters())
-    # Exponential moving average of the weights: the exported model (smoother samples).
-    ema = [p.detach().clone() for p in params]
     step, total, trained_s = 0, args.steps, 0.0
     if args.resume and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
         model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])  # moves the moments onto the parameters' device
-        for e, v in zip(ema, st["ema"], strict=True):
+        optim.opt.load_state_dict(st["opt"])  # moves the moments onto the parameters' device
+        for e, v in zip(ema.averaged, st["ema"], strict=True):
             e.copy_(v)
         gen.set_state(st["gen"])
         step, total, trained_s = st["step"], st["total"], st["trained_s"]
@@ -199,8 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.save(
             {
                 "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "ema": ema,
+                "opt": optim.opt.state_dict(),
+                "ema": [e.detach() for e in ema.averaged],
                 "gen": gen.get_state(),
                 "step": step,
                 "total": total,
@@ -211,10 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
 
     def export_ema(meta: dict[str, Any]) -> int:
-        with torch.no_grad():
-            for p, e in zip(export_twin.parameters(), ema, strict=True):
-                p.copy_(e)
-        return export_checkpoint(export_twin, args.out, args.property, meta)
+        return export_checkpoint(ema.module, args.out, args.property, meta)
 
     model.train()
     last_export = time.time()
@@ -235,17 +230,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cursor += len(idx)
         batch = data.index(idx)
         lr, beta, tau = schedule(step, total or provisional, args.warmup_frac, cfg, args.lr)
-        for group in opt.param_groups:
-            group["lr"] = lr
         with autocast(device):
             loss, parts = model.loss(batch, beta, tau, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = min(args.ema, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
+        optim.step(loss, lr, step)
         step += 1
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
@@ -286,11 +273,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     save_state()
 
     # Held-out checks on MP-20 test (never trained on), with the averaged weights, on the
-    # uncompiled twin (evaluation batches have other shapes than training ones).
-    with torch.no_grad():
-        for p, e in zip(export_twin.parameters(), ema, strict=True):
-            p.copy_(e)
-    model = export_twin.to(device).eval()
+    # uncompiled copy (evaluation batches have other shapes than training ones). Its weights
+    # require gradients again, as the metrics were always computed: frozen, the attention
+    # pool's query projection takes another CPU kernel and the figures move in the 9th digit.
+    model = ema.module.requires_grad_(True).eval()
     final = history[-1] if history else {}
     meta: dict[str, Any] = {
         "data": f"MP-20 {'+'.join(TRAIN_SPLITS)}: {n} materials, {int(known.sum())} labelled",

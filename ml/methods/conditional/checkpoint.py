@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ml.generative.training import cpu_state, save_atomic
 from ml.methods.conditional.model import ConditionalFlowModel, ModelConfig
 from ml.settings import get_ml_settings
 
@@ -22,9 +23,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 def save_release(
     model: ConditionalFlowModel, path: Path, info: dict[str, Any] | None = None
 ) -> None:
-    state = {k: v.detach().to("cpu", torch.bfloat16) for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
+    state = cpu_state(model, torch.bfloat16)
+    save_atomic(
         {"format": FORMAT, "config": model.config.to_dict(), "state": state, "info": info or {}},
         path,
     )
@@ -52,10 +52,7 @@ def find_weights(prior: str = "uniform") -> Path:
 
 
 def save_training_state(path: Path, **state: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a crash mid-save leaves the previous state intact
+    save_atomic(state, path)
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
@@ -71,18 +68,14 @@ def save_wyckoff_release(
 ) -> None:
     """float32 EMA weights + config + the template statistics the method proposes space groups
     and Wyckoff assignments with (so it needs no data set at run time)."""
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT_WYCKOFF,
         "config": model.config.to_dict(),  # type: ignore[operator]
-        "state": state,
+        "state": cpu_state(model),
         "stats": stats,
         "info": info or {},
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    save_atomic(payload, path)
 
 
 def load_wyckoff_release(path: Path, device: str | torch.device = "cpu"):  # type: ignore[no-untyped-def]

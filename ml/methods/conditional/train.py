@@ -13,9 +13,7 @@ checkpoint while training, so a run cut off early still leaves usable weights.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml.generative.training import EMA, Optimiser, lr_at
 from ml.methods.conditional.checkpoint import (
     WEIGHTS_DIR,
     load_release,
@@ -76,13 +75,6 @@ def training_arrays(limit: int | None, workers: int) -> CrystalArrays:
     return CrystalArrays.concat([load_split(s, workers, limit) for s in ("train", "val")])
 
 
-def lr_at(step: int, progress: float, base: float, warmup: int) -> float:
-    """Linear warm-up, then cosine from ``base`` down to 10% of it over the budget."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
-
-
 def train(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device or get_ml_settings().torch_device()
     torch.manual_seed(args.seed)
@@ -103,8 +95,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         prop_std=std,
     )
     model = ConditionalFlowModel(config).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    ema = EMA(model, args.ema, warmup=True)
+    optim = Optimiser(model, args.lr, betas=(0.9, 0.99), weight_decay=0.0, ema=ema)
     data = PaddedDataset(arrays, prior, PROPERTIES, device)
     order_gen = torch.Generator().manual_seed(args.seed)
     noise_gen = torch.Generator(device=device).manual_seed(args.seed + 1)
@@ -116,7 +108,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if init_model.config.to_dict() != config.to_dict():
             raise SystemExit(f"{args.init} has another config than this run")
         model.load_state_dict(init_model.state_dict())
-        ema.load_state_dict(init_model.state_dict())
+        ema.module.load_state_dict(init_model.state_dict())
         prior_steps = int(init_info.get("total_steps", init_info.get("steps", 0)))
         prior_wall = float(init_info.get("total_wall_s", init_info.get("wall_s", 0.0)))
         print(f"initialised from {args.init} ({prior_steps} earlier steps)", flush=True)
@@ -125,8 +117,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if st["config"] != config.to_dict():
             raise SystemExit(f"{state_path} was trained with another config; use --fresh")
         model.load_state_dict(st["model"])
-        ema.load_state_dict(st["ema"])
-        opt.load_state_dict(st["opt"])
+        ema.module.load_state_dict(st["ema"])
+        optim.opt.load_state_dict(st["opt"])
         order_gen.set_state(st["order_gen"])
         noise_gen.set_state(st["noise_gen"])
         step, elapsed, history = st["step"], st["elapsed"], st["history"]
@@ -148,8 +140,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             state_path,
             config=config.to_dict(),
             model=model.state_dict(),
-            ema=ema.state_dict(),
-            opt=opt.state_dict(),
+            ema=ema.module.state_dict(),
+            opt=optim.opt.state_dict(),
             order_gen=order_gen.get_state(),
             noise_gen=noise_gen.get_state().cpu(),
             step=step,
@@ -182,7 +174,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     forward = model
     if args.compile:
         forward = torch.compile(model)
-    ema_params, model_params = list(ema.parameters()), list(model.parameters())
     model.train()
     last_export = time.time()
     while step < args.steps and time.time() - start < budget:
@@ -190,17 +181,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             batches = data.epoch_batches(args.batch_size, order_gen)
         batch = data.batch(batches.pop(), trim=not args.compile)
         progress = max(step / args.steps, (time.time() - start) / budget)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, progress, args.lr, args.warmup)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             loss, parts = flow_loss(forward, batch, noise_gen)  # type: ignore[arg-type]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = min(args.ema, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
+        optim.step(loss, lr_at(step, progress, args.lr, args.warmup), step)
         window.append(torch.stack([loss.detach(), parts["coord"], parts["lattice"]]))
         step += 1
         if step % args.log_every == 0:
@@ -210,11 +193,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             print(
                 f"step {step} t={time.time() - start:.0f}s loss={mean_parts[0]:.4f} "
                 f"coord={mean_parts[1]:.4f} lattice={mean_parts[2]:.4f} "
-                f"lr={opt.param_groups[0]['lr']:.2e}",
+                f"lr={optim.lr:.2e}",
                 flush=True,
             )
         if args.export_every > 0 and time.time() - last_export > args.export_every:
-            save_release(ema, out, {**release_info(), "partial": True})
+            save_release(ema.module, out, {**release_info(), "partial": True})
             last_export = time.time()
         if time.time() - last_save > args.save_every:
             snapshot()
@@ -222,7 +205,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     snapshot()
 
     info = release_info()
-    save_release(ema, out, info)
+    save_release(ema.module, out, info)
     print(f"saved {out} ({out.stat().st_size / 2**20:.1f} MiB) after {step} steps", flush=True)
     return {k: v for k, v in info.items() if k != "history"}
 

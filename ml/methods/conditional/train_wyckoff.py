@@ -12,7 +12,6 @@ with the template statistics that propose space groups and Wyckoff assignments.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -22,12 +21,12 @@ from typing import Any
 import torch
 
 from ml.generative.assignment import TemplateStats
+from ml.generative.training import EMA, Optimiser, lr_at
 from ml.methods.conditional.checkpoint import (
     WEIGHTS_DIR,
     load_wyckoff_release,
     save_wyckoff_release,
 )
-from ml.methods.conditional.train import lr_at
 from ml.methods.conditional.wyckoff_data import (
     WyckoffArrays,
     arrays_to_batch,
@@ -97,8 +96,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     else:
         model = WyckoffFlowModel(config).to(device)
     prior_steps, prior_s = int(prior.get("steps", 0)), float(prior.get("wall_s", 0.0))
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    ema = EMA(model, args.ema)
+    optim = Optimiser(model, args.lr, betas=(0.9, 0.99), weight_decay=0.0, ema=ema)
     order_gen = torch.Generator().manual_seed(args.seed)
     noise_gen = torch.Generator(device=device).manual_seed(args.seed + 1)
     print(
@@ -110,7 +109,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     budget = args.minutes * 60.0
     start = last_export = time.time()
     step, history, window = 0, [], []
-    ema_params, model_params = list(ema.parameters()), list(model.parameters())
 
     def info() -> dict[str, Any]:
         return {
@@ -132,7 +130,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         }
 
     def export() -> None:
-        save_wyckoff_release(ema, args.out, stats.to_dict(), info())
+        save_wyckoff_release(ema.module, args.out, stats.to_dict(), info())
 
     done = False
     while not done:
@@ -142,17 +140,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 done = True
                 break
             progress = max(elapsed / budget, step / args.steps)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, progress, args.lr, args.warmup)
             batch = data.index(idx.to(device)).trim()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 loss, parts = flow_loss(model, batch, noise_gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, model_params, 1.0 - args.ema)
+            optim.step(loss, lr_at(step, progress, args.lr, args.warmup), step)
             step += 1
             window.append(torch.stack([loss.detach(), parts["coord"], parts["lattice"]]))
             if step % args.log_every == 0:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ml.generative.training import clipped_step, cpu_state, save_atomic
 from ml.methods.crystal_gfn.env import CrystalEnv, EnvSpec, States
 from ml.methods.crystal_gfn.policy import Policy, PolicyConfig
 from ml.methods.crystal_gfn.reward import Reward
@@ -276,10 +277,7 @@ def train(
             replayed = rollout(env, policy, reward, n_replay, actions=acts, lattice_u=u)
             loss = loss + tb_loss(policy, replayed) * n_replay
         loss = loss / cfg.batch_size
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net_params, 10.0)
-        opt.step()
+        clipped_step(opt, loss, net_params, 10.0)
         buffer.add(fresh)
         alive = ~fresh.dead
         best = max(best, float(fresh.log_r[alive].max())) if alive.any() else best
@@ -349,20 +347,16 @@ def concat_samples(parts: list[Samples]) -> Samples:
 def save_gfn(
     path: Path, policy: Policy, spec: EnvSpec, reward: Reward, proxy_id: str, info: dict[str, Any]
 ) -> None:
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in policy.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "policy": policy.config.to_dict(),
-        "state": state,
+        "state": cpu_state(policy),
         "env": spec.key(),
         "reward": reward.key(),
         "proxy": proxy_id,
         "info": info,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    save_atomic(payload, path)
 
 
 def read_gfn(path: Path) -> dict[str, Any]:

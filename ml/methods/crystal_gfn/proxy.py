@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ml.generative.training import cpu_state, save_atomic
 from ml.methods.crystal_gfn.chemistry import MAX_Z, element_features
 from ml.methods.crystal_gfn.spacegroups import (
     CRYSTAL_LATTICE_SYSTEMS,
@@ -231,14 +232,15 @@ def _group_no(z: int) -> int:
 
 
 def save_proxy(model: ProxyModel, path: Path, info: dict[str, Any] | None = None) -> None:
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {"format": FORMAT, "config": model.config.to_dict(), "state": state, "info": info or {}},
-        tmp,
+    save_atomic(
+        {
+            "format": FORMAT,
+            "config": model.config.to_dict(),
+            "state": cpu_state(model),
+            "info": info or {},
+        },
+        path,
     )
-    tmp.replace(path)
 
 
 def load_proxy(path: Path, device: str | torch.device = "cpu") -> tuple[ProxyModel, dict]:

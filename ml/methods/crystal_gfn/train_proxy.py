@@ -12,7 +12,6 @@ used once, at the end, for the MAE written into the checkpoint's info.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml.generative.training import EMA, Optimiser
 from ml.methods.crystal_gfn.proxy import (
     TARGETS,
     LatticeBox,
@@ -156,8 +156,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     data_s = time.time() - t0
     config = fit_config(data, args, seen)
     model = ProxyModel(config).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    ema = EMA(model, args.ema)
+    optim = Optimiser(model, args.lr, weight_decay=args.weight_decay, ema=ema)
     t = tensors(data, device)
     y_norm = (t["y"] - model.y_mean) / model.y_std
     weights = torch.tensor([1.0, GAP_WEIGHT], device=device)
@@ -181,23 +181,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if progress >= 1.0:
                 done = True
                 break
-            for g in opt.param_groups:
-                g["lr"] = (
-                    args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * progress))
-                )
+            lr = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * progress))
             idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
             pred = model(t["sg"][idx], t["z"][idx], t["count"][idx], t["lattice"][idx])
             target = y_norm[idx]
             ok = ~torch.isnan(target)
             err = (pred - torch.nan_to_num(target)).abs() * ok * weights
             loss = err.sum() / ok.sum().clamp(min=1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.lerp_(pm, 1.0 - args.ema)
+            optim.step(loss, lr, step)
             losses.append(loss.item())
             step += 1
         if losses:
@@ -208,7 +199,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if done:
             break
     wall = time.time() - start
-    report = mae_report(evaluate(ema, parts["test"], device), parts["test"])
+    report = mae_report(evaluate(ema.module, parts["test"], device), parts["test"])
     info = {
         "data": "MP-20 train + val (rows with structures), DFT labels"
         if args.limit is None
@@ -223,7 +214,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "params": model.num_parameters(),
         "command": "python -m ml.methods.crystal_gfn.train_proxy " + " ".join(sys.argv[1:]),
     }
-    save_proxy(ema, args.out, info)
+    save_proxy(ema.module, args.out, info)
     if args.history:
         args.history.write_text(json.dumps({**info, "history": history}, indent=1))
     print(json.dumps(info), flush=True)

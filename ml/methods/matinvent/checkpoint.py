@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ml.generative.training import cpu_state, save_atomic
 from ml.methods.matinvent.policy import PolicyConfig, TemplatePolicy
 from ml.settings import get_ml_settings
 
@@ -19,13 +20,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 
 
 def save_prior(policy: TemplatePolicy, path: Path, info: dict[str, Any] | None = None) -> None:
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in policy.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "config": policy.config.to_dict(), "state": state}
+    payload = {"format": FORMAT, "config": policy.config.to_dict(), "state": cpu_state(policy)}
     payload["info"] = info or {}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: an export cut off mid-write leaves the previous one
+    save_atomic(payload, path)
 
 
 def load_prior(

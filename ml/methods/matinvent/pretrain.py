@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.methods.conditional.train import lr_at
+from ml.generative.training import Optimiser, lr_at
 from ml.methods.conditional.wyckoff_data import WyckoffArrays, load_split
 from ml.methods.matinvent.checkpoint import PRIOR_FILE, WEIGHTS_DIR, save_prior
 from ml.methods.matinvent.policy import PolicyConfig, TemplatePolicy, sample, sequence_terms
@@ -150,7 +150,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     val_data = pad([seqs[i] for i in val_idx], device) if len(val_idx) else train_data[:0]
     data_s = time.time() - t_data
     policy = TemplatePolicy(config).to(device).train()
-    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    optim = Optimiser(policy, args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     print(
         f"device={device} structures={len(arrays)} templates={len(seqs)} "
         f"train={len(train_idx)} held_out={len(val_idx)} data_s={data_s:.1f} "
@@ -181,17 +181,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if elapsed >= budget or step >= args.steps:
                 done = True
                 break
-            for g in opt.param_groups:
-                g["lr"] = lr_at(
-                    step, max(elapsed / budget, step / args.steps), args.lr, args.warmup
-                )
             batch = train_data[perm[k : k + args.batch_size].to(device)]
             batch = batch[:, : int((batch != PAD).sum(1).max())]  # cut shared padding
             loss, _ = nll_per_token(policy, batch, config)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            opt.step()
+            lr = lr_at(step, max(elapsed / budget, step / args.steps), args.lr, args.warmup)
+            optim.step(loss, lr, step)
             step += 1
             window.append(float(loss.detach()))
             if step % args.eval_every == 0:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml.generative.training import clipped_step
 from ml.methods.matinvent.policy import TemplatePolicy, sample, sequence_terms
 from ml.methods.matinvent.tokens import GrammarLimits, decode, pad, replay, template_formula
 
@@ -307,16 +308,17 @@ class MatInventLoop:
         grammar = replay(tokens, self.limits)
         losses, kls = [], []
         for _ in range(cfg.updates_per_iteration):
-            loglik, kl = sequence_terms(self.agent, tokens, self.limits, self.prior, grammar)
+            # cuDNN's GRU has no backward in eval mode; the agent stays in eval mode (no
+            # dropout: the likelihood trained is the one that samples), so the update runs on
+            # PyTorch's own RNN kernels (the same on CPU, where cuDNN is never used).
+            with torch.backends.cudnn.flags(enabled=False):
+                loglik, kl = sequence_terms(self.agent, tokens, self.limits, self.prior, grammar)
             assert kl is not None
             loss = (
                 -cfg.likelihood_weight * reward * loglik
                 + cfg.kl_weight * (cfg.reward_ceiling - reward) * kl
             ).mean()
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.agent.parameters(), 1.0)
-            self.opt.step()
+            clipped_step(self.opt, loss, self.agent.parameters(), 1.0)
             losses.append(float(loss.detach()))
             kls.append(float(kl.detach().mean()))
         return float(np.mean(losses)), float(np.mean(kls))
