@@ -56,6 +56,7 @@ def test_only_crystals_within_the_limit_are_returned(client: TestClient) -> None
         assert "max_energy_above_hull" not in item["meta"].get("violations", [])
     gen = s["generation"]
     assert gen["budget"] == EHULL_OVERSAMPLE * n and gen["max_energy_above_hull"] == 1.0
+    assert gen["oversample"] == EHULL_OVERSAMPLE
     # Some were dropped on the way, and every stored one was evaluated.
     assert gen["n_rejected"] >= 1 and gen["n_evaluated"] >= n + gen["n_rejected"]
     assert "shortfall" not in s
