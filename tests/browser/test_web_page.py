@@ -254,11 +254,14 @@ def test_labels_filter_and_delete_from_the_page(
     keep = _finished_job(server, "another screen")
     gone = _finished_job(server, label)
     _login(pg, server)
-    # The form starts from the server's defaults (embedded CPU server: 8, no relaxation)
-    # and sends the label typed into it.
+    # The form starts from the server's defaults (embedded CPU server: 8, no relaxation, no
+    # over-generation) and sends the label typed into it.
     pg.wait_for_selector("#form[data-defaults='server']")
     assert pg.input_value("#num_candidates") == "8"
     assert not pg.is_checked("#relax")
+    assert pg.input_value("#oversample") == "1"
+    pg.fill("#oversample", "4")
+    assert '"oversample": 4' in pg.input_value("#body")
     pg.fill("#label", "typed label")
     assert '"label": "typed label"' in pg.input_value("#body")
 

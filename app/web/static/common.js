@@ -16,7 +16,7 @@ export const state = {
   methods: {}, units: {}, properties: [...CORE_PROPERTIES], jobs: new Map(), order: [],
   cursor: null, selected: null, structures: [], sort: { key: "rank", dir: 1 }, picked: null,
   pickedByUser: false, streams: new Map(), templates: null, viewer: null,
-  defaults: { num_candidates: 8, relax: false }, touched: new Set(),
+  defaults: { num_candidates: 8, relax: false, oversample: 1 }, touched: new Set(),
 };
 
 // The API key lives in this tab's session storage only.

@@ -30,10 +30,14 @@ export async function loadServerDefaults() {
   try {
     const schema = await api("/openapi.json");
     const props = schema.components.schemas.DesignRequest.properties;
-    state.defaults = { num_candidates: props.num_candidates.default, relax: props.relax.default };
+    state.defaults = {
+      num_candidates: props.num_candidates.default, relax: props.relax.default,
+      oversample: props.oversample?.default ?? 1,
+    };
   } catch (e) { return; }  // keep the page's own
   if (!state.touched.has("num_candidates")) $("num_candidates").value = state.defaults.num_candidates;
   if (!state.touched.has("relax")) $("relax").checked = !!state.defaults.relax;
+  if (!state.touched.has("oversample")) $("oversample").value = state.defaults.oversample;
   $("form").dataset.defaults = "server";
   buildRequest();
 }
@@ -163,6 +167,7 @@ export function buildRequest() {
   const body = {
     method: $("method").value, objectives, constraints,
     num_candidates: Number($("num_candidates").value), relax: $("relax").checked,
+    oversample: Number($("oversample").value) || 1,
     seed: Number($("seed").value), params: readParams(),
   };
   if ($("label").value.trim()) body.label = $("label").value.trim();
@@ -176,6 +181,7 @@ export function fillForm(req) {
   $("params").dataset.method = "";  // a fresh set of parameter fields
   renderParams();
   $("num_candidates").value = req.num_candidates ?? state.defaults.num_candidates;
+  $("oversample").value = req.oversample ?? state.defaults.oversample;
   $("label").value = req.label || "";
   $("seed").value = req.seed ?? 0;
   $("relax").checked = !!req.relax;
