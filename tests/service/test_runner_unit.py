@@ -145,9 +145,10 @@ def scoring(monkeypatch: pytest.MonkeyPatch) -> FakeScoring:
     return fake
 
 
-def _submit(db: Database, n: int = 6, **params: Any) -> str:
+def _submit(db: Database, n: int = 6, oversample: int = 1, **params: Any) -> str:
     request = DesignRequest.model_validate(
         {
+            "oversample": oversample,
             "method": "fake",
             "objectives": [
                 {"property": "band_gap", "goal": "target", "value": 1.1, "tolerance": 0.01}
@@ -246,6 +247,30 @@ def test_resume_after_worker_death_stores_no_duplicates(
     assert len(scoring.seen) == 6  # stored candidates were not scored again
     job = _job(db, job_id)
     assert job.status == "succeeded" and job.attempts == 2
+
+
+def test_resume_with_selection_returns_what_an_uninterrupted_run_returns(
+    db: Database, settings: Settings, scoring: FakeScoring
+) -> None:
+    """With over-generation the waiting candidates live only in the dead worker's memory: the
+    next attempt regenerates the stream and selects the same crystals, stored once."""
+    whole = _submit(db, n=4, oversample=3, batch=2)
+    assert execute_job(whole, db, settings, worker="ref") == "succeeded"
+    job_id = _submit(db, n=4, oversample=3, batch=2, crash_after=4)
+    with pytest.raises(Crash):
+        execute_job(job_id, db, settings, worker="first")
+    assert _job(db, job_id).status == "running"
+    _age_heartbeat(db, job_id, 60)
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        job.request = {**job.request, "params": {"batch": 2}}
+    assert execute_job(job_id, db, settings, worker="second") == "succeeded"
+    rows = _rows(db, job_id)
+    assert len(rows) == 4 and len({r.fingerprint for r in rows}) == 4
+    expected = {r.fingerprint: r.rank for r in _rows(db, whole)}
+    assert {r.fingerprint: r.rank for r in rows} == expected
+    generation = _job(db, job_id).summary["generation"]
+    assert generation["n_generated"] == 12 and generation["n_not_selected"] == 8
 
 
 def test_cancel_between_steps_keeps_partial_results(
