@@ -166,7 +166,7 @@ def submit_job(
     """Store a queued job; returns (job, created). The caller enqueues it after this commit.
 
     The same Idempotency-Key with the same body returns the earlier job (created False);
-    with a different body it is a 422 :class:`FieldError`. Keys expire after
+    with a different body it is a 409 :class:`Conflict` (docs/api.md). Keys expire after
     ``idempotency_key_ttl_s``; quotas are checked (``settings.limits_on``) for new jobs only.
     """
     digest = request_hash(request)
@@ -223,10 +223,9 @@ def _by_idempotency_key(db: Database, owner: str, key: str, digest: str) -> Job 
     with db.session() as s:
         job = s.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
     if job is not None and job.request_hash != digest:
-        raise FieldError(
-            ["header", "Idempotency-Key"],
-            "already used with a different request body",
-            "idempotency_key_reused",
+        raise Conflict(
+            f"Idempotency-Key {key!r} was already used with a different request body "
+            f"(job {job.id})"
         )
     return job
 

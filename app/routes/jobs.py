@@ -44,13 +44,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {**KEYED, **NOT_FOUND, **INVALID}
         400: {"model": MessageOut, "description": "Empty Idempotency-Key, or unparseable body"},
         409: {
             "model": MessageOut,
-            "description": "A request with this Idempotency-Key is still being processed",
+            "description": "Idempotency-Key already used with another body, or a request "
+            "with it is still being processed",
         },
         413: {"model": MessageOut, "description": "Request body too large"},
         422: {
             "model": ValidationErrorOut,
-            "description": "Invalid field (named in `field`), or Idempotency-Key already used "
-            "with another body (`header.Idempotency-Key`)",
+            "description": "Invalid field (named in `field`)",
         },
         429: {
             **KEYED[429],

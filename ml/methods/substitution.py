@@ -13,6 +13,10 @@ times site counts is zero). The most probable substitutions become candidates: s
 swapped in the reference cell and the volume rescaled by ionic radii (reference lattice
 scaling, pymatgen's ``RLSVolumePredictor``). The oracles rank them afterwards.
 
+With an exact ``constraints.composition`` (a polymorph search: "ZnO in P6_3mc") only
+references of the same prototype formula (AB, AB2C4, ...) are examined, only the composition's
+ions are substituted in, and known formulas are not skipped: the user asked for that one.
+
 Deterministic: the seed picks which references are examined (when there are more than
 ``max_references``) and breaks probability ties; ``temperature > 0`` samples instead of
 taking the most probable.
@@ -58,7 +62,9 @@ class SubstitutionParams(MethodParams):
     datasets: list[Dataset] = Field(
         default_factory=lambda: ["mp20"],
         min_length=1,
-        description="Data sets whose structures serve as references (ignored with templates).",
+        description="Data sets whose structures serve as references (ignored with templates). "
+        "Unset with a fixed constraints.composition: mp20 and mp2018 (the larger cells of "
+        "mp2018 hold prototypes such as olivine that MP-20's 20-atom limit leaves out).",
     )
     max_references: int = Field(
         default=3000, ge=1, le=100_000, description="References examined (seeded sample)."
@@ -70,12 +76,17 @@ class SubstitutionParams(MethodParams):
         default=1e-6, gt=0, le=1, description="Smallest joint substitution probability kept."
     )
     max_per_formula: int = Field(
-        default=2, ge=1, le=1000, description="At most this many candidates per new formula."
+        default=2,
+        ge=1,
+        le=1000,
+        description="At most this many candidates per new formula (not applied with a fixed "
+        "constraints.composition).",
     )
     skip_known: bool = Field(
         default=True,
         description="Skip substitutions whose formula already occurs in the reference data "
-        "(any data set, not only the references: they would rediscover known materials).",
+        "(any data set, not only the references: they would rediscover known materials). "
+        "Not applied when the request fixes constraints.composition.",
     )
     temperature: float = Field(
         default=0.0,
@@ -217,6 +228,13 @@ def _counts(formula: str) -> dict[str, float]:
     return {str(el): amt for el, amt in Composition(formula).reduced_composition.items()}
 
 
+@lru_cache(maxsize=200_000)
+def _prototype(formula: str) -> str:
+    """The anonymous reduced formula (ZnO -> AB, MgAl2O4 -> AB2C4): what an exchange of ions,
+    one new element per old one, keeps."""
+    return str(Composition(formula).reduced_composition.anonymized_formula)
+
+
 class SubstitutionMethod(DesignMethod):
     name = "substitution"
     version = "1.0"
@@ -252,8 +270,10 @@ class SubstitutionMethod(DesignMethod):
         templates = request.constraints.templates
         references, known = self._references(request, params, rng)
         yield Progress("scanning references", 0, len(references))
+        # A fixed composition is asked for by name, known or not.
+        skip = params.skip_known and request.constraints.composition is None
         proposals = yield from self._propose(
-            request, params, references, known if params.skip_known else set(), ctx
+            request, params, references, known if skip else set(), ctx
         )
         chosen = self._choose(proposals, request, params, rng)
         total = request.num_candidates
@@ -326,10 +346,14 @@ class SubstitutionMethod(DesignMethod):
         from ml.data.records import load_table, reduced_formula
 
         n_usable = len(c.elements.usable())
+        datasets = list(params.datasets)
+        if c.composition and "datasets" not in params.model_fields_set:
+            datasets = ["mp20", "mp2018"]
         space_groups = set(c.space_groups) if c.space_groups else None
+        prototype = _prototype(c.composition) if c.composition else None
         refs = []
         known: set[str] = set()
-        for dataset in params.datasets:
+        for dataset in datasets:
             for split in _SPLITS[dataset]:
                 table = load_table(dataset, split)
                 sgs = (
@@ -350,6 +374,8 @@ class SubstitutionMethod(DesignMethod):
                     formula = reduced_formula(formulas[row])
                     if len(_counts(formula)) > n_usable:
                         continue  # more ions than allowed elements: no injective exchange
+                    if prototype is not None and _prototype(formula) != prototype:
+                        continue  # no exchange of ions turns it into the composition
                     if c.crystal_family == "perovskite" and not _is_perovskite(formula):
                         continue
                     if params.parent_max_e_hull is not None and not (
@@ -392,10 +418,15 @@ class SubstitutionMethod(DesignMethod):
         yields progress and returns the proposals)."""
         c = request.constraints
         model = _probability_model()
-        targets = _target_species(c.elements.usable())
+        wanted = Composition(c.composition).reduced_formula if c.composition else None
+        usable = c.elements.usable()
+        if wanted is not None:
+            # Only the composition's ions can reach it; ranking all others first would push
+            # them out of the species_per_ion most probable replacements.
+            usable = [el for el in usable if el in _counts(wanted)]
+        targets = _target_species(usable)
         known = model.species  # type: ignore[attr-defined]
         required = set(c.elements.required)
-        wanted = Composition(c.composition).reduced_formula if c.composition else None
         zs = set(c.formula_units or ())
         n_per_fu = round(Composition(wanted).num_atoms) if wanted else 1
         seen: set[tuple[object, ...]] = set()
@@ -482,12 +513,26 @@ class SubstitutionMethod(DesignMethod):
         t = params.temperature
         keys = logp / t + noise if t > 0 else logp + 1e-9 * noise
         order = np.argsort(-keys, kind="stable")
+        cap: float = params.max_per_formula
+        if request.constraints.composition:
+            # Every proposal has the one formula; they differ by structure type. Many
+            # references share one (wurtzite CoO, CdO, ZnS, ... for ZnO): the best of each
+            # (space group, cell size) comes first, then the second best of each, and so on.
+            cap = math.inf
+            seen_types: dict[tuple[int | None, int], int] = {}
+            round_of = []
+            for i in order:
+                ref = proposals[int(i)].reference
+                kind = (ref.space_group, ref.n_atoms)
+                seen_types[kind] = seen_types.get(kind, 0) + 1
+                round_of.append(seen_types[kind])
+            order = order[np.argsort(round_of, kind="stable")]
         per_formula: dict[str, int] = {}
         out = []
         for i in order:
             p = proposals[int(i)]
             formula = _formula_after(_counts(p.reference.formula), p.ions, p.new_ions)
-            if per_formula.get(formula, 0) >= params.max_per_formula:
+            if per_formula.get(formula, 0) >= cap:
                 continue
             per_formula[formula] = per_formula.get(formula, 0) + 1
             out.append(p)

@@ -132,6 +132,18 @@ def test_proposed_compositions_meet_the_constraints() -> None:
     assert prototype(Composition("SrTiO3")) == "ABC3"
 
 
+def test_known_formulas_are_proposed_after_all_others() -> None:
+    cons = Constraints(elements={"allowed": ["Sr", "Ti", "O"], "required": ["O"]}, max_atoms=10)
+    plain = [p.formula for p in propose_compositions(cons, 10_000, STATS)]
+    known = {"SrTiO3", "SrO", "TiO2"} & set(plain)
+    assert known and plain.index("SrTiO3") < 5
+    steered = [p.formula for p in propose_compositions(cons, 10_000, STATS, avoid=known)]
+    assert sorted(steered) == sorted(plain)  # the same proposals, reordered
+    first_known = min(steered.index(f) for f in known)
+    assert all(f not in known for f in steered[:first_known])
+    assert all(f in known for f in steered[first_known:])
+
+
 def test_enumeration_covers_unseen_elements() -> None:
     # No training formula has Ca and S: the neutral enumeration must still find CaS.
     cons = Constraints(elements={"allowed": ["Ca", "S"]}, max_atoms=4)
@@ -144,8 +156,11 @@ def test_run_without_composition_proposes_one(
     tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        method_mod, "propose_compositions", lambda c, n: propose_compositions(c, n, STATS)
+        method_mod,
+        "propose_compositions",
+        lambda c, n, avoid: propose_compositions(c, n, STATS, avoid=avoid),
     )
+    monkeypatch.setattr(method_mod, "known_formulas", lambda: frozenset({"NaCl"}))
     req = request(
         constraints={"elements": {"allowed": ["Na", "K", "Cl"]}, "max_atoms": 4},
         num_candidates=4,
@@ -154,6 +169,8 @@ def test_run_without_composition_proposes_one(
     assert len(cands) == 4
     for c in cands:
         assert set(c.crystal.species) <= {"Na", "K", "Cl"} and c.crystal.num_atoms <= 4
+    # Known formulas come last: NaCl is the most plausible, but there are enough others.
+    assert "NaCl" not in {Composition(c.meta["composition"]).reduced_formula for c in cands}
 
 
 def test_training_cli_writes_and_resumes(tmp_path: Path) -> None:

@@ -70,3 +70,64 @@ def test_parents_are_near_the_hull_and_meet_the_request_more_often():
         return float(np.mean([abs(gap[c.meta["reference"]] - 1.5) for c in cands]))
 
     assert miss(steered) < 0.5 < miss(plain)
+
+
+def _known_structures(formula: str, space_group: int) -> list:
+    from ml.crystal import Crystal
+    from ml.data.records import load_table
+
+    out = []
+    for dataset, split in (
+        ("mp20", "train"),
+        ("mp20", "val"),
+        ("mp20", "test"),
+        ("mp2018", "extra"),
+    ):
+        t = load_table(dataset, split)
+        rows = t[(t["pretty_formula"] == formula) & (t["spacegroup_number"] == space_group)]
+        out += [Crystal.from_cif(cif).to_structure() for cif in rows["cif"]]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("formula", "space_group", "max_atoms"), [("ZnO", 186, 12), ("LiFePO4", 62, 28)]
+)
+def test_a_fixed_composition_gets_its_known_structure_type(
+    formula: str, space_group: int, max_atoms: int
+) -> None:
+    """A polymorph search ("ZnO in P6_3mc"): known formulas are not skipped, references of the
+    same prototype (olivine from mp2018 for LiFePO4) give the composition, and the candidates
+    cover several structure types before repeating one."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    request = DesignRequest.model_validate(
+        {
+            "method": "substitution",
+            "objectives": [{"property": "energy_above_hull", "goal": "minimize"}],
+            "constraints": {
+                "composition": formula,
+                "space_groups": [space_group],
+                "max_atoms": max_atoms,
+            },
+            "num_candidates": 8,
+            "seed": 0,
+        }
+    )
+    method = get_method("substitution")
+    out = []
+    for event in method.run(request, method.validate(request), _Ctx()):
+        if isinstance(event, list):
+            out += event
+    assert len(out) == 8
+    structures = [c.crystal.to_structure() for c in out]
+    assert {s.composition.reduced_formula for s in structures} == {formula}
+    assert all(
+        SpacegroupAnalyzer(s, symprec=0.1).get_space_group_number() == space_group
+        for s in structures
+    )
+    assert len({c.meta["reference_formula"] for c in out}) == 8
+    known = _known_structures(formula, space_group)
+    assert known, f"no {formula} in {space_group} in the data sets"
+    matcher = StructureMatcher()
+    assert any(matcher.fit(s, k) for s in structures for k in known)

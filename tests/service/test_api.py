@@ -220,9 +220,10 @@ def test_idempotency_key(client: TestClient, keys: list[str]) -> None:
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
-    # Reuse with another body: 422 naming the header (IETF idempotency-key draft).
+    # Reuse with another body: 409 (docs/api.md), naming the key and the job it holds.
     other = client.post("/v1/jobs", json=_job(seed=8), headers=h)
-    assert _fields(other) == ["header.Idempotency-Key"]
+    assert other.status_code == 409, other.text
+    assert "order-66" in other.json()["detail"] and first.json()["id"] in other.json()["detail"]
     # The same idempotency key of another API key is another job.
     theirs = client.post(
         "/v1/jobs", json=_job(seed=7), headers=_h(keys[1], **{"Idempotency-Key": "order-66"})

@@ -19,7 +19,7 @@ from app.main import create_app
 from app.settings import Settings
 from workers.runner import execute_job
 
-from .conftest import PG_ADMIN_URL, SESSION, SMALL_JOB, WorkerProcess, finished, wait_for
+from .conftest import SMALL_JOB, WorkerProcess, finished, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,25 +35,10 @@ JOB: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def shard_database_url(postgres_url: str) -> Iterator[str]:
-    """A database of this module's own: the workers' sweepers would otherwise re-send every
-    job earlier tests left queued in the session's database, and work through that backlog
-    before the sharded job (seen in CI: past the 400 s bound)."""
-    import psycopg
-
-    name = f"matdesign_shards_{SESSION}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
-def shard_settings(integration_settings: Settings, shard_database_url: str) -> Settings:
+def shard_settings(integration_settings: Settings, module_database_url: str) -> Settings:
     return integration_settings.model_copy(
         update={
-            "database_url": shard_database_url,
+            "database_url": module_database_url,
             "queue_name": f"{integration_settings.queue_name}-shards",
             "shard_min_candidates": 8,
             "shard_candidates": SHARD,

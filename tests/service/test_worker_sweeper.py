@@ -2,7 +2,8 @@
 
 A job whose broker message was lost (the queue was emptied after the commit) is found by the
 worker's own sweeper, re-enqueued and finished. The API used to submit it has its sweeper
-off, and no other API is running while this module runs.
+off, and no other API is running while this module runs. The module has a database of its
+own: the worker's sweeper would otherwise first re-send what earlier tests left queued.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_worker_alone_recovers_a_job_whose_message_was_lost(
-    integration_settings: Settings, tmp_path: Path
+    integration_settings: Settings, module_database_url: str, tmp_path: Path
 ) -> None:
     settings = integration_settings.model_copy(
         update={
+            "database_url": module_database_url,
             "queue_name": f"{integration_settings.queue_name}-sweep",
             "requeue_queued_after_s": 2.0,
         }
@@ -39,7 +41,10 @@ def test_worker_alone_recovers_a_job_whose_message_was_lost(
         worker = WorkerProcess(settings, tmp_path / "worker.log", "sweeping")
         try:
             worker.wait_ready()
-            job = wait_for(api, job_id, finished, timeout=240)
+            try:
+                job = wait_for(api, job_id, finished, timeout=240)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\nworker log:\n{worker.log()[-6000:]}") from None
         finally:
             worker.stop()
         assert job["status"] == "succeeded", (job["error"], worker.log()[-3000:])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -203,9 +203,13 @@ def training_compositions(
 
 
 def propose_compositions(
-    constraints: Constraints, count: int, stats: CompositionStats | None = None
+    constraints: Constraints,
+    count: int,
+    stats: CompositionStats | None = None,
+    avoid: Collection[str] = (),
 ) -> list[ProposedComposition]:
-    """Up to ``count`` distinct cell compositions satisfying ``constraints``, best first.
+    """Up to ``count`` distinct cell compositions satisfying ``constraints``, best first;
+    reduced formulas in ``avoid`` (e.g. known materials) come after all others.
 
     Deterministic: ties are broken by formula and cell size."""
     stats = stats or training_stats()
@@ -221,5 +225,7 @@ def propose_compositions(
         best = found.get(c.numbers)
         if best is None or c.score > best.score:
             found[c.numbers] = c
-    ranked = sorted(found.values(), key=lambda c: (-c.score, c.formula, c.num_atoms))
+    ranked = sorted(
+        found.values(), key=lambda c: (c.formula in avoid, -c.score, c.formula, c.num_atoms)
+    )
     return ranked[:count]

@@ -86,6 +86,12 @@ class ConditionalParams(MethodParams):
         description="compositions to propose when the request gives none "
         "(default: enough for num_candidates)",
     )
+    new_compositions: bool = Field(
+        default=True,
+        description="when the request gives no composition: propose formulas absent from the "
+        "reference data first (a known formula mostly regenerates its known crystal, which is "
+        "not novel); false: the most plausible formulas, known ones included",
+    )
     formula_unit_options: int = Field(
         default=1,
         ge=1,
@@ -111,6 +117,18 @@ def _default_model() -> str:
 
 
 @cache
+@cache
+def known_formulas() -> frozenset[str]:
+    """Reduced formulas of every reference material (the novelty index's, and MP-20 train's
+    rows without coordinates)."""
+    from ml.data import load_table
+    from ml.data.records import reduced_formula
+    from ml.data.reference import reference_formula_index
+
+    train = load_table("mp20", "train_index")["pretty_formula"].astype(str)
+    return frozenset(reference_formula_index()) | {reduced_formula(f) for f in train}
+
+
 def _load_wyckoff(device: str):  # type: ignore[no-untyped-def]
     return load_wyckoff_release(find_weights("wyckoff"), device)
 
@@ -230,7 +248,8 @@ class ConditionalMethod(DesignMethod):
             request.num_candidates / (params.samples_per_composition * len(space_groups))
         )
         widen = cons.crystal_family is not None or cons.space_groups is not None
-        pool = propose_compositions(cons, wanted * 4 if widen else wanted)
+        avoid = known_formulas() if params.new_compositions else frozenset()
+        pool = propose_compositions(cons, wanted * 4 if widen else wanted, avoid=avoid)
         if cons.crystal_family == "perovskite":
             pool = [p for p in pool if is_perovskite(p.formula)]
         if not pool:
