@@ -112,13 +112,20 @@ SUITE: dict[str, dict[str, Any]] = {
 
 
 def build_request(
-    name: str, method: str, n: int, relax: bool, seed: int = 0, oversample: int = 1
+    name: str,
+    method: str,
+    n: int,
+    relax: bool,
+    seed: int = 0,
+    oversample: int = 1,
+    params: dict[str, Any] | None = None,
 ) -> DesignRequest:
     """The suite's request ``name`` for ``method`` (validated as the API would)."""
     spec = SUITE[name]
     return DesignRequest.model_validate(
         {
             **spec,
+            "params": {**spec.get("params", {}), **(params or {})},
             "method": method,
             "num_candidates": n,
             "relax": relax,
@@ -315,6 +322,12 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     parser.add_argument("--requests", default=None, help="comma-separated suite names")
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
+    parser.add_argument(
+        "--params",
+        type=json.loads,
+        default={},
+        help='method parameters for every job, JSON (e.g. \'{"new_compositions": false}\')',
+    )
     args = parser.parse_args()
 
     device = args.device or get_ml_settings().torch_device()
@@ -325,7 +338,8 @@ def main() -> None:
         parser.error(f"unknown methods/requests {unknown}; requests: {list(SUITE)}")
     print(
         f"lab suite v{SUITE_VERSION}: {len(names)} requests x {methods}, n={args.n}, "
-        f"relax={args.relax}, oversample={args.oversample}, device={device}",
+        f"relax={args.relax}, oversample={args.oversample}, params={args.params}, "
+        f"device={device}",
         flush=True,
     )
     t = time.perf_counter()
@@ -339,7 +353,9 @@ def main() -> None:
         if target:
             print(f"[{name}] {len(refs)} reference structure(s) of {target[0]} in {target[1]}")
         for method in methods:
-            request = build_request(name, method, args.n, args.relax, args.seed, args.oversample)
+            request = build_request(
+                name, method, args.n, args.relax, args.seed, args.oversample, args.params
+            )
             reason = rejection(request)
             if reason is not None:
                 print(f"[{name}] {method}: skipped ({reason})", flush=True)
@@ -395,6 +411,7 @@ def _save(args: argparse.Namespace, device: str, rows: list[dict[str, Any]]) -> 
         "n": args.n,
         "seed": args.seed,
         "oversample": args.oversample,
+        "params": args.params,
         "rows": rows,
         "table": markdown_table(rows),
     }

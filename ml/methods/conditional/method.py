@@ -117,7 +117,6 @@ def _default_model() -> str:
 
 
 @cache
-@cache
 def known_formulas() -> frozenset[str]:
     """Reduced formulas of every reference material (the novelty index's, and MP-20 train's
     rows without coordinates)."""
@@ -129,6 +128,7 @@ def known_formulas() -> frozenset[str]:
     return frozenset(reference_formula_index()) | {reduced_formula(f) for f in train}
 
 
+@cache
 def _load_wyckoff(device: str):  # type: ignore[no-untyped-def]
     return load_wyckoff_release(find_weights("wyckoff"), device)
 
