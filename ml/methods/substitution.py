@@ -672,3 +672,31 @@ def _pause(seconds: float, ctx: MethodContext) -> None:
         if left <= 0:
             return
         time.sleep(min(left, 0.1))
+
+
+def substituted_compositions(request: DesignRequest, count: int) -> list[tuple[str, int]]:
+    """Up to ``count`` (new reduced formula, atoms per cell of its parent), most probable
+    first: the formulas this baseline would make for ``request`` (default parameters: stable,
+    property-matched parents; known formulas skipped), without building structures. Other
+    methods use them as novel compositions with a data-mined chance of being stable; [] when
+    the request's elements give the substitution model nothing to work with."""
+    method = SubstitutionMethod()
+    try:
+        params = method.validate(request.model_copy(update={"params": {}}))
+    except RequestError:
+        return []
+    rng = np.random.default_rng(request.seed)
+    references, known = method._references(request, params, rng)
+    scan = method._propose(request, params, references, known, MethodContext())
+    while True:
+        try:
+            next(scan)  # progress events: nobody is watching
+        except StopIteration as done:
+            proposals: list[_Proposal] = done.value
+            break
+    wide = request.model_copy(update={"num_candidates": count})
+    out: dict[str, int] = {}
+    for p in method._choose(proposals, wide, params, rng):
+        formula = _formula_after(_counts(p.reference.formula), p.ions, p.new_ions)
+        out.setdefault(formula, p.reference.n_atoms)
+    return list(out.items())[:count]

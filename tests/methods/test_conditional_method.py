@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
-from pymatgen.core import Composition
+from pymatgen.core import Composition, Element
 
 from ml.constraints import is_charge_neutral
 from ml.methods.base import Cancelled, Candidate, MethodContext, Progress, RequestError
@@ -220,3 +220,32 @@ def test_released_wyckoff_weights_keep_the_requested_space_group() -> None:
     assert all(c.meta["space_group_generated"] == 186 for c in cands)
     assert all(c.crystal.num_atoms == 4 for c in cands)
     assert sum(space_group_number(c.crystal) == 186 for c in cands) >= 3
+
+
+def test_open_requests_get_new_compositions_from_ion_substitution() -> None:
+    """With no composition given, the compositions are new formulas made by ion exchange on
+    stable known materials (the substitution baseline's model), within the constraints; with
+    new_compositions false the most plausible known ones come back."""
+    req = DesignRequest.model_validate(
+        {
+            "method": "conditional",
+            "objectives": [{"property": "band_gap", "goal": "target", "value": 1.5}],
+            "constraints": {
+                "elements": {"excluded": ["Pb", "Cd", "Hg", "As", "Tl", "Be"]},
+                "max_atoms": 12,
+            },
+            "num_candidates": 32,
+        }
+    )
+    method = ConditionalMethod()
+    cells = method._cells(req, method.validate(req))
+    assert len(cells) == 4 and {source for _, _, source in cells} == {"substituted"}
+    known = method_mod.known_formulas()
+    for numbers, _, _ in cells:
+        comp = Composition({Element.from_Z(z).symbol: n for z, n in Counter(numbers).items()})
+        assert comp.reduced_formula not in known
+        assert not {"Pb", "Cd", "Hg", "As", "Tl", "Be"} & {e.symbol for e in comp.elements}
+        assert len(numbers) <= 12 and is_charge_neutral(comp.reduced_formula)
+    plain = req.model_copy(update={"params": {"new_compositions": False}})
+    old = method._cells(plain, method.validate(plain))
+    assert {source for _, _, source in old} == {"training"}

@@ -31,8 +31,9 @@ class _Ctx:
         pass
 
 
-def _run(params: dict) -> list:
-    request = DesignRequest.model_validate({**GAP_REQUEST, "params": params})
+def _run(params: dict, request: DesignRequest | None = None, n: int = 8) -> list:
+    base = request.model_dump() if request is not None else GAP_REQUEST
+    request = DesignRequest.model_validate({**base, "params": params, "num_candidates": n})
     method = get_method("substitution")
     out = []
     for event in method.run(request, method.validate(request), _Ctx()):
@@ -131,3 +132,20 @@ def test_a_fixed_composition_gets_its_known_structure_type(
     assert known, f"no {formula} in {space_group} in the data sets"
     matcher = StructureMatcher()
     assert any(matcher.fit(s, k) for s in structures for k in known)
+
+
+def test_substituted_compositions_are_new_ranked_and_within_the_request() -> None:
+    from ml.data.reference import reference_formula_index
+    from ml.methods.substitution import substituted_compositions
+
+    request = DesignRequest.model_validate({**GAP_REQUEST, "constraints": {"max_atoms": 10}})
+    found = substituted_compositions(request, 6)
+    assert len(found) == 6 and len({f for f, _ in found}) == 6
+    known = reference_formula_index()
+    assert all(f not in known and n <= 10 for f, n in found)
+    # The same as the formulas of the candidates the method itself makes, in its order.
+    made = [
+        c.crystal.to_structure().composition.reduced_formula
+        for c in _run({}, request=request, n=12)
+    ]
+    assert [f for f, _ in found] == list(dict.fromkeys(made))[:6]

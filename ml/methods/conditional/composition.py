@@ -115,7 +115,7 @@ def training_stats() -> CompositionStats:
     return CompositionStats.from_formulas(rows)
 
 
-def _numbers(reduced: Composition, z: int) -> tuple[int, ...]:
+def cell_numbers(reduced: Composition, z: int) -> tuple[int, ...]:
     out: list[int] = []
     for el, amount in reduced.items():
         out += [Element(el.symbol).Z] * (z * round(amount))
@@ -170,7 +170,7 @@ def enumerate_compositions(
                 for z in range(1, min(MAX_Z, constraints.max_atoms // n_fu) + 1):
                     out.append(
                         ProposedComposition(
-                            _numbers(comp.reduced_composition, z),
+                            cell_numbers(comp.reduced_composition, z),
                             comp.reduced_formula,
                             stats.score(comp, z),
                             "enumerated",
@@ -196,7 +196,10 @@ def training_compositions(
             z = n_atoms // n_fu
             out.append(
                 ProposedComposition(
-                    _numbers(comp.reduced_composition, z), formula, stats.score(comp, z), "training"
+                    cell_numbers(comp.reduced_composition, z),
+                    formula,
+                    stats.score(comp, z),
+                    "training",
                 )
             )
     return out

@@ -24,7 +24,11 @@ from ml.methods.base import (
     RequestError,
 )
 from ml.methods.conditional.checkpoint import find_weights, load_release, load_wyckoff_release
-from ml.methods.conditional.composition import propose_compositions
+from ml.methods.conditional.composition import (
+    ProposedComposition,
+    cell_numbers,
+    propose_compositions,
+)
 from ml.methods.conditional.flow import SampleConfig
 from ml.methods.conditional.model import PROPERTIES, ConditionalFlowModel
 from ml.methods.conditional.sampler import GenerationCondition, generate_batches
@@ -88,9 +92,11 @@ class ConditionalParams(MethodParams):
     )
     new_compositions: bool = Field(
         default=True,
-        description="when the request gives no composition: propose formulas absent from the "
-        "reference data first (a known formula mostly regenerates its known crystal, which is "
-        "not novel); false: the most plausible formulas, known ones included",
+        description="when the request gives no composition: new formulas first, made by the "
+        "substitution baseline's ion exchanges on stable, property-matched known materials, "
+        "then enumerated ones absent from the reference data (a known formula mostly "
+        "regenerates its known crystal, which is not novel); false: the most plausible "
+        "formulas, known ones included",
     )
     formula_unit_options: int = Field(
         default=1,
@@ -114,6 +120,25 @@ def _default_model() -> str:
     except FileNotFoundError:
         return "free-cell"
     return "wyckoff"
+
+
+def _new_compositions(request: DesignRequest, count: int) -> list[ProposedComposition]:
+    """Novel compositions from data-mined ion substitution (Hautier et al.) on near-hull
+    parents, in their parents' cell sizes, within the request's constraints."""
+    from ml.methods.substitution import substituted_compositions
+
+    cons = request.constraints
+    out = []
+    for rank, (formula, n_atoms) in enumerate(substituted_compositions(request, count * 2)):
+        reduced = Composition(formula).reduced_composition
+        z = max(1, round(n_atoms / reduced.num_atoms))
+        if n_atoms > cons.max_atoms or (
+            cons.crystal_family == "perovskite" and not is_perovskite(formula)
+        ):
+            continue
+        numbers = cell_numbers(reduced, z)
+        out.append(ProposedComposition(numbers, formula, -float(rank), "substituted"))
+    return out[:count]
 
 
 @cache
@@ -248,8 +273,13 @@ class ConditionalMethod(DesignMethod):
             request.num_candidates / (params.samples_per_composition * len(space_groups))
         )
         widen = cons.crystal_family is not None or cons.space_groups is not None
-        avoid = known_formulas() if params.new_compositions else frozenset()
-        pool = propose_compositions(cons, wanted * 4 if widen else wanted, avoid=avoid)
+        count = wanted * 4 if widen else wanted
+        pool = _new_compositions(request, count) if params.new_compositions else []
+        if len(pool) < count:
+            avoid = known_formulas() if params.new_compositions else frozenset()
+            taken = {p.numbers for p in pool}
+            more = propose_compositions(cons, count, avoid=avoid)
+            pool += [p for p in more if p.numbers not in taken][: count - len(pool)]
         if cons.crystal_family == "perovskite":
             pool = [p for p in pool if is_perovskite(p.formula)]
         if not pool:
