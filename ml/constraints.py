@@ -178,18 +178,33 @@ def snap_to_space_group(
 
 def is_perovskite(item: Crystal | Composition | str) -> bool:
     """ABX3 stoichiometry: a multiple of 5 atoms, of which some set of anion-capable elements
-    (PEROVSKITE_ANIONS) makes exactly 3/5 and the other elements 2/5 (so Te or S may sit on a
-    cation site, as in perov5's VTeO3)."""
+    (PEROVSKITE_ANIONS) makes exactly 3/5 and the other elements split into an A and a B site
+    of 1/5 each, with different elements on them (so Te or S may sit on a cation site, as in
+    perov5's VTeO3, double perovskites Ba2FeMoO6 pass, and P2Se3 or Mn2O3 do not; perov5's
+    enumeration also holds A = B entries such as Sc2O3, 1.6 % of it, which this rejects)."""
     comp = composition_of(item)
     n = comp.num_atoms
     if n < 5 or abs(n / 5 - round(n / 5)) > 1e-8:
         return False
-    candidates = [(el.symbol, a) for el, a in comp.items() if el.symbol in PEROVSKITE_ANIONS]
+    amounts = [(el.symbol, a) for el, a in comp.items()]
+    candidates = [i for i, (el, _) in enumerate(amounts) if el in PEROVSKITE_ANIONS]
     for mask in range(1, 2 ** len(candidates)):
-        x = sum(a for i, (_, a) in enumerate(candidates) if mask >> i & 1)
-        if abs(x - 3 * n / 5) < 1e-8:
+        anions = {candidates[j] for j in range(len(candidates)) if mask >> j & 1}
+        if abs(sum(amounts[i][1] for i in anions) - 3 * n / 5) > 1e-8:
+            continue
+        cations = [a for i, (_, a) in enumerate(amounts) if i not in anions]
+        if _splits_in_two(cations, n / 5):
             return True
     return False
+
+
+def _splits_in_two(amounts: list[float], half: float) -> bool:
+    """Some non-empty proper subset of ``amounts`` sums to ``half`` (the rest to the other)."""
+    k = len(amounts)
+    return any(
+        abs(sum(a for i, a in enumerate(amounts) if mask >> i & 1) - half) < 1e-8
+        for mask in range(1, 2**k - 1)
+    )
 
 
 def matches_composition(item: Crystal | Composition | str, composition: str) -> bool:

@@ -59,6 +59,8 @@ def test_perovskite_stoichiometry() -> None:
     assert is_perovskite("TiOsNOF")  # mixed anions
     assert not is_perovskite("TiO2")
     assert not is_perovskite("NaCl")
+    assert is_perovskite("Ba2FeMoO6")  # double perovskite
+    assert not is_perovskite("P2Se3") and not is_perovskite("Mn2O3")  # one cation: not ABX3
 
 
 def test_constraint_violations_name_the_field() -> None:

@@ -325,6 +325,27 @@ def test_tiny_matinvent_job_returns_hits_and_counts_oracle_calls(
         assert c.meta["template_formula"] == c.crystal.to_structure().composition.reduced_formula
 
 
+def test_too_few_hits_are_topped_up_with_the_closest_scored_crystals(
+    installed: dict[str, Path],
+) -> None:
+    """A target nobody meets (density 0.5 +- 0.01): the job still returns the scored crystals,
+    flagged non-hits, highest reward first, never more than were scored."""
+    req = _request().model_copy(
+        update={
+            "objectives": [Objective(property="density", goal="target", value=0.5, tolerance=0.01)],
+            "num_candidates": 4,
+        }
+    )
+    method = MatInventMethod()
+    ctx = MethodContext()
+    events = list(method.run(req, method.validate(req), ctx))
+    cands = [c for e in events if isinstance(e, list) for c in e]
+    assert ctx.summary["unique_hits"] == 0 and ctx.summary["oracle_calls"] > 0
+    assert len(cands) == min(4, ctx.summary["oracle_calls"])
+    rewards = [c.meta["reward"] for c in cands]
+    assert rewards == sorted(rewards, reverse=True) and all(r < 1.0 for r in rewards)
+
+
 def test_request_errors_name_the_field(
     installed: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -245,7 +245,8 @@ class MatInventMethod(DesignMethod):
         "(space group + Wyckoff orbits) feeding the Wyckoff flow generator, with a KL anchor "
         "to the prior, experience replay and a composition diversity filter; returns the "
         "unique hits found within an oracle-call budget (the job ends at the budget or at "
-        "num_candidates hits, whichever comes first)."
+        "num_candidates hits, whichever comes first), then, when hits are fewer, the scored "
+        "crystals closest to the request."
     )
     Params: ClassVar[type[MethodParams]] = MatInventParams
     # Each shard would repeat the whole RL run to reach its slice of the stream.
@@ -322,6 +323,7 @@ class MatInventMethod(DesignMethod):
             seed=request.seed,
         )
         yield Progress("rl", 0, params.iterations, detail={"oracle_calls": 0, "unique_hits": 0})
+        returned = 0
         try:
             for stats, hits in loop.iterations():
                 detail = {**stats.as_dict(), "oracle_call_budget": params.oracle_call_budget}
@@ -329,8 +331,15 @@ class MatInventMethod(DesignMethod):
                     "rl", stats.iteration, params.iterations, stats.best_objective_loss, detail
                 )
                 if hits:
+                    returned += len(hits)
                     yield [_candidate(o, r) for o, r in hits]
                 ctx.check_cancelled()
+            # Too few hits for the request: the best crystals that passed the filter (valid,
+            # neutral, unique, novel, near the hull) but missed the target fill the places
+            # left, closest first, so a lab still gets ranked near misses, flagged hit false.
+            fill = loop.best_misses(request.num_candidates - returned)
+            if fill:
+                yield [_candidate(o, r) for o, r in fill]
         finally:
             # Also when the job stops early (enough candidates, cancelled): the summary says
             # what was spent up to then.

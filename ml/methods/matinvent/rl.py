@@ -209,6 +209,8 @@ class MatInventLoop:
         self.best_loss: float | None = None
         self.timings = {"sample_s": 0.0, "evaluate_s": 0.0, "update_s": 0.0}
         self.history: list[IterationStats] = []
+        # Scored crystals that missed the request: what a job returns when hits are too few.
+        self.misses: list[tuple[Outcome, float]] = []
 
     @property
     def budget_left(self) -> int:
@@ -240,6 +242,7 @@ class MatInventLoop:
             scored = [k for k, o in enumerate(outcomes) if o.scored]
             self.oracle_calls += len(scored)
             hits = [(outcomes[k], raw[k]) for k in scored if outcomes[k].hit]
+            self.misses += [(outcomes[k], raw[k]) for k in scored if not outcomes[k].hit]
             self.unique_hits += len(hits)
             self.generated += len(samples)
             self.unique_valid += sum(o.unique for o in outcomes)
@@ -272,6 +275,11 @@ class MatInventLoop:
             )
             hits.sort(key=lambda h: (-h[1], h[0].objective_loss))
             yield self.history[-1], hits
+
+    def best_misses(self, count: int) -> list[tuple[Outcome, float]]:
+        """The ``count`` scored non-hits with the highest reward (then lowest objective loss)."""
+        ranked = sorted(self.misses, key=lambda m: (-m[1], m[0].objective_loss))
+        return ranked[: max(count, 0)]
 
     def _rewards(
         self, samples: Sequence[Sample], outcomes: Sequence[Outcome]
