@@ -182,10 +182,10 @@ def evaluate_candidates(
     # call. It feeds E_hull and (through the elemental references) the same model's formation
     # energy, so the model runs once per crystal, not once per property.
     judge_oracle = get_oracle(judge, device)
+    graphs = GraphCache(final)
     need_energy = [k for k, i in enumerate(eligible) if i not in energies]
     if need_energy:
-        energy_oracle = judge_oracle
-        preds = energy_oracle.predict([final[k] for k in need_energy])
+        preds = graphs.predict(judge_oracle, need_energy)
         for k, v in zip(need_energy, preds, strict=True):
             energies[eligible[k]] = _nan_to_none(float(v))
     energy_array = np.array(
@@ -202,7 +202,7 @@ def evaluate_candidates(
         elif ENERGY_MODEL_OF.get(name) == energy_model and hasattr(oracle, "eform_from_energies"):
             preds = oracle.eform_from_energies(final, energy_array)
         else:
-            preds = oracle.predict(final)
+            preds = graphs.predict(oracle, range(len(final)))
         for i, v in zip(eligible, preds, strict=True):
             value = _nan_to_none(float(v))
             if key in _GAP_KEYS and value is not None and value < 0.0:
@@ -259,6 +259,31 @@ def evaluate_candidates(
         sc.objective_loss = request.objective_loss(values[i])
     apply_final_hits(out, request)
     return out
+
+
+_UNBUILT = object()
+
+
+class GraphCache:
+    """Input graphs of one batch's final crystals, per graph builder: oracles on one backbone
+    (the CHGNet judge and the trained band-gap model share CHGNet's 6 / 3 A graphs) build
+    each crystal's graph once, not once per oracle."""
+
+    def __init__(self, crystals: Sequence[Crystal]) -> None:
+        self.crystals = crystals
+        self.built: dict[object, list[Any]] = {}
+
+    def predict(self, oracle: Any, ks: Sequence[int]) -> np.ndarray:
+        """``oracle``'s predictions for the crystals at positions ``ks``."""
+        make = getattr(oracle, "graph_builder", None)
+        if make is None or not hasattr(oracle, "predict_graphs"):
+            return oracle.predict([self.crystals[k] for k in ks])
+        builder = make()
+        graphs = self.built.setdefault(builder, [_UNBUILT] * len(self.crystals))
+        for k in ks:
+            if graphs[k] is _UNBUILT:
+                graphs[k] = builder(self.crystals[k])
+        return oracle.predict_graphs([graphs[k] for k in ks])
 
 
 class _PhaseClock:

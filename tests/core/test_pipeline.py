@@ -56,7 +56,7 @@ def _supercell_permuted(c: Crystal) -> Crystal:
 
 
 @pytest.mark.slow
-def test_pipeline_flags_scores_and_ranks() -> None:
+def test_pipeline_flags_scores_and_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
     [(_, nacl)] = reference_crystals(reference_formula_index()["NaCl"])
     kbr_cscl = Crystal(np.eye(3) * 4.0, [[0, 0, 0], [0.5, 0.5, 0.5]], [19, 35])
     too_close = Crystal(np.eye(3) * 5.0, [[0, 0, 0], [0.06, 0, 0]], [11, 17])
@@ -79,9 +79,18 @@ def test_pipeline_flags_scores_and_ranks() -> None:
         Candidate(too_close),
         Candidate(lead_oxide),
     ]
+    from ml.oracles.chgnet import ChgnetGraphBuilder
+
+    built: list[int] = []
+    build = ChgnetGraphBuilder.__call__
+    monkeypatch.setattr(
+        ChgnetGraphBuilder, "__call__", lambda self, item: built.append(1) or build(self, item)
+    )
     out = evaluate_candidates(candidates, request, device="cpu")
     assert len(out) == 5
     first, dup, kbr, invalid, pbo = out
+    # The CHGNet judge and the band-gap model share one graph per valid crystal.
+    assert len(built) == 4
 
     assert not any(invalid.flags.values()) and invalid.scores == {}
     assert "apart" in invalid.meta["invalid_reason"]
@@ -102,6 +111,7 @@ def test_pipeline_flags_scores_and_ranks() -> None:
     assert fe.value == pytest.approx(direct, abs=1e-5)
     gap = first.scores["band_gap"]
     assert gap.oracle == "gap-chgnet-ft" and gap.value is not None and gap.value > 3.0
+    assert gap.value == pytest.approx(get_oracle("gap-chgnet-ft", "cpu").predict([nacl])[0])
     density = first.scores["density"].value
     assert density == pytest.approx(nacl.to_structure().density, rel=1e-6)
     # The MP ground state at its DFT geometry sits on (or within noise of) the CHGNet hull.
