@@ -224,8 +224,7 @@ def _by_idempotency_key(db: Database, owner: str, key: str, digest: str) -> Job 
         job = s.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
     if job is not None and job.request_hash != digest:
         raise Conflict(
-            f"Idempotency-Key {key!r} was already used with a different request body "
-            f"(job {job.id})"
+            f"Idempotency-Key {key!r} was already used with a different request body (job {job.id})"
         )
     return job
 

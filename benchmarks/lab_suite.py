@@ -326,7 +326,7 @@ def main() -> None:
         "--params",
         type=json.loads,
         default={},
-        help='method parameters for every job, JSON (e.g. \'{"new_compositions": false}\')',
+        help="method parameters for every job, JSON (e.g. '{\"new_compositions\": false}')",
     )
     args = parser.parse_args()
 
