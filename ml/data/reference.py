@@ -27,6 +27,7 @@ __all__ = [
     "FORMULA_ONLY_SPLIT",
     "ReferenceEntry",
     "formula_only_index",
+    "known_formulas",
     "reference_crystals",
     "reference_formula_index",
 ]
@@ -121,3 +122,9 @@ def reference_crystals(
         if crystal is not None:
             out.append((e, crystal))
     return out
+
+
+def known_formulas() -> frozenset[str]:
+    """Reduced formulas of every known material: the reference index's and MP-20 train's
+    rows without coordinates (what a method skips to propose only new formulas)."""
+    return frozenset(reference_formula_index()) | frozenset(formula_only_index())

@@ -395,11 +395,9 @@ class SubstitutionMethod(DesignMethod):
         if params.skip_known:
             # Every formula of the novelty reference set (all data sets; the pipeline loads the
             # same index) plus the MP-20 train materials whose coordinates are missing here.
-            from ml.data.reference import reference_formula_index
+            from ml.data.reference import known_formulas
 
-            known.update(reference_formula_index())
-            formulas = load_table("mp20", "train_index")["pretty_formula"].astype(str)
-            known.update(reduced_formula(f) for f in formulas)
+            known.update(known_formulas())
         if len(refs) > params.max_references:
             pick = np.sort(rng.choice(len(refs), size=params.max_references, replace=False))
             refs = [refs[i] for i in pick]

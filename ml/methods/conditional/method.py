@@ -14,6 +14,7 @@ from pydantic import Field
 from pymatgen.core import Composition, Element
 
 from ml.constraints import is_perovskite, snap_to_space_group
+from ml.data.reference import known_formulas
 from ml.methods.base import (
     Candidate,
     DesignMethod,
@@ -142,18 +143,6 @@ def _new_compositions(request: DesignRequest, count: int) -> list[ProposedCompos
 
 
 @cache
-def known_formulas() -> frozenset[str]:
-    """Reduced formulas of every reference material (the novelty index's, and MP-20 train's
-    rows without coordinates)."""
-    from ml.data import load_table
-    from ml.data.records import reduced_formula
-    from ml.data.reference import reference_formula_index
-
-    train = load_table("mp20", "train_index")["pretty_formula"].astype(str)
-    return frozenset(reference_formula_index()) | {reduced_formula(f) for f in train}
-
-
-@cache
 def _load_wyckoff(device: str):  # type: ignore[no-untyped-def]
     return load_wyckoff_release(find_weights("wyckoff"), device)
 
@@ -276,7 +265,7 @@ class ConditionalMethod(DesignMethod):
         count = wanted * 4 if widen else wanted
         pool = _new_compositions(request, count) if params.new_compositions else []
         if len(pool) < count:
-            avoid = known_formulas() if params.new_compositions else frozenset()
+            avoid = known_formulas() if params.new_compositions else frozenset[str]()
             taken = {p.numbers for p in pool}
             more = propose_compositions(cons, count, avoid=avoid)
             pool += [p for p in more if p.numbers not in taken][: count - len(pool)]
