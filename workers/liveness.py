@@ -46,6 +46,21 @@ def is_running_here(claim: str) -> bool:
         return claim in _ACTIVE
 
 
+def exit_if_terminating(exc: BaseException) -> None:
+    """Exit, as a terminate signal asked, if this process got one while ``exc`` was raised.
+
+    Celery cancels running tasks when its broker connection drops, by a terminate signal to
+    the pool process; billiard's handler raises SystemExit wherever the job is, and a C
+    extension may hand that on as another exception (psycopg's wait loop raised "TypeError:
+    raise: exception class must be a subclass of BaseException" in CI). Such an error is the
+    signal's, not the job's: the message must be redelivered and the job resumed, not failed.
+    """
+    import billiard.common
+
+    if billiard.common._should_have_exited[0]:
+        raise SystemExit(f"terminated by signal during {type(exc).__name__}: {exc}") from exc
+
+
 def _split(worker: str) -> tuple[str, int | None]:
     node, sep, pid = worker.rpartition("/pid")
     if not sep or not pid.isdigit():

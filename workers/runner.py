@@ -38,7 +38,7 @@ from workers.job_summary import (
     timed_events,
 )
 from workers.lease import JobLease, JobTimeLimit, LostClaim, claim_job
-from workers.liveness import owner_gone, running
+from workers.liveness import exit_if_terminating, owner_gone, running
 from workers.store import StructureStore
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,7 @@ def _run(
     except Exception as exc:
         if is_unavailable(exc):
             raise  # not the job's fault: the message is requeued and the job resumed
+        exit_if_terminating(exc)
         log.exception("job %s failed", job.id)
         return _fail(lease, f"{type(exc).__name__}: {exc}")
 

@@ -59,6 +59,7 @@ from ml.request import DesignRequest
 from ml.settings import get_ml_settings
 from workers.job_summary import PhaseTimer, ProgressReporter, finish_summary, timed_events
 from workers.lease import Claimed, JobLease, LostClaim, stale_before, take_claim
+from workers.liveness import exit_if_terminating
 from workers.store import StructureStore, clean_json
 
 log = logging.getLogger(__name__)
@@ -363,6 +364,7 @@ def _run_shard(job: Job, row: JobShard, lease: ShardLease, db: Database, setting
     except Exception as exc:
         if is_unavailable(exc):
             raise  # the task requeues the message; the shard is resumed
+        exit_if_terminating(exc)
         log.exception("job %s shard %d failed", job.id, row.shard)
         return finish(SHARD_FAILED, f"shard {row.shard}: {type(exc).__name__}: {exc}")
 

@@ -57,7 +57,9 @@ def run_design_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
             time.sleep(wait)
             raise Reject(f"database unreachable: {exc}", requeue=True) from exc
         from workers.lease import fail_unstarted
+        from workers.liveness import exit_if_terminating
 
+        exit_if_terminating(exc)
         log.exception("job %s: failed before it started", job_id)
         fail_unstarted(db, job_id, f"{type(exc).__name__}: {exc}", worker=worker)
         raise
@@ -87,6 +89,9 @@ def run_job_shard(self, job_id: str, shard: int) -> str:  # type: ignore[no-unty
             log.warning("job %s shard %d: database unreachable; requeued", job_id, shard)
             time.sleep(wait)
             raise Reject(f"database unreachable: {exc}", requeue=True) from exc
+        from workers.liveness import exit_if_terminating
+
+        exit_if_terminating(exc)
         log.exception("job %s shard %d: failed", job_id, shard)
         return SHARD_FAILED
     db_backoff(False)

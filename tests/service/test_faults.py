@@ -292,6 +292,15 @@ def redis_stack(
         broker.stop()
 
 
+def _log_around(log: str, job_ids: list[str], width: int = 4000) -> str:
+    """The worker log after the first mention of each job (its traceback is there)."""
+    parts = []
+    for job_id in job_ids:
+        at = log.find(job_id)
+        parts.append(log[at : at + width] if at >= 0 else f"{job_id}: not in the worker log")
+    return "\n...\n".join(parts)
+
+
 def test_redis_restart_under_load_loses_no_job(
     redis_stack: tuple[PrivateRedis, Settings, LiveServer, WorkerProcess],
 ) -> None:
@@ -330,7 +339,8 @@ def test_redis_restart_under_load_loses_no_job(
         "consumer_restarts": worker.log().count("reconnecting the consumer"),
     }
     print("FAULT-FIGURES redis-restart-under-load", json.dumps(figures))
-    assert not lost, {k: jobs[k]["error"] for k in lost}
+    # The worker's log holds the traceback of a lost job; without it a failure here is blind.
+    assert not lost, ({k: jobs[k]["error"] for k in lost}, _log_around(worker.log(), lost))
     assert dups == 0 and rows == len(tally.accepted) * JOB["num_candidates"]
 
 

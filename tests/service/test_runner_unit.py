@@ -299,6 +299,32 @@ def test_method_error_fails_job_readably(db: Database, settings: Settings, scori
     assert job.status == "failed" and job.error == "ValueError: boom"
 
 
+def test_an_error_raised_by_a_terminate_signal_does_not_fail_the_job(
+    db: Database, settings: Settings, scoring: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery's terminate signal (broker connection lost) surfaced through a C extension as
+    a TypeError: the job is left to be resumed, as if the process had died, not failed."""
+    import billiard.common
+
+    job_id = _submit(db, n=4, batch=2)
+
+    def terminated_mid_batch(batch: int) -> None:
+        if batch == 1:
+            monkeypatch.setattr(billiard.common, "_should_have_exited", [True])
+            raise TypeError("raise: exception class must be a subclass of BaseException")
+
+    monkeypatch.setattr(FakeMethod, "hook", terminated_mid_batch)
+    with pytest.raises(SystemExit):
+        execute_job(job_id, db, settings, worker="t")
+    job = _job(db, job_id)
+    assert job.status == "running" and job.error is None and len(_rows(db, job_id)) == 2
+    monkeypatch.setattr(billiard.common, "_should_have_exited", [False])
+    _age_heartbeat(db, job_id, 60)
+    monkeypatch.setattr(FakeMethod, "hook", None)
+    assert execute_job(job_id, db, settings, worker="t2") == "succeeded"
+    assert len(_rows(db, job_id)) == 4
+
+
 def test_time_limit_fails_job(db: Database, settings: Settings, scoring: Any) -> None:
     job_id = _submit(db, n=4)
     limited = settings.model_copy(update={"job_time_limit_s": 1e-6})
