@@ -229,6 +229,27 @@ def _by_idempotency_key(db: Database, owner: str, key: str, digest: str) -> Job 
     return job
 
 
+@dataclass(frozen=True)
+class JobState:
+    status: str
+    finished_at: datetime | None
+
+
+def _job_state(s: Session, owner: str, job_id: str) -> JobState:
+    row = s.execute(
+        select(Job.owner, Job.status, Job.finished_at).where(Job.id == job_id)
+    ).first()
+    if row is None or row.owner != owner:
+        raise NotFound(f"no job {job_id}")
+    return JobState(row.status, row.finished_at)
+
+
+def job_state(db: Database, owner: str, job_id: str) -> JobState:
+    """The job's status and end, without its request and summary (404 for another key)."""
+    with db.session() as s:
+        return _job_state(s, owner, job_id)
+
+
 def get_job(db: Database, owner: str, job_id: str) -> Job:
     with db.session() as s:
         job = s.get(Job, job_id)
@@ -426,7 +447,6 @@ def list_structures(
 ) -> tuple[list[StructureView], str | None]:
     """Best rank first (unranked, i.e. still running, in arrival order after), or arrival order
     (``sort=created``); keyset pagination on (rank, seq)."""
-    get_job(db, owner, job_id)
     rank_key = func.coalesce(Structure.rank, _UNRANKED)
     q = select(*_VIEW_COLUMNS).where(Structure.job_id == job_id)
     if hits_only:
@@ -443,7 +463,8 @@ def list_structures(
             (last_seq,) = decode_cursor(cursor, (int,))
             q = q.where(Structure.seq > last_seq)
         q = q.order_by(Structure.seq)
-    with db.session() as s:
+    with db.session() as s:  # one transaction: the owner's check and the page agree
+        _job_state(s, owner, job_id)
         rows = _views(s, q.limit(limit + 1))
     next_cursor = None
     if len(rows) > limit:

@@ -17,6 +17,7 @@ from app.errors import install_error_handlers
 from app.hygiene import UnstorableInputMiddleware
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.openapi import install_openapi
+from app.page_cache import PageCache
 from app.ratelimit import RateLimitMiddleware
 from app.readiness import models_data_check
 from app.routes import catalog, events, health, jobs, structures
@@ -71,7 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     settings = settings or get_settings()
     db = Database(settings.database_url)
-    svc = Services(settings=settings, db=db, queue=make_queue(settings, db))
+    svc = Services(
+        settings=settings,
+        db=db,
+        queue=make_queue(settings, db),
+        pages=PageCache(int(settings.page_cache_mb * 2**20)),
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     page_limit_default: int = Field(default=50, ge=1)
     page_limit_max: int = Field(default=500, ge=1)
+    # Structure pages of finished jobs kept serialized per API process (0 turns it off).
+    page_cache_mb: float = Field(default=64.0, ge=0)
     score_max_cifs: int = Field(default=64, ge=1)
     # POST /v1/score runs in a pool of worker processes (outside the API's memory), capped
     # in atoms per CIF and per request, and killed after the timeout.

@@ -170,6 +170,9 @@ def main() -> int:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--structures", type=int, default=100)
     ap.add_argument("--api-processes", type=int, default=1, help="matdesign serve --workers")
+    ap.add_argument(
+        "--with-limits", action="store_true", help="keep the per-key rate limits and quotas on"
+    )
     args = ap.parse_args()
 
     import psycopg
@@ -188,6 +191,8 @@ def main() -> int:
         "MATDESIGN_BROKER_URL": args.redis,
         "MATDESIGN_QUEUE_NAME": queue,
         "MATDESIGN_SWEEPER_ENABLED": "false",
+        # Throughput of the endpoints, not of the 429 path: per-key limits off unless asked.
+        "MATDESIGN_LIMITS_ENABLED": "true" if args.with_limits else "false",
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
     }

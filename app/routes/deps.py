@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from app.db import Database
+from app.page_cache import PageCache
 from app.queue import JobQueue
 from app.settings import Settings
 
@@ -16,6 +17,7 @@ class Services:
     settings: Settings
     db: Database
     queue: JobQueue
+    pages: PageCache = field(default_factory=lambda: PageCache(0))
 
 
 def services(request: Request) -> Services:

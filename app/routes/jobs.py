@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
+from pydantic import TypeAdapter
 
 from app import jobs as jobs_service
 from app.archive import write_archive
@@ -14,7 +15,7 @@ from app.errors import BadRequest
 from app.examples import request_examples
 from app.hygiene import check_storable
 from app.metrics import ENQUEUE_FAILURES, JOBS_SUBMITTED
-from app.models import JOB_STATES
+from app.models import FINISHED_STATES, JOB_STATES
 from app.queue import enqueue_quietly, mark_unsent
 from app.routes.deps import Services, page_limit, services
 from app.routes.exports import EXPORT_RESPONSES, FORMAT_HELP, ExportFormat, export_response
@@ -32,6 +33,7 @@ _LIMIT = "Page size (default and maximum: MATDESIGN_PAGE_LIMIT_DEFAULT / _MAX)."
 _CURSOR = "next_cursor of the previous page; leave out for the first page."
 
 _ERRORS: dict[int | str, dict[str, Any]] = {**KEYED, **NOT_FOUND, **INVALID}
+_PAGE = TypeAdapter(StructurePage)
 
 
 @router.post(
@@ -187,16 +189,25 @@ def list_structures(
 ) -> Any:
     if format != "json":
         return export_response(svc, owner, job_id, format, hits_only)
+    size = page_limit(limit, svc)
+    key = None
+    if svc.pages.max_bytes:
+        state = jobs_service.job_state(svc.db, owner, job_id)
+        if state.status in FINISHED_STATES:
+            key = (job_id, state.finished_at, sort, size, cursor, hits_only)
+            if (page := svc.pages.get(key)) is not None:
+                return Response(page, media_type="application/json")
     rows, next_cursor = jobs_service.list_structures(
-        svc.db,
-        owner,
-        job_id,
-        sort=sort,
-        limit=page_limit(limit, svc),
-        cursor=cursor,
-        hits_only=hits_only,
+        svc.db, owner, job_id, sort=sort, limit=size, cursor=cursor, hits_only=hits_only
     )
-    return {"items": [structure_out(r) for r in rows], "next_cursor": next_cursor}
+    page = _PAGE.dump_json(
+        StructurePage.model_validate(
+            {"items": [structure_out(r) for r in rows], "next_cursor": next_cursor}
+        )
+    )
+    if key is not None:
+        svc.pages.put(key, page)
+    return Response(page, media_type="application/json")
 
 
 @router.get(

@@ -127,3 +127,36 @@ def test_label_filter_and_purge_for_the_owner_only(database_url: str) -> None:
     assert _count(db, Structure, Structure.job_id == keep) == 1
     assert _count(db, OracleScore) == 1  # the kept job's score
     db.dispose()
+
+
+def test_pages_of_finished_jobs_are_cached_for_their_owner_until_purged(database_url: str) -> None:
+    settings = Settings(database_url=database_url, require_api_key=True)
+    upgrade(database_url)
+    db = Database(database_url)
+    _, alice = create_key(db, "alice")
+    _, bob = create_key(db, "bob")
+    app = create_app(settings)
+    pages = app.state.services.pages
+    a = TestClient(app, headers={"X-API-Key": alice})
+    b = TestClient(app, headers={"X-API-Key": bob})
+    job_id = a.post("/v1/jobs", json=SMALL_JOB).json()["id"]
+    url = f"/v1/jobs/{job_id}/structures"
+
+    assert a.get(url).json()["items"] == []
+    assert len(pages) == 0  # an unfinished job's page may still change
+    _finish_with_structure(settings, job_id)
+
+    first = a.get(url)
+    again = a.get(url)
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content and pages.hits == 1 and len(pages) == 1
+    assert first.json()["items"][0]["formula"] == "NaCl"
+    assert b.get(url).status_code == 404  # the cached page is not another key's
+    # The cache serves what the database would.
+    uncached = Settings(database_url=database_url, require_api_key=True, page_cache_mb=0)
+    plain = TestClient(create_app(uncached), headers={"X-API-Key": alice})
+    assert plain.get(url).content == first.content
+
+    assert a.delete(f"/v1/jobs/{job_id}", params={"purge": "true"}).status_code == 204
+    assert a.get(url).status_code == 404  # purged: not served from the cache
+    db.dispose()
