@@ -236,9 +236,7 @@ class JobState:
 
 
 def _job_state(s: Session, owner: str, job_id: str) -> JobState:
-    row = s.execute(
-        select(Job.owner, Job.status, Job.finished_at).where(Job.id == job_id)
-    ).first()
+    row = s.execute(select(Job.owner, Job.status, Job.finished_at).where(Job.id == job_id)).first()
     if row is None or row.owner != owner:
         raise NotFound(f"no job {job_id}")
     return JobState(row.status, row.finished_at)
