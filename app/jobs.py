@@ -34,7 +34,7 @@ from app.models import (
 from app.settings import Settings
 from ml.methods.base import RequestError
 from ml.methods.registry import get_method, method_names
-from ml.request import DesignRequest
+from ml.request import DesignRequest, request_hash
 
 # Sort key of a structure that has no rank yet (job still running): after every ranked one.
 _UNRANKED = 2**31 - 1
@@ -84,11 +84,6 @@ def validate_design(request: DesignRequest, settings: Settings) -> DesignRequest
     except RequestError as exc:
         raise FieldError(loc_from_dotted(exc.field), exc.message) from exc
     return request
-
-
-def request_hash(request: DesignRequest) -> str:
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def check_quota(db: Database, owner: str, request: DesignRequest, settings: Settings) -> None:

@@ -68,8 +68,8 @@ def insert_queued_job(db: Any, request: Any, owner: str) -> str:
     import uuid
 
     from app.db import utcnow
-    from app.jobs import request_hash
     from app.models import QUEUED, Base, Job
+    from ml.request import request_hash
 
     Base.metadata.create_all(db.engine)
     job_id = str(uuid.uuid4())

@@ -6,6 +6,8 @@ Validation here names the offending field so the API can turn it into a 422.
 from __future__ import annotations
 
 import builtins
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import (
@@ -540,3 +542,12 @@ class DesignRequest(BaseModel):
                 return float("inf")
             total += o.weight * o.loss(float(v))
         return total
+
+
+def request_hash(request: DesignRequest) -> str:
+    """SHA-256 of the request's canonical JSON: what an idempotency key is checked against.
+
+    Here, not in app.jobs, so scripts that store jobs without the HTTP layer (the GPU box has
+    no FastAPI) hash requests the same way."""
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
