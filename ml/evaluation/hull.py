@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Element
@@ -30,6 +31,7 @@ __all__ = [
     "hull_available",
     "hull_table_path",
     "load_reference_table",
+    "with_corrections",
 ]
 
 REFERENCE_TABLE_PATH = Path(__file__).resolve().parent / "data" / "reference_energies.csv.gz"
@@ -42,6 +44,17 @@ def hull_table_path(model: str) -> Path:
 def hull_available(model: str) -> bool:
     """Whether ``model`` has a reference hull here (CHGNet always: its static table)."""
     return model == "chgnet" or hull_table_path(model).is_file()
+
+
+def with_corrections(table: pd.DataFrame, model: str) -> pd.DataFrame:
+    """``table`` with a ``correction`` column: eV/atom added to ``model``'s energy of each row's
+    formula (MP2020 for SevenNet, 0 for CHGNet). Written into the hull tables when they are
+    built, because computing it for ~40k formulas takes minutes (pymatgen's compatibility
+    scheme per formula) and every process that loads the hull would pay that again."""
+    from ml.oracles.references import energy_correction
+
+    corr = {f: energy_correction(model, f) for f in table["formula"].dropna().unique() if f}
+    return table.assign(correction=np.round(table["formula"].map(corr).astype(float), 6))
 
 
 # Above this many elements the 2^n sub-systems and the hull itself get expensive; MP-20 and
@@ -124,11 +137,11 @@ class ReferenceHull:
             energy = table["energy_relaxed"].where(
                 table["energy_relaxed"] < table["energy_static"], table["energy_static"]
             )
-            # Same corrections as the model's formation energies (MP2020 for SevenNet).
-            from ml.oracles.references import energy_correction
-
-            corr = {f: energy_correction(model, f) for f in table["formula"].dropna().unique()}
-            table = table.assign(chgnet_energy_per_atom=energy + table["formula"].map(corr))
+            # Same corrections as the model's formation energies (MP2020 for SevenNet); tables
+            # built before the column existed get it here, slowly.
+            if "correction" not in table.columns:
+                table = with_corrections(table, model)
+            table = table.assign(chgnet_energy_per_atom=energy + table["correction"])
         else:
             table = load_reference_table(path)
         excluded = {(str(d), str(s)) for d, s in exclude_splits}

@@ -18,6 +18,11 @@ which rows were relaxed and the printout gives the E_hull up to which all were.
     python -m ml.tools.build_hull_tables --model sevennet-l3i5 --device cuda --minutes 5
     python -m ml.tools.build_hull_tables --model sevennet-0 --splits mp20/test --device cuda
     python -m ml.tools.build_hull_tables --model chgnet --device cpu --limit 20 --out-dir /tmp/h
+    python -m ml.tools.build_hull_tables --model sevennet-l3i5 --corrections-only
+
+Each table carries its model's per-formula energy correction (``correction``, MP2020 for
+SevenNet), so loading a hull does not recompute it; ``--corrections-only`` adds or refreshes that
+column in an existing table (CPU, minutes; after a pymatgen upgrade changes MP2020).
 """
 
 from __future__ import annotations
@@ -126,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     ap.add_argument("--relax-steps", type=int, default=RELAX_STEPS, help="FIRE steps at most")
     ap.add_argument(
+        "--corrections-only", action="store_true",
+        help="only add or refresh the correction column of the existing table",
+    )  # fmt: skip
+    ap.add_argument(
         "--stop-after", type=float, default=None,
         help="seconds since start after which no new chunk is relaxed (a call's time limit)",
     )  # fmt: skip
@@ -138,6 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_ml_settings()
     device = args.device or settings.torch_device()
     t0 = time.time()
+    if args.corrections_only:
+        from ml.evaluation.hull import with_corrections
+
+        path = hull_table_path(args.model, args.out_dir)
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        table = with_corrections(table.drop(columns="correction", errors="ignore"), args.model)
+        table.to_csv(path, index=False, compression="gzip")
+        n = table["formula"].nunique()
+        print(f"{path}: correction for {n} formulas, {time.time() - t0:.0f} s")
+        return
     if args.resume:
         _resume(args, device, t0)
         return
@@ -345,6 +364,9 @@ def _write(args, table, formulas, static, relaxed, e_hull, refs, sources, rows, 
             ),
         }
     )
+    from ml.evaluation.hull import with_corrections
+
+    out = with_corrections(out, args.model)
     path = hull_table_path(args.model, args.out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(path, index=False, compression="gzip")

@@ -118,3 +118,20 @@ def test_known_ground_state_on_hull_and_strained_copy_above(
     above = hull.e_above_hull(strained.to_structure().composition, float(energy[1]))
     assert on_hull is not None and abs(on_hull) < 0.02
     assert above is not None and above > 0.05
+
+
+@pytest.mark.parametrize("model", ["sevennet-l3i5", "chgnet"])
+def test_hull_tables_carry_their_models_energy_corrections(model: str) -> None:
+    """The stored per-formula correction (what spares every worker minutes of MP2020 at
+    warm-up) equals what the model's formation energies use; a stale column would shift every
+    SevenNet E_hull."""
+    from ml.evaluation.hull import hull_table_path
+    from ml.oracles.references import energy_correction
+
+    table = load_reference_table(hull_table_path(model))
+    assert "correction" in table.columns
+    sample = table.dropna(subset=["formula"]).sample(200, random_state=0)
+    expected = [energy_correction(model, f) for f in sample["formula"]]
+    np.testing.assert_allclose(sample["correction"], expected, atol=1e-6)
+    if model == "sevennet-l3i5":  # oxides get MP2020's anion correction
+        assert (sample["correction"] < -0.1).any()
