@@ -47,6 +47,7 @@ from ml.methods.base import (
     Progress,
     RequestError,
 )
+from ml.pipeline.prescreen import predicted_losses, prescreen_properties
 from ml.request import DesignRequest, ElementConstraints
 
 Dataset = Literal["mp20", "mp2018", "perov5"]
@@ -111,6 +112,15 @@ class SubstitutionParams(MethodParams):
         "probability alone).",
     )
     batch_size: int = Field(default=16, ge=1, le=1024, description="Candidates per batch.")
+    prescreen: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Crystals built per candidate passed on when the request has property "
+        "objectives: the service's oracles score them unrelaxed, and those predicted closest "
+        "to the objectives (a target's centre) go to the pipeline first. 1: off, most "
+        "probable substitution first.",
+    )
     step_delay_s: float = Field(
         default=0.0,
         ge=0,
@@ -275,42 +285,50 @@ class SubstitutionMethod(DesignMethod):
         proposals = yield from self._propose(
             request, params, references, known if skip else set(), ctx
         )
-        chosen = self._choose(proposals, request, params, rng)
         total = request.num_candidates
+        # With property objectives, build `prescreen` crystals per place and offer the ones the
+        # service's oracles predict closest (unrelaxed) first; the rest wait in the pool.
+        screen = params.prescreen > 1 and bool(prescreen_properties(request))
+        factor = params.prescreen if screen else 1
+        # Enough proposals for every crystal built (the emitted ones plus a full pool's
+        # leftovers), twice over for structures that cannot be built.
+        needed = total + (factor - 1) * min(params.batch_size, total)
+        chosen = iter(self._choose(proposals, request, params, rng, 2 * needed + 16))
         yield Progress("substituting", 0, total)
-        batch: list[Candidate] = []
-        made = 0
-        for proposal in chosen:
-            if made >= total:
-                break
-            ctx.check_cancelled()
-            crystal = self._build(proposal, params, templates)
-            if crystal is None:
-                continue
-            made += 1
-            batch.append(
-                Candidate(
-                    crystal=crystal,
-                    # A loss, as the ranking expects: lower is more probable.
-                    method_score=-math.log10(proposal.probability),
-                    meta={
-                        "reference": proposal.reference.material_id,
-                        "reference_formula": proposal.reference.formula,
-                        "reference_space_group": proposal.reference.space_group,
-                        "substitutions": {
-                            f"{Species(el, q)}": f"{Species(nel, nq)}"
-                            for (el, q), (nel, nq) in zip(
-                                proposal.ions, proposal.new_ions, strict=True
-                            )
-                        },
-                        "probability": proposal.probability,
-                    },
-                )
+        pool: list[tuple[float, int, Candidate]] = []
+        built = made = 0
+        exhausted = False
+        while made < total:
+            # Sized by what this batch emits, so a short last batch (or prescreen 1) builds no
+            # more crystals than it needs.
+            pool_size = factor * min(params.batch_size, total - made)
+            fresh: list[Candidate] = []
+            while not exhausted and len(pool) + len(fresh) < pool_size:
+                proposal = next(chosen, None)
+                if proposal is None:
+                    exhausted = True
+                    break
+                ctx.check_cancelled()
+                crystal = self._build(proposal, params, templates)
+                if crystal is not None:
+                    fresh.append(_candidate(proposal, crystal))
+            losses = (
+                predicted_losses([c.crystal for c in fresh], request, ctx.device)
+                if screen
+                else np.zeros(len(fresh))
             )
-            if len(batch) >= params.batch_size:
-                yield from self._emit(batch, made, total, params, ctx)
-                batch = []
-        if batch:
+            for cand, loss in zip(fresh, losses, strict=True):
+                if screen:
+                    cand.meta["prescreen_loss"] = float(loss)
+                pool.append((float(loss), built, cand))
+                built += 1
+            if not pool:
+                break
+            pool.sort(key=lambda item: item[:2])
+            n = min(params.batch_size, total - made)
+            batch = [cand for _, _, cand in pool[:n]]
+            del pool[:n]
+            made += len(batch)
             yield from self._emit(batch, made, total, params, ctx)
 
     def _emit(
@@ -495,11 +513,12 @@ class SubstitutionMethod(DesignMethod):
         request: DesignRequest,
         params: SubstitutionParams,
         rng: np.random.Generator,
+        limit: int,
     ) -> list[_Proposal]:
         """Order proposals: by probability (seeded ties), or seeded sampling; cap per formula.
 
-        Returns more than ``num_candidates`` so that a structure that cannot be built is
-        replaced by the next proposal.
+        Returns at most ``limit``, more than the crystals wanted, so that a structure that
+        cannot be built is replaced by the next proposal.
         """
         if not proposals:
             return []
@@ -534,7 +553,7 @@ class SubstitutionMethod(DesignMethod):
                 continue
             per_formula[formula] = per_formula.get(formula, 0) + 1
             out.append(p)
-            if len(out) >= 2 * request.num_candidates + 16:
+            if len(out) >= limit:
                 break
         return out
 
@@ -634,6 +653,24 @@ def _parent_e_hull(dataset: str, split: str, ids: np.ndarray) -> np.ndarray:
     return np.array([index.get((dataset, split, i), math.nan) for i in ids])
 
 
+def _candidate(proposal: _Proposal, crystal: Crystal) -> Candidate:
+    return Candidate(
+        crystal=crystal,
+        # A loss, as the ranking expects: lower is more probable.
+        method_score=-math.log10(proposal.probability),
+        meta={
+            "reference": proposal.reference.material_id,
+            "reference_formula": proposal.reference.formula,
+            "reference_space_group": proposal.reference.space_group,
+            "substitutions": {
+                f"{Species(el, q)}": f"{Species(nel, nq)}"
+                for (el, q), (nel, nq) in zip(proposal.ions, proposal.new_ions, strict=True)
+            },
+            "probability": proposal.probability,
+        },
+    )
+
+
 def _formula_after(
     counts: dict[str, float],
     ions: tuple[tuple[str, int], ...],
@@ -674,8 +711,10 @@ def _pause(seconds: float, ctx: MethodContext) -> None:
 
 def substituted_compositions(request: DesignRequest, count: int) -> list[tuple[str, int]]:
     """Up to ``count`` (new reduced formula, atoms per cell of its parent), most probable
-    first: the formulas this baseline would make for ``request`` (default parameters: stable,
-    property-matched parents; known formulas skipped), without building structures. Other
+    first: the formulas this baseline proposes for ``request`` (default parameters: stable,
+    property-matched parents; known formulas skipped), without building structures. This is
+    the method's output order with ``prescreen`` 1; its default pre-screen reorders the
+    built crystals by their oracle-predicted properties, which needs structures. Other
     methods use them as novel compositions with a data-mined chance of being stable; [] when
     the request's elements give the substitution model nothing to work with."""
     method = SubstitutionMethod()
@@ -692,9 +731,8 @@ def substituted_compositions(request: DesignRequest, count: int) -> list[tuple[s
         except StopIteration as done:
             proposals: list[_Proposal] = done.value
             break
-    wide = request.model_copy(update={"num_candidates": count})
     out: dict[str, int] = {}
-    for p in method._choose(proposals, wide, params, rng):
+    for p in method._choose(proposals, request, params, rng, 2 * count + 16):
         formula = _formula_after(_counts(p.reference.formula), p.ions, p.new_ions)
         out.setdefault(formula, p.reference.n_atoms)
     return list(out.items())[:count]

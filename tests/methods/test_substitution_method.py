@@ -143,9 +143,34 @@ def test_substituted_compositions_are_new_ranked_and_within_the_request() -> Non
     assert len(found) == 6 and len({f for f, _ in found}) == 6
     known = reference_formula_index()
     assert all(f not in known and n <= 10 for f, n in found)
-    # The same as the formulas of the candidates the method itself makes, in its order.
+    # The same as the formulas of the candidates the method itself makes, in its order: its
+    # proposal order, which the default pre-screen (on for this band-gap target) reorders.
     made = [
         c.crystal.to_structure().composition.reduced_formula
-        for c in _run({}, request=request, n=12)
+        for c in _run({"prescreen": 1}, request=request, n=12)
     ]
     assert [f for f, _ in found] == list(dict.fromkeys(made))[:6]
+
+
+def test_prescreen_emits_the_built_crystals_predicted_closest_to_the_request() -> None:
+    """prescreen 4 builds the 32 crystals that prescreen 1 would emit for 32 candidates, and
+    emits the 8 of them with the lowest predicted objective loss, lowest first."""
+    from ml.pipeline.prescreen import predicted_losses
+
+    request = DesignRequest.model_validate(GAP_REQUEST)
+
+    def key(c) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+        return c.meta["reference"], c.crystal.to_structure().composition.reduced_formula
+
+    pool = _run({"prescreen": 1, "batch_size": 8}, n=32)
+    assert len(pool) == 32 and all("prescreen_loss" not in c.meta for c in pool)
+    losses = predicted_losses([c.crystal for c in pool], request, "cpu")
+    assert np.isfinite(losses).all() and len(set(losses.round(6))) > 8
+    best = [key(pool[i]) for i in np.argsort(losses, kind="stable")[:8]]
+
+    screened = _run({"prescreen": 4, "batch_size": 8}, n=8)
+    assert [key(c) for c in screened] == best
+    got = [c.meta["prescreen_loss"] for c in screened]
+    assert got == pytest.approx(sorted(losses)[:8])
+    # Closer to the 1.5 eV target than the candidates that would have come unscreened.
+    assert np.mean(got) < np.mean(losses[:8])
