@@ -1,5 +1,6 @@
 """The ``smoacs`` design method: request -> templates -> batched gradient optimisation through
-differentiable MEGNet predictors -> argmax structures with exact charge neutrality."""
+differentiable predictors (CHGNet by default, MEGNet by name) -> argmax structures with exact
+charge neutrality."""
 
 from __future__ import annotations
 
@@ -56,8 +57,10 @@ class SmoacsMethod(DesignMethod):
     version: ClassVar[str] = "0.1.0"
     description: ClassVar[str] = (
         "SMOACS: gradient-based optimisation of lattice, coordinates and soft element "
-        "distributions through differentiable MEGNet predictors, with oxidation-number masks "
-        "that keep charge neutrality exact; data-set, user or perovskite templates."
+        "distributions through differentiable predictors (default: the service's CHGNet "
+        "energy and band-gap models with a stability term, then a batched relaxation; MEGNet "
+        "by params.predictor), with oxidation-number masks that keep charge neutrality "
+        "exact; data-set, user or perovskite templates."
     )
     Params: ClassVar[type[MethodParams]] = SmoacsParams
 
