@@ -2,10 +2,16 @@
 # pymatgen/matgl/chgnet/sevenn) gets the cp312 wheels from .whl/, the data sets unpacked from
 # .devpack/data.tar.xz (xz of the uncompressed CSVs: 12 MB instead of 18 MB of csv.gz, which
 # matters under a call's 64 MiB limit) and the settings pointing at them. Idempotent.
-#   carry: .whl .devpack .devdata/models   (bash benchmarks/gpu_prepare.sh first)
+#   carry: .whl .devpack .devdata/models   (bash benchmarks/gpu_prepare.sh first), or
+#          .callpack .devpack .devdata/models (benchmarks/gpu_stage.sh)
 if [ -z "${MATDESIGN_GPU_ENV:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl/*.whl || return 1
+  if [ -f .callpack/site.tar.xz ]; then  # benchmarks/gpu_stage.sh: wheels sent unpacked
+    mkdir -p /tmp/site && tar -C /tmp/site -xJf .callpack/site.tar.xz || return 1
+    [ -f .callpack/weights.tar.xz ] && { tar -C ml/weights -xJf .callpack/weights.tar.xz || return 1; }
+  else
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+      .whl/*.whl || return 1
+  fi
   # pymatgen.analysis.phase_diagram imports plotly at module level, for plotting only; the box
   # has none and its 10 MB wheel does not fit a call, so an empty module stands in for it.
   mkdir -p /tmp/site/plotly && : > /tmp/site/plotly/__init__.py && : > /tmp/site/plotly/graph_objects.py

@@ -53,8 +53,11 @@ def job_request(method: str, n: int, relax: bool, seed: int) -> dict[str, Any]:
     }
 
 
-def run_job(request: dict[str, Any], workdir: Path, top: int) -> dict[str, Any]:
-    """One job through the runner on a fresh SQLite file; summary timings and profile."""
+def run_job(
+    request: dict[str, Any], workdir: Path, top: int, profile: bool = True
+) -> dict[str, Any]:
+    """One job through the runner on a fresh SQLite file; summary timings and profile
+    (``profile`` False: no cProfile, whose overhead inflates Python-heavy phases)."""
     from common import insert_queued_job  # benchmarks/common.py
 
     from app.db import Database
@@ -72,21 +75,25 @@ def run_job(request: dict[str, Any], workdir: Path, top: int) -> dict[str, Any]:
     job_id = insert_queued_job(db, req, owner="profile")
     prof = cProfile.Profile()
     t = time.perf_counter()
-    outcome = prof.runcall(execute_job, job_id, db, settings, worker="profile")
+    if profile:
+        outcome = prof.runcall(execute_job, job_id, db, settings, worker="profile")
+    else:
+        outcome = execute_job(job_id, db, settings, worker="profile")
     wall = time.perf_counter() - t
     with db.session() as s:
         job = s.get(Job, job_id)
         summary, error = dict(job.summary or {}), job.error
     db.dispose()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)
-    tot = io.StringIO()
-    pstats.Stats(prof, stream=tot).sort_stats("tottime").print_stats(top)
+    buf, tot = io.StringIO(), io.StringIO()
+    if profile:
+        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)
+        pstats.Stats(prof, stream=tot).sort_stats("tottime").print_stats(top)
     timings = summary.get("timings", {})
     return {
         "outcome": outcome,
         "error": error,
         "wall_s": round(wall, 2),
+        "profiled": profile,
         "candidates_per_s": round(summary.get("n_candidates", 0) / wall, 3) if wall else None,
         "timings": timings,
         "counts": {k: v for k, v in summary.items() if k.startswith("n_") and isinstance(v, int)},
@@ -103,6 +110,9 @@ def main() -> None:
     parser.add_argument("--no-relax", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--top", type=int, default=25, help="cProfile entries to print")
+    parser.add_argument(
+        "--no-profile", action="store_true", help="plain wall times (no cProfile overhead)"
+    )
     parser.add_argument("--out", default="job_profile_out")
     args = parser.parse_args()
 
@@ -127,10 +137,11 @@ def main() -> None:
                 request = job_request(method, n, not args.no_relax, args.seed)
                 print(f"--- {method} n={n} relax={request['relax']}", flush=True)
                 try:
-                    row = run_job(request, Path(tmp), args.top)
+                    row = run_job(request, Path(tmp), args.top, not args.no_profile)
                 except Exception as exc:  # keep going: the other jobs still tell something
                     row = {"outcome": "crashed", "error": f"{type(exc).__name__}: {exc}"}
                 row.update(method=method, n=n, device=device, relax=request["relax"])
+                row.setdefault("profiled", not args.no_profile)
                 rows.append(row)
                 (out / f"{method}_{n}_profile.txt").write_text(
                     row.get("profile_cumulative", "") + "\n" + row.get("profile_tottime", "")

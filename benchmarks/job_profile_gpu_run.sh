@@ -7,7 +7,7 @@
 # CPU smoke: DEVICE=cpu N1=2 N2= METHODS=substitution BUDGET=400 bash benchmarks/job_profile_gpu_run.sh
 set -uo pipefail
 O=${OUT:-/tmp/out}; R=$O/res; mkdir -p "$R"
-if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
+if [ -f .callpack/site.tar.xz ] || ls .whl/*.whl > /dev/null 2>&1; then
   source benchmarks/gpu_env.sh || exit 1
 else  # this CPU machine: the installed environment and the shared data
   export PYTHONPATH=$PWD

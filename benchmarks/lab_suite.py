@@ -119,6 +119,7 @@ def build_request(
     seed: int = 0,
     oversample: int = 1,
     params: dict[str, Any] | None = None,
+    judge: str | None = None,
 ) -> DesignRequest:
     """The suite's request ``name`` for ``method`` (validated as the API would)."""
     spec = SUITE[name]
@@ -131,6 +132,7 @@ def build_request(
             "relax": relax,
             "seed": seed,
             "oversample": oversample,
+            **({"oracles": {"energy_above_hull": judge}} if judge else {}),
             "label": f"lab_suite v{SUITE_VERSION}: {name}",
         }
     )
@@ -328,6 +330,12 @@ def main() -> None:
         default={},
         help="method parameters for every job, JSON (e.g. '{\"new_compositions\": false}')",
     )
+    parser.add_argument(
+        "--judge",
+        default=None,
+        help="energy oracle that relaxes and judges stability (default: the device's, "
+        "SevenNet-l3i5 on CUDA, CHGNet on the CPU), e.g. chgnet-energy",
+    )
     args = parser.parse_args()
 
     device = args.device or get_ml_settings().torch_device()
@@ -343,7 +351,7 @@ def main() -> None:
         flush=True,
     )
     t = time.perf_counter()
-    pipeline.warm_up(device)
+    pipeline.warm_up(device, judge=args.judge)
     print(f"oracles, hull and reference set loaded in {time.perf_counter() - t:.1f} s", flush=True)
 
     rows: list[dict[str, Any]] = []
@@ -354,7 +362,14 @@ def main() -> None:
             print(f"[{name}] {len(refs)} reference structure(s) of {target[0]} in {target[1]}")
         for method in methods:
             request = build_request(
-                name, method, args.n, args.relax, args.seed, args.oversample, args.params
+                name,
+                method,
+                args.n,
+                args.relax,
+                args.seed,
+                args.oversample,
+                args.params,
+                args.judge,
             )
             reason = rejection(request)
             if reason is not None:
@@ -412,6 +427,7 @@ def _save(args: argparse.Namespace, device: str, rows: list[dict[str, Any]]) -> 
         "seed": args.seed,
         "oversample": args.oversample,
         "params": args.params,
+        "judge": args.judge or "device default",
         "rows": rows,
         "table": markdown_table(rows),
     }

@@ -36,13 +36,14 @@ fi
 for ms in ${LAB_METHODS//,/ }; do
   m=${ms%%:*}; split=$LAB_SPLIT; [ "$ms" != "$m" ] && split=${ms#*:}  # method:processes
   own=LAB_REQUESTS_$m  # e.g. LAB_REQUESTS_crystal_gfn: this method's requests only
+  own_args=LAB_ARGS_$m  # e.g. LAB_ARGS_matinvent='--params {"iterations":8}' (no spaces)
   IFS=, read -r -a reqs <<< "${!own:-$LAB_REQUESTS}"
   for ((i = 0; i < split; i++)); do
     share=$(for ((j = i; j < ${#reqs[@]}; j += split)); do printf '%s,' "${reqs[j]}"; done)
     [ -n "$share" ] || continue
     (timeout $(( $(left) - 10 )) python3 benchmarks/lab_suite.py --device cuda --relax \
       --n "$LAB_N" --methods "$m" --requests "${share%,}" --out "$WORK/lab/lab_${m}_$i.json" \
-      $LAB_ARGS > "$WORK/lab/lab_${m}_$i.log" 2>&1) &
+      $LAB_ARGS ${!own_args:-} > "$WORK/lab/lab_${m}_$i.log" 2>&1) &
   done
 done
 wait

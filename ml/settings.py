@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,6 +24,10 @@ class MLSettings(BaseSettings):
     cache_dir: Path = _REPO / ".cache"
     # "auto" picks CUDA when available.
     device: str = "auto"
+    # CHGNet-backbone oracles build their graphs in torch on the device (ml.oracles.
+    # chgnet_device): "auto" on CUDA only, where chgnet's per-structure CPU builder is the
+    # bottleneck.
+    chgnet_device_graphs: Literal["auto", "on", "off"] = "auto"
 
     def torch_device(self) -> str:
         if self.device != "auto":

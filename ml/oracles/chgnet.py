@@ -22,6 +22,7 @@ from ml.parallel import pool_map
 
 __all__ = [
     "CHGNET_VERSION",
+    "ChgnetBackboneOracle",
     "ChgnetEformOracle",
     "ChgnetEnergyOracle",
     "ChgnetGraphBuilder",
@@ -72,8 +73,33 @@ class ChgnetGraphBuilder:
             return None
 
 
-class ChgnetEnergyOracle(Oracle):
+class ChgnetBackboneOracle(Oracle):
+    """An oracle that scores CHGNet graphs (``predict_graphs``): the pipeline's GraphCache
+    shares each crystal's graph among such oracles, or, where graphs are built on the device
+    (:func:`ml.oracles.chgnet_device.device_graphs_enabled`), one torch pass gives every such
+    oracle's ``device_field``."""
+
+    device: str
+    builder: ChgnetGraphBuilder
+    # The field of ml.oracles.chgnet_device's one-pass scores that this oracle reports.
+    device_field: str
+
+    def graph_builder(self) -> ChgnetGraphBuilder:
+        return self.builder
+
+    def predict_graphs(self, graphs: Sequence[object | None], batch_size: int = 256) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(
+        self, structures: Sequence[Crystal | Structure], batch_size: int = 256
+    ) -> np.ndarray:
+        return self.predict_graphs([self.builder(s) for s in structures], batch_size=batch_size)
+
+
+class ChgnetEnergyOracle(ChgnetBackboneOracle):
     """CHGNet 0.3.0 energy per atom at the given geometry (eV/atom)."""
+
+    device_field = "energy"
 
     def __init__(self, info: OracleInfo, device: str):
         self.info = info
@@ -84,9 +110,6 @@ class ChgnetEnergyOracle(Oracle):
             float(conv.atom_graph_cutoff), float(conv.bond_graph_cutoff)
         )
 
-    def graph_builder(self) -> ChgnetGraphBuilder:
-        return self.builder
-
     def predict_graphs(self, graphs: Sequence[object | None], batch_size: int = 256) -> np.ndarray:
         """Energy per atom of pre-built graphs (``None`` -> NaN), one forward pass per batch."""
 
@@ -96,11 +119,6 @@ class ChgnetEnergyOracle(Oracle):
             return pred["e"].reshape(-1).double().cpu().numpy()
 
         return score_in_batches(graphs, batch_size, score)
-
-    def predict(
-        self, structures: Sequence[Crystal | Structure], batch_size: int = 256
-    ) -> np.ndarray:
-        return self.predict_graphs([self.builder(s) for s in structures], batch_size=batch_size)
 
 
 class ChgnetEformOracle(ChgnetEnergyOracle):

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pymatgen.core import Structure
 
-from ml.crystal import Crystal
-from ml.oracles.base import Oracle, OracleInfo, score_in_batches
-from ml.oracles.chgnet import ChgnetGraphBuilder
+from ml.oracles.base import OracleInfo, score_in_batches
+from ml.oracles.chgnet import ChgnetBackboneOracle, ChgnetGraphBuilder
 from ml.oracles.gap_model import GapNet, load_gap_model
 
 __all__ = ["GAP_CHECKPOINT", "TrainedGapOracle", "load_trained_gap"]
@@ -39,17 +37,16 @@ def load_trained_gap(device: str, path: Path = GAP_CHECKPOINT) -> GapNet:
         return _MODELS[key]
 
 
-class TrainedGapOracle(Oracle):
+class TrainedGapOracle(ChgnetBackboneOracle):
     """DFT-PBE band gap (eV) from the fine-tuned CHGNet backbone; never negative."""
+
+    device_field = "band_gap"
 
     def __init__(self, info: OracleInfo, device: str):
         self.info = info
         self.device = device
         self.model = load_trained_gap(device)
         self.builder = ChgnetGraphBuilder()
-
-    def graph_builder(self) -> ChgnetGraphBuilder:
-        return self.builder
 
     def predict_graphs(self, graphs: Sequence[object | None], batch_size: int = 256) -> np.ndarray:
 
@@ -59,8 +56,3 @@ class TrainedGapOracle(Oracle):
             return pred.double().cpu().numpy()
 
         return score_in_batches(graphs, batch_size, score)
-
-    def predict(
-        self, structures: Sequence[Crystal | Structure], batch_size: int = 256
-    ) -> np.ndarray:
-        return self.predict_graphs([self.builder(s) for s in structures], batch_size=batch_size)

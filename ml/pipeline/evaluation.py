@@ -18,6 +18,12 @@ from ml.evaluation.novelty import get_reference_set
 from ml.evaluation.uniqueness import PreparedStructure, unique_flags
 from ml.evaluation.validity import check_validity
 from ml.methods.base import Candidate
+from ml.oracles.chgnet_device import (
+    DeviceChgnetScores,
+    device_graphs_enabled,
+    score_on_device,
+    with_stock_fallback,
+)
 from ml.pipeline.oracle_choice import (
     _GAP_KEYS,
     _hull_version,
@@ -272,18 +278,38 @@ class GraphCache:
     def __init__(self, crystals: Sequence[Crystal]) -> None:
         self.crystals = crystals
         self.built: dict[object, list[Any]] = {}
+        self.device_scores: dict[str, DeviceChgnetScores] = {}
 
     def predict(self, oracle: Any, ks: Sequence[int]) -> np.ndarray:
         """``oracle``'s predictions for the crystals at positions ``ks``."""
         make = getattr(oracle, "graph_builder", None)
         if make is None or not hasattr(oracle, "predict_graphs"):
             return oracle.predict([self.crystals[k] for k in ks])
+        field = getattr(oracle, "device_field", None)
+        if field is not None and device_graphs_enabled(oracle.device):
+            return self._predict_on_device(oracle, field, ks)
         builder = make()
         graphs = self.built.setdefault(builder, [_UNBUILT] * len(self.crystals))
         for k in ks:
             if graphs[k] is _UNBUILT:
                 graphs[k] = builder(self.crystals[k])
         return oracle.predict_graphs([graphs[k] for k in ks])
+
+    def _predict_on_device(self, oracle: Any, field: str, ks: Sequence[int]) -> np.ndarray:
+        """One torch pass per batch and device for every CHGNet-backbone oracle (the judge's
+        energies and the trained gaps together); crystals it cannot take go the stock way."""
+        scores = self.device_scores.get(oracle.device)
+        if scores is None:
+            scores = score_on_device(self.crystals, oracle.device)
+            self.device_scores[oracle.device] = scores
+        ks = list(ks)
+        picked = DeviceChgnetScores(scores.energy[ks], scores.band_gap[ks], scores.supported[ks])
+        builder = oracle.graph_builder()
+        return with_stock_fallback(
+            picked,
+            field,
+            lambda rest: oracle.predict_graphs([builder(self.crystals[ks[r]]) for r in rest]),
+        )
 
 
 class _PhaseClock:

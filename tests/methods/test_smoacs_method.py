@@ -215,3 +215,16 @@ def test_cancellation_between_steps() -> None:
 
     with pytest.raises(Cancelled):
         _run(_request(), MethodContext(should_cancel=cancel))
+
+
+def test_designs_are_relaxed_once_by_the_pipeline_when_the_job_relaxes() -> None:
+    # relax: true -> the pipeline relaxes every candidate with the judge; SMOACS does not too.
+    progress, cands = _run(_request(relax=True))
+    assert not any(p.phase == "relax" for p in progress)
+    assert all("relax" not in c.meta for c in cands)
+    # relax: false -> SMOACS's own final CHGNet relaxation and re-scoring ("auto").
+    progress, cands = _run(_request(relax=False))
+    assert progress[-1].phase == "relax" and progress[-1].step == progress[-1].total
+    assert all("relax" in c.meta and "designed" in c.meta for c in cands)
+    params = get_method("smoacs").validate(_request(params={**TINY, "relax_final": "on"}))
+    assert params.relaxes(job_relaxes=True)

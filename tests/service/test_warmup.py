@@ -20,6 +20,7 @@ def test_warm_up_fills_the_caches_a_job_uses() -> None:
         "density",
         "hull",
         "novelty",
+        "first_calls",
     }
     assert ("gap-chgnet-ft", "cpu") in _CACHE and ("chgnet-energy", "cpu") in _CACHE
     again = ml.pipeline.warm_up("cpu")

@@ -200,7 +200,7 @@ class SmoacsMethod(DesignMethod):
             ctx.check_cancelled()
             result = engine.finalize(final_pop)
             designed = result.crystals
-            if params.relaxes():
+            if params.relaxes(request.relax):
                 yield Progress(phase="relax", step=bi, total=n_batches)
                 result = _relax_and_rescore(engine, final_pop, result, params, device)
                 yield Progress(phase="relax", step=bi + 1, total=n_batches)

@@ -29,7 +29,10 @@ class SmoacsParams(MethodParams):
     stability_force: float = Field(default=0.2, ge=0, le=100.0)
     stability_stress: float = Field(default=0.01, ge=0, le=100.0)
     # Final batched CHGNet relaxation (FIRE, positions and cell) of the designs, which are
-    # then re-scored by the predictors; "auto": on with the chgnet predictor.
+    # then re-scored by the predictors; "auto": on with the chgnet predictor when the job
+    # itself does not relax (with relax: true the pipeline relaxes every candidate with the
+    # judge and re-scores it with the service's oracles: a second relaxation here only cost
+    # time, most of a 256-candidate job's on the H200).
     relax_final: Literal["auto", "on", "off"] = "auto"
     relax_steps: int = Field(default=100, ge=1, le=2000)
     # Processes building CHGNet graphs during the relaxation (0: in this process).
@@ -107,9 +110,11 @@ class SmoacsParams(MethodParams):
                 raise ValueError(f"{name}: need 0 < low < high, got ({lo}, {hi})")
         return self
 
-    def relaxes(self) -> bool:
+    def relaxes(self, job_relaxes: bool) -> bool:
+        """Whether the method relaxes its designs itself (``job_relaxes``: the request's
+        ``relax``, after which the pipeline relaxes them anyway)."""
         return self.relax_final == "on" or (
-            self.relax_final == "auto" and self.predictor == "chgnet"
+            self.relax_final == "auto" and self.predictor == "chgnet" and not job_relaxes
         )
 
     def straight_through_start(self) -> int:
