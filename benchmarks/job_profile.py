@@ -42,7 +42,9 @@ OBJECTIVES = [
 ]
 
 
-def job_request(method: str, n: int, relax: bool, seed: int) -> dict[str, Any]:
+def job_request(
+    method: str, n: int, relax: bool, seed: int, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "method": method,
         "objectives": OBJECTIVES,
@@ -50,6 +52,7 @@ def job_request(method: str, n: int, relax: bool, seed: int) -> dict[str, Any]:
         "num_candidates": n,
         "relax": relax,
         "seed": seed,
+        "params": params or {},
     }
 
 
@@ -113,6 +116,12 @@ def main() -> None:
     parser.add_argument(
         "--no-profile", action="store_true", help="plain wall times (no cProfile overhead)"
     )
+    parser.add_argument(
+        "--params",
+        type=json.loads,
+        default={},
+        help="method parameters for every job, JSON (e.g. '{\"batch_size\": 1024}')",
+    )
     parser.add_argument("--out", default="job_profile_out")
     args = parser.parse_args()
 
@@ -134,13 +143,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
             for n in (int(x) for x in args.n.split(",")):
-                request = job_request(method, n, not args.no_relax, args.seed)
+                request = job_request(method, n, not args.no_relax, args.seed, args.params)
                 print(f"--- {method} n={n} relax={request['relax']}", flush=True)
                 try:
                     row = run_job(request, Path(tmp), args.top, not args.no_profile)
                 except Exception as exc:  # keep going: the other jobs still tell something
                     row = {"outcome": "crashed", "error": f"{type(exc).__name__}: {exc}"}
-                row.update(method=method, n=n, device=device, relax=request["relax"])
+                row.update(
+                    method=method, n=n, device=device, relax=request["relax"], params=args.params
+                )
                 row.setdefault("profiled", not args.no_profile)
                 rows.append(row)
                 (out / f"{method}_{n}_profile.txt").write_text(
