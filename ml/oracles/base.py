@@ -76,3 +76,24 @@ def score_in_batches(
         chunk = idx[start : start + batch_size]
         out[chunk] = score([graphs[i] for i in chunk])
     return out
+
+
+def bounded_chunks(
+    idx: Sequence[int], sizes: Sequence[int], max_size: int, max_items: int | None = None
+) -> list[list[int]]:
+    """Consecutive runs of ``idx`` whose ``sizes`` (sites, edges: what bounds a forward pass's
+    memory) sum to at most ``max_size``, with at most ``max_items`` each; a single larger item
+    still gets its own run."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i, size in zip(idx, sizes, strict=True):
+        full = max_items is not None and len(current) >= max_items
+        if current and (full or total + size > max_size):
+            chunks.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += size
+    if current:
+        chunks.append(current)
+    return chunks

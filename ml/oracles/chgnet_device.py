@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ml.crystal import Crystal
+from ml.oracles.base import bounded_chunks
 
 __all__ = [
     "DeviceChgnetScores",
@@ -94,18 +95,7 @@ def score_on_device(crystals: Sequence[Crystal], device: str) -> DeviceChgnetSco
 
 def _chunks(indices: list[int], sizes: list[int]) -> list[list[int]]:
     """Consecutive groups of crystals with at most ``_MAX_SITES`` sites each."""
-    out: list[list[int]] = []
-    current: list[int] = []
-    sites = 0
-    for i, size in zip(indices, sizes, strict=True):
-        if current and sites + size > _MAX_SITES:
-            out.append(current)
-            current, sites = [], 0
-        current.append(i)
-        sites += size
-    if current:
-        out.append(current)
-    return out
+    return bounded_chunks(indices, sizes, _MAX_SITES)
 
 
 def with_stock_fallback(

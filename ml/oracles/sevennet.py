@@ -20,7 +20,7 @@ import torch
 from pymatgen.core import Structure
 
 from ml.crystal import Crystal, as_crystal
-from ml.oracles.base import Oracle, OracleInfo
+from ml.oracles.base import Oracle, OracleInfo, bounded_chunks
 from ml.parallel import pool_map
 
 __all__ = [
@@ -156,19 +156,8 @@ def _edge_bounded_chunks(
     (a single larger graph still gets its own pass)."""
     import sevenn._keys as KEY
 
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    edges = 0
-    for i in idx:
-        e = int(graphs[i][KEY.EDGE_IDX].shape[1])
-        if current and (len(current) >= max_items or edges + e > max_edges):
-            chunks.append(current)
-            current, edges = [], 0
-        current.append(i)
-        edges += e
-    if current:
-        chunks.append(current)
-    return chunks
+    edges = [int(graphs[i][KEY.EDGE_IDX].shape[1]) for i in idx]
+    return bounded_chunks(idx, edges, max_edges, max_items)
 
 
 class SevennetEnergyOracle(Oracle):
