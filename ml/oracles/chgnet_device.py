@@ -26,6 +26,7 @@ from ml.oracles.base import bounded_chunks
 
 __all__ = [
     "DeviceChgnetScores",
+    "chgnet_energies",
     "device_graphs_enabled",
     "score_on_device",
     "with_stock_fallback",
@@ -110,3 +111,18 @@ def with_stock_fallback(
     if rest:
         values[rest] = stock(rest)
     return values
+
+
+def chgnet_energies(crystals: Sequence[Crystal], device: str) -> np.ndarray:
+    """CHGNet 0.3.0 energy per atom of each crystal (NaN: unscorable), on device-built graphs
+    where :func:`device_graphs_enabled`, else with chgnet's own graphs."""
+    from ml.oracles.registry import get_oracle
+
+    oracle = get_oracle("chgnet-energy", device)
+    if not device_graphs_enabled(device):
+        return np.asarray(oracle.predict(list(crystals)), dtype=np.float64)
+    return with_stock_fallback(
+        score_on_device(crystals, device),
+        "energy",
+        lambda ks: oracle.predict([crystals[k] for k in ks]),
+    )

@@ -268,3 +268,41 @@ def test_missing_wyckoff_checkpoint_is_a_request_error(monkeypatch: pytest.Monke
     with pytest.raises(RequestError) as err:
         ConditionalMethod().validate(req)
     assert err.value.field == "params.model"
+
+
+def test_energy_rank_returns_the_lowest_energy_sample_of_each_group(
+    tiny_wyckoff: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ml.oracles.chgnet_device as chgnet_device
+
+    seen: list[list[Crystal]] = []
+
+    def energies(crystals: list[Crystal], device: str) -> np.ndarray:
+        # A stand-in energy with a known order: the smallest cell volume per atom is lowest.
+        seen.append(list(crystals))
+        return np.array([c.volume / c.num_atoms for c in crystals])
+
+    monkeypatch.setattr(chgnet_device, "chgnet_energies", energies)
+    req = DesignRequest.model_validate(
+        {
+            "method": "conditional",
+            "constraints": {"composition": "ZnO", "space_groups": [186]},
+            "num_candidates": 3,
+            "seed": 2,
+            "params": {"model": "wyckoff", "steps": 3, "energy_rank": 4, "batch_size": 6},
+        }
+    )
+    m = ConditionalMethod()
+    cands = [
+        c for e in m.run(req, m.validate(req), MethodContext()) if isinstance(e, list) for c in e
+    ]
+    assert len(cands) == 3
+    generated = [c for batch in seen for c in batch]
+    assert len(generated) == 12 and all(len(batch) % 4 == 0 for batch in seen)
+    for i, c in enumerate(cands):
+        group = generated[4 * i : 4 * i + 4]
+        volumes = [g.volume / g.num_atoms for g in group]
+        assert c.meta["energy_rank"]["samples"] == 4
+        assert c.meta["energy_rank"]["chosen"] == int(np.argmin(volumes))
+        assert np.isclose(c.crystal.volume / c.crystal.num_atoms, min(volumes))
+        assert spacegroup(c.crystal) == 186

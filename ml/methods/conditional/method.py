@@ -7,13 +7,15 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from functools import cache
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 from pymatgen.core import Composition, Element
 
 from ml.constraints import is_perovskite, snap_to_space_group
+from ml.crystal import Crystal
 from ml.data.reference import known_formulas
 from ml.methods.base import (
     Candidate,
@@ -106,6 +108,15 @@ class ConditionalParams(MethodParams):
         description="when the request fixes a composition without formula_units: how many "
         "numbers of formula units to try per space group (the smallest its Wyckoff positions "
         "allow, cells of at most 20 atoms first)",
+    )
+    energy_rank: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="wyckoff: samples drawn per returned candidate (consecutive ones, over the "
+        "top assignments); above 1 the candidate is the one with the lowest CHGNet energy per "
+        "atom, as generated (the known crystal of a composition is usually its lowest-energy "
+        "form)",
     )
     batch_size: int = Field(default=256, ge=1, le=4096)
     symmetrize: bool = Field(
@@ -384,30 +395,30 @@ class ConditionalMethod(DesignMethod):
         cells = self._cells(request, params)
         # Every cell plans num_candidates, so cells that no assignment fits (e.g. a number of
         # formula units whose only assignments give a supergroup) leave their share to others.
+        # With energy_rank k, each candidate is a group of k consecutive samples of one cell.
+        k = params.energy_rank
         per_cell = request.num_candidates
-        planned = [
-            [
-                (c, source)
-                for c in plan_wyckoff(
-                    numbers,
-                    per_cell,
-                    stats,
-                    space_group=spg,
-                    formation_energy=targets.get("formation_energy"),
-                    band_gap=targets.get("band_gap"),
-                    per_template=params.template_options,
-                )
-            ]
-            for numbers, spg, source in cells
-        ]
+        planned = []
+        for numbers, spg, source in cells:
+            conds = plan_wyckoff(
+                numbers,
+                per_cell * k,
+                stats,
+                space_group=spg,
+                formation_energy=targets.get("formation_energy"),
+                band_gap=targets.get("band_gap"),
+                per_template=params.template_options,
+            )
+            groups = [conds[i : i + k] for i in range(0, len(conds) - k + 1, k)]
+            planned.append([[(c, source) for c in g] for g in groups])
         # Interleave the cells so every one gets its share of num_candidates.
-        out = [p[k] for k in range(per_cell) for p in planned if k < len(p)]
+        out = [p[i] for i in range(per_cell) for p in planned if i < len(p)]
         if not out:
             raise RequestError(
                 "constraints.space_groups",
                 "no Wyckoff assignment of the requested composition fits these space groups",
             )
-        return out[: request.num_candidates]
+        return [pair for group in out[: request.num_candidates] for pair in group]
 
     def _run_wyckoff(
         self, request: DesignRequest, params: ConditionalParams, ctx: MethodContext
@@ -418,17 +429,27 @@ class ConditionalMethod(DesignMethod):
         planned = self._wyckoff_plan(request, params, model, stats)
         conditions = [c for c, _ in planned]
         cfg = WyckoffSampleConfig(steps=params.steps, guidance=params.guidance)
-        total = math.ceil(len(conditions) / params.batch_size)
+        rank = params.energy_rank
+        # Whole groups per batch: each candidate's samples are ranked together.
+        batch_size = max(rank, params.batch_size // rank * rank)
+        total = math.ceil(len(conditions) / batch_size)
         yield Progress("generate", 0, total)
-        batches = generate_wyckoff(model, conditions, cfg, request.seed, params.batch_size)
+        batches = generate_wyckoff(model, conditions, cfg, request.seed, batch_size)
         done = 0
         for k in range(total):
             ctx.check_cancelled()
             with torch.inference_mode():
                 pairs = next(batches)
+            batch_planned = planned[done : done + len(pairs)]
+            done += len(pairs)
+            ranked: list[dict[str, Any]] = [{} for _ in pairs]
+            if rank > 1:
+                pairs, batch_planned, ranked = _lowest_energy_of_groups(
+                    pairs, batch_planned, rank, ctx.device
+                )
             out: list[Candidate] = []
-            for (wyck, crystal), (cond, source) in zip(
-                pairs, planned[done : done + len(pairs)], strict=True
+            for (wyck, crystal), (cond, source), ranking in zip(
+                pairs, batch_planned, ranked, strict=True
             ):
                 comp = crystal.to_structure().composition
                 targets = {
@@ -448,9 +469,39 @@ class ConditionalMethod(DesignMethod):
                             "targets": targets,
                             "guidance": params.guidance,
                             "model": "wyckoff",
+                            **ranking,
                         },
                     )
                 )
-            done += len(pairs)
             yield out
             yield Progress("generate", k + 1, total)
+
+
+def _lowest_energy_of_groups(
+    pairs: list[tuple[Any, Crystal]],
+    planned: list[tuple[WyckoffCondition, str]],
+    k: int,
+    device: str,
+) -> tuple[list[tuple[Any, Crystal]], list[tuple[WyckoffCondition, str]], list[dict[str, Any]]]:
+    """Of each group of ``k`` consecutive samples, the one with the lowest CHGNet energy per
+    atom (an unscorable sample ranks last), with what the choice was made on."""
+    from ml.oracles.chgnet_device import chgnet_energies
+
+    energies = chgnet_energies([c for _, c in pairs], device)
+    keep_pairs, keep_planned, ranked = [], [], []
+    for start in range(0, len(pairs), k):
+        group = energies[start : start + k]
+        best = start + int(np.argmin(np.where(np.isfinite(group), group, np.inf)))
+        keep_pairs.append(pairs[best])
+        keep_planned.append(planned[best])
+        value = float(energies[best])
+        ranked.append(
+            {
+                "energy_rank": {
+                    "samples": len(group),
+                    "chosen": best - start,
+                    "chgnet_energy_per_atom": value if math.isfinite(value) else None,
+                }
+            }
+        )
+    return keep_pairs, keep_planned, ranked
