@@ -56,16 +56,16 @@ def device_graphs_enabled(device: str) -> bool:
 
 def score_on_device(crystals: Sequence[Crystal], device: str) -> DeviceChgnetScores:
     """CHGNet energy per atom and the trained gap of every crystal, graphs built in torch."""
-    from ml.methods.smoacs.elements import ELEMENTS, NUM_ELEMENTS
+    from ml.methods.smoacs.elements import ELEMENTS, NUM_ELEMENTS, element_index
     from ml.methods.smoacs.neighbors import build_neighbor_list
     from ml.methods.smoacs.soft_chgnet import CHGNET_CUTOFF, load_soft_chgnet
 
-    index = {s: i for i, s in enumerate(ELEMENTS)}
+    vocabulary = frozenset(ELEMENTS)
     n = len(crystals)
     energy = np.full(n, np.nan)
     gap = np.full(n, np.nan)
     supported = np.array(
-        [c.num_atoms > 0 and all(s in index for s in c.species) for c in crystals], dtype=bool
+        [c.num_atoms > 0 and vocabulary.issuperset(c.species) for c in crystals], dtype=bool
     )
     model = load_soft_chgnet(device)
     todo = [i for i in range(n) if supported[i]]
@@ -79,7 +79,7 @@ def score_on_device(crystals: Sequence[Crystal], device: str) -> DeviceChgnetSco
         lattice = torch.tensor(
             np.stack([c.lattice for c in cs]), dtype=torch.float32, device=device
         )
-        species = torch.tensor([index[s] for c in cs for s in c.species], device=device)
+        species = torch.tensor([element_index(s) for c in cs for s in c.species], device=device)
         types = torch.nn.functional.one_hot(species, NUM_ELEMENTS).float()
         nl = build_neighbor_list(lattice, frac, batch, counts, CHGNET_CUTOFF + _SKIN)
         with torch.no_grad():

@@ -95,19 +95,16 @@ def warm_up(device: str | None = None, judge: str | None = None) -> dict[str, fl
     return took
 
 
-_CALLED: set[tuple[str | None, str]] = set()
-
-
+@lru_cache(maxsize=8)
 def _first_calls(device: str | None, judge: str, oracles: tuple[str, ...]) -> None:
     """One prediction per oracle and a two-step relaxation with the judge, on a 2-atom crystal,
     once per process: the lazy imports and kernel set-up of the first call (on the H200 the
     first relaxation imported torch_geometric's collater and compiled its TorchScript inside a
     256-candidate job, 31 s of it under cProfile) are paid at warm-up, not by the first job."""
-    if (device, judge) in _CALLED:
-        return
     import numpy as np
 
     from ml.crystal import Crystal
+    from ml.oracles.chgnet_device import device_graphs_enabled, score_on_device
     from ml.oracles.registry import ENERGY_MODEL_OF, get_oracle
     from ml.oracles.relax import relax_crystals
 
@@ -118,8 +115,9 @@ def _first_calls(device: str | None, judge: str, oracles: tuple[str, ...]) -> No
     )
     for name in oracles:
         get_oracle(name, device).predict([rocksalt])
+    if device is not None and device_graphs_enabled(device):  # the path jobs take on CUDA
+        score_on_device([rocksalt], device)
     relax_crystals([rocksalt], steps=2, device=device, model=ENERGY_MODEL_OF[judge])
-    _CALLED.add((device, judge))
 
 
 def _hull_version(hull: Any) -> str:
