@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 PHASES = (
     "method_s",
     "validity_s",
@@ -62,9 +64,10 @@ def run_job(
     """One job through the runner on a fresh SQLite file; summary timings and profile
     (``profile`` False: no cProfile, whose overhead inflates Python-heavy phases)."""
     from common import insert_queued_job  # benchmarks/common.py
+    from sqlalchemy import select
 
     from app.db import Database
-    from app.models import Job
+    from app.models import Job, Structure
     from app.settings import Settings
     from ml.request import DesignRequest
     from workers.runner import execute_job
@@ -86,6 +89,8 @@ def run_job(
     with db.session() as s:
         job = s.get(Job, job_id)
         summary, error = dict(job.summary or {}), job.error
+        metas = s.scalars(select(Structure.meta).where(Structure.job_id == job_id)).all()
+    steps = [m["relax_steps"] for m in metas if isinstance(m.get("relax_steps"), int)]
     db.dispose()
     buf, tot = io.StringIO(), io.StringIO()
     if profile:
@@ -100,6 +105,10 @@ def run_job(
         "candidates_per_s": round(summary.get("n_candidates", 0) / wall, 3) if wall else None,
         "timings": timings,
         "counts": {k: v for k, v in summary.items() if k.startswith("n_") and isinstance(v, int)},
+        # FIRE steps of the stored candidates: how long the relaxation's tail is.
+        "relax_steps_quantiles": (
+            [int(q) for q in np.percentile(steps, [10, 50, 90, 99, 100])] if steps else None
+        ),
         "profile_cumulative": buf.getvalue(),
         "profile_tottime": tot.getvalue(),
     }
@@ -122,6 +131,12 @@ def main() -> None:
         default={},
         help="method parameters for every job, JSON (e.g. '{\"batch_size\": 1024}')",
     )
+    parser.add_argument(
+        "--method-params",
+        type=json.loads,
+        default={},
+        help="per-method parameters, JSON keyed by method (e.g. '{\"smoacs\": {...}}')",
+    )
     parser.add_argument("--out", default="job_profile_out")
     args = parser.parse_args()
 
@@ -143,15 +158,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
             for n in (int(x) for x in args.n.split(",")):
-                request = job_request(method, n, not args.no_relax, args.seed, args.params)
+                params = {**args.params, **args.method_params.get(method, {})}
+                request = job_request(method, n, not args.no_relax, args.seed, params)
                 print(f"--- {method} n={n} relax={request['relax']}", flush=True)
                 try:
                     row = run_job(request, Path(tmp), args.top, not args.no_profile)
                 except Exception as exc:  # keep going: the other jobs still tell something
                     row = {"outcome": "crashed", "error": f"{type(exc).__name__}: {exc}"}
-                row.update(
-                    method=method, n=n, device=device, relax=request["relax"], params=args.params
-                )
+                row.update(method=method, n=n, device=device, relax=request["relax"], params=params)
+                if device.startswith("cuda"):
+                    import torch
+
+                    row["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                    torch.cuda.reset_peak_memory_stats()
                 row.setdefault("profiled", not args.no_profile)
                 rows.append(row)
                 (out / f"{method}_{n}_profile.txt").write_text(

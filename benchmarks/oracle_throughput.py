@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     if args.relax_n:
+        settings = get_ml_settings()
         starts = []
         for c in relax_pool:
             s = c.copy()
@@ -151,24 +152,42 @@ def main(argv: list[str] | None = None) -> None:
         single = starts[: args.relax_n_single or len(starts)]
         for model in args.relax_models.split(","):
             relax_crystals(starts[:1], device=device, model=model)  # warm-up
-            paths = {
-                "batched": lambda m=model: relax_crystals(
-                    starts, device=device, model=m, pool=pool
-                ),
-                "one by one": lambda m=model: relax_one_by_one(single, device=device, model=m),
-            }
-            for path, run in paths.items():
+            # MATDESIGN_DEVICE_RELAX per batched path; the device path is SevenNet's only
+            # (ml.oracles.device_relax).
+            batched = {"batched": "off"}
+            if model.startswith("sevennet"):
+                batched["batched, device"] = "on"
+            first: list[float] | None = None
+            for path, mode in batched.items():
+                settings.device_relax = mode
+                relax_crystals(starts[:1], device=device, model=model)  # warm-up of the path
                 t = time.perf_counter()
-                res = run()
-                dt = time.perf_counter() - t
-                steps = np.mean([r.steps for r in res])
-                conv = sum(r.converged for r in res)
-                print(
-                    f"{model} relaxation, {path} (FIRE, fmax 0.1, <=300 steps, lattice x1.05 "
-                    f"start): {rate(len(res), dt):.2f} relaxations/s, {steps:.0f} steps mean, "
-                    f"{conv}/{len(res)} converged",
-                    flush=True,
+                res = relax_crystals(starts, device=device, model=model, pool=pool)
+                energies = [r.energy_per_atom for r in res]
+                gap = np.abs(np.subtract(energies, first)) if first is not None else None
+                diff = (
+                    ""
+                    if gap is None
+                    else f", |E - batched| max {np.nanmax(gap):.1e} median "
+                    f"{np.nanmedian(gap):.1e} eV/atom"
                 )
+                first = first or energies
+                report(model, path, res, time.perf_counter() - t, diff)
+            settings.device_relax = "auto"
+            t = time.perf_counter()
+            res = relax_one_by_one(single, device=device, model=model)
+            report(model, "one by one", res, time.perf_counter() - t, "")
+
+
+def report(model: str, path: str, res: list, dt: float, extra: str) -> None:
+    steps = np.mean([r.steps for r in res])
+    conv = sum(r.converged for r in res)
+    print(
+        f"{model} relaxation, {path} (FIRE, fmax 0.1, <=300 steps, lattice x1.05 start): "
+        f"{rate(len(res), dt):.2f} relaxations/s, {steps:.0f} steps mean, "
+        f"{conv}/{len(res)} converged{extra}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ class MLSettings(BaseSettings):
     # chgnet_device): "auto" on CUDA only, where chgnet's per-structure CPU builder is the
     # bottleneck.
     chgnet_device_graphs: Literal["auto", "on", "off"] = "auto"
+    # SevenNet relaxations with FIRE state and neighbour lists on the device
+    # (ml.oracles.device_relax): "auto" on CUDA only, where the per-step CPU graphs dominate.
+    device_relax: Literal["auto", "on", "off"] = "auto"
 
     def torch_device(self) -> str:
         if self.device != "auto":

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from ml.crystal import Crystal
 from ml.oracles.batch_relax import RelaxResult, fire_relax
@@ -55,8 +56,27 @@ def relax_crystals(
     max_batch: int = 256,
     pool: object = None,
 ) -> list[RelaxResult]:
-    """Relax the crystals together (max force ``fmax`` eV/A, at most ``steps`` FIRE steps)."""
-    potential = energy_potential(model, _device(device), pool)
+    """Relax the crystals together (max force ``fmax`` eV/A, at most ``steps`` FIRE steps).
+
+    SevenNet on CUDA (``MATDESIGN_DEVICE_RELAX``) relaxes with every step on the device
+    (:mod:`ml.oracles.device_relax`), all crystals in one batch; a GPU out of memory falls
+    back to the CPU-graph path with ``max_batch``."""
+    device = _device(device)
+    if model in ("sevennet-l3i5", "sevennet-0"):
+        from ml.oracles.device_relax import (
+            SevennetDevicePotential,
+            device_relax_enabled,
+            fire_relax_on_device,
+        )
+
+        if device_relax_enabled(device, len(crystals)):
+            try:
+                return fire_relax_on_device(
+                    crystals, SevennetDevicePotential(model, device), fmax=fmax, steps=steps
+                )
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+    potential = energy_potential(model, device, pool)
     return fire_relax(crystals, potential.efs, fmax=fmax, steps=steps, max_batch=max_batch)
 
 
