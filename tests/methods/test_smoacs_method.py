@@ -228,3 +228,14 @@ def test_designs_are_relaxed_once_by_the_pipeline_when_the_job_relaxes() -> None
     assert all("relax" in c.meta and "designed" in c.meta for c in cands)
     params = get_method("smoacs").validate(_request(params={**TINY, "relax_final": "on"}))
     assert params.relaxes(job_relaxes=True)
+
+
+def test_pass_size_is_the_whole_job_up_to_1024_on_a_gpu_and_256_on_a_cpu() -> None:
+    params = SmoacsParams()
+    assert params.pass_size("cuda") == 1024 and params.pass_size("cuda:1") == 1024
+    assert params.pass_size("cpu") == 256
+    assert SmoacsParams(batch_size=64).pass_size("cuda") == 64
+    # Five candidates in passes of two: three passes, candidates numbered across them.
+    progress, cands = _run(_request(num_candidates=5, params={**TINY, "batch_size": 2}))
+    assert len(cands) == 5
+    assert max(p.total for p in progress if p.phase == "optimize") == 3 * TINY["steps"]

@@ -165,11 +165,12 @@ class SmoacsMethod(DesignMethod):
         rng = np.random.default_rng(request.seed)
         generator = torch.Generator().manual_seed(request.seed)
         n_total = request.num_candidates
-        n_batches = math.ceil(n_total / params.batch_size)
+        pass_size = params.pass_size(device)
+        n_batches = math.ceil(n_total / pass_size)
         total_steps = n_batches * params.steps
         best = math.inf
         for bi in range(n_batches):
-            count = min(params.batch_size, n_total - bi * params.batch_size)
+            count = min(pass_size, n_total - bi * pass_size)
             templates = build_templates(request, params, tables, count, rng)
             pop = Population.from_templates(
                 templates,
@@ -204,7 +205,7 @@ class SmoacsMethod(DesignMethod):
                 yield Progress(phase="relax", step=bi, total=n_batches)
                 result = _relax_and_rescore(engine, final_pop, result, params, device)
                 yield Progress(phase="relax", step=bi + 1, total=n_batches)
-            yield _candidates(result, gap_key, bi * params.batch_size, designed)
+            yield _candidates(result, gap_key, bi * pass_size, designed)
 
     def describe(self) -> dict[str, object]:
         out = super().describe()

@@ -8,7 +8,10 @@ from pydantic import Field, model_validator
 
 from ml.methods.base import MethodParams
 
-__all__ = ["SmoacsParams"]
+__all__ = ["CPU_PASS", "GPU_PASS", "SmoacsParams"]
+
+CPU_PASS = 256
+GPU_PASS = 1024
 
 
 class SmoacsParams(MethodParams):
@@ -43,7 +46,10 @@ class SmoacsParams(MethodParams):
     jitter_lattice: float = Field(default=0.03, ge=0, le=0.5)
     jitter_logits: float = Field(default=1.0, ge=0, le=10.0)
     steps: int = Field(default=200, ge=1, le=5000)
-    batch_size: int = Field(default=256, ge=1, le=4096, description="candidates per pass")
+    # Candidates optimised (and then relaxed by the job) together; None: 256 on a CPU, up to
+    # 1,024 on a GPU, where one pass of 1,024 takes about twice as long as one of 256 (H200:
+    # a 1,024-candidate job in 135 s in one pass; in four it relaxes four times).
+    batch_size: int | None = Field(default=None, ge=1, le=4096, description="candidates per pass")
     # Adam learning rates per variable group.
     lr_lattice: float = Field(default=0.02, gt=0, le=1.0)
     lr_angles: float = Field(default=0.005, gt=0, le=1.0)
@@ -116,6 +122,12 @@ class SmoacsParams(MethodParams):
         return self.relax_final == "on" or (
             self.relax_final == "auto" and self.predictor == "chgnet" and not job_relaxes
         )
+
+    def pass_size(self, device: str) -> int:
+        """Candidates per optimisation pass on ``device``."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return GPU_PASS if str(device).startswith("cuda") else CPU_PASS
 
     def straight_through_start(self) -> int:
         return round(self.straight_through_from * self.steps)
