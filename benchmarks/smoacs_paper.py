@@ -55,6 +55,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "no_masks": {"masks": False},
     "random_init": {"init_geometry": "random"},
     "no_mutation": {"mutation_at": []},
+    # Polish rounds (ml.methods.smoacs.polish): relax with the judge, re-optimise from there.
+    "polish1": {"polish_rounds": 1},
+    "polish2": {"polish_rounds": 2},
 }
 EFORM_MAX = -0.5
 GAP_TOL = 0.2

@@ -113,7 +113,7 @@ class SevennetDevicePotential:
         atom_start[1:] = torch.cumsum(counts, 0)
         edge_start = torch.zeros(b + 1, dtype=torch.long, device=cart.device)
         edge_start[1:] = torch.cumsum(edges_per, 0)
-        # Edges come out crystal by crystal (the list is built per consecutive crystal chunk).
+        # Sorted by crystal, so each pass below takes one contiguous slice of edges.
         order = torch.argsort(edge_crystal, stable=True)
         src, dst, vec = nl.src[order], nl.dst[order], vec[order]
         starts, edge_starts = atom_start.tolist(), edge_start.tolist()

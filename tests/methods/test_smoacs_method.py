@@ -239,3 +239,19 @@ def test_pass_size_is_the_whole_job_up_to_1024_on_a_gpu_and_256_on_a_cpu() -> No
     progress, cands = _run(_request(num_candidates=5, params={**TINY, "batch_size": 2}))
     assert len(cands) == 5
     assert max(p.total for p in progress if p.phase == "optimize") == 3 * TINY["steps"]
+
+
+def test_polish_rounds_relax_then_reoptimise_from_the_relaxed_geometry() -> None:
+    polish = {**TINY, "polish_rounds": 2, "polish_steps": 4, "progress_every": 2}
+    progress, cands = _run(_request(relax=True, params=polish))
+    steps = [p.step for p in progress if p.phase == "polish"]
+    assert steps[0] == 0 and steps[-1] == 8 and steps == sorted(steps) and 6 in steps
+    assert all(c.meta["polish_rounds"] == 2 for c in cands)
+    _, plain = _run(_request(relax=True))
+    # Same seed and main run: only the polish rounds moved the cells.
+    moved = [
+        np.abs(a.crystal.lattice - b.crystal.lattice).max()
+        for a, b in zip(cands, plain, strict=True)
+    ]
+    assert max(moved) > 1e-3
+    assert all(is_charge_neutral(c.crystal) for c in cands)

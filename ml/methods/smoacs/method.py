@@ -5,7 +5,7 @@ charge neutrality."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import ClassVar
 
 import numpy as np
@@ -34,6 +34,7 @@ from ml.methods.smoacs.objectives import (
     terms_from_request,
 )
 from ml.methods.smoacs.params import SmoacsParams
+from ml.methods.smoacs.polish import polish_rounds
 from ml.methods.smoacs.population import Population, reused_templates
 from ml.methods.smoacs.predictors import EFORM_MODEL, GAP_MODEL, load_soft_megnet
 from ml.methods.smoacs.soft_chgnet import load_soft_chgnet
@@ -200,6 +201,10 @@ class SmoacsMethod(DesignMethod):
                     final_pop = event
             ctx.check_cancelled()
             result = engine.finalize(final_pop)
+            if params.polish_rounds:
+                result = yield from _polish(
+                    engine, final_pop, result, request, params, ctx, generator
+                )
             designed = result.crystals
             if params.relaxes(request.relax):
                 yield Progress(phase="relax", step=bi, total=n_batches)
@@ -263,6 +268,44 @@ def _load_predictors(keys: set[str], device: str, predictor: str = "megnet") -> 
         elif key == "formation_energy":
             models[key] = load_soft_megnet(EFORM_MODEL, device, state=None)
     return Predictors(models, chgnet)
+
+
+def _polish(
+    engine: SmoacsEngine,
+    pop: Population,
+    result: FinalResult,
+    request: DesignRequest,
+    params: SmoacsParams,
+    ctx: MethodContext,
+    generator: torch.Generator,
+) -> Generator[Progress, None, FinalResult]:
+    """:func:`polish_rounds` with the job's judge (SevenNet-l3i5 on a GPU, CHGNet on a CPU,
+    or the request's ``energy_above_hull`` oracle) as the relaxing potential."""
+    from ml.oracles.registry import ENERGY_MODEL_OF
+    from ml.oracles.relax import relax_crystals
+    from ml.pipeline.oracle_choice import stability_oracle
+
+    model = ENERGY_MODEL_OF[stability_oracle(request, ctx.device)]
+
+    def relax(crystals: list) -> list:
+        return relax_crystals(
+            crystals, fmax=params.relax_fmax, steps=params.relax_steps, device=ctx.device,
+            model=model, max_batch=max(len(crystals), 1),
+        )  # fmt: skip
+
+    total = params.polish_rounds * params.polish_steps
+    offset, last = 0, 0
+    yield Progress(phase="polish", step=0, total=total)
+    for event in polish_rounds(engine, pop, result, params, relax, generator, ctx.check_cancelled):
+        if isinstance(event, StepReport):
+            if event.step <= last:  # the next round began
+                offset += params.polish_steps
+            last = event.step
+            yield Progress(phase="polish", step=offset + event.step, total=total, best=event.best)
+        else:
+            result = event
+    yield Progress(phase="polish", step=total, total=total)
+    return result
 
 
 def _relax_and_rescore(
