@@ -284,13 +284,14 @@ def _polish(
     from ml.oracles.registry import ENERGY_MODEL_OF
     from ml.oracles.relax import relax_crystals
     from ml.pipeline.oracle_choice import stability_oracle
+    from ml.pipeline.scored import STABILITY_RELAX_FMAX
 
     model = ENERGY_MODEL_OF[stability_oracle(request, ctx.device)]
 
     def relax(crystals: list) -> list:
         return relax_crystals(
-            crystals, fmax=params.relax_fmax, steps=params.relax_steps, device=ctx.device,
-            model=model, max_batch=max(len(crystals), 1),
+            crystals, fmax=STABILITY_RELAX_FMAX, steps=params.polish_relax_steps,
+            device=ctx.device, model=model, max_batch=max(len(crystals), 1),
         )  # fmt: skip
 
     total = params.polish_rounds * params.polish_steps

@@ -38,12 +38,15 @@ class SmoacsParams(MethodParams):
     # time, most of a 256-candidate job's on the H200).
     relax_final: Literal["auto", "on", "off"] = "auto"
     relax_steps: int = Field(default=100, ge=1, le=2000)
-    # Polish rounds (ml.methods.smoacs.polish): relax the designs with the job's judge, then
-    # re-optimise them from the relaxed geometry for polish_steps cold, discrete steps at
-    # polish_lr_scale x the learning rates; 0 = off.
+    # Polish rounds (ml.methods.smoacs.polish): relax the designs with the job's judge, score
+    # them there, re-optimise from the relaxed geometry for polish_steps cold, discrete steps
+    # at polish_lr_scale x the learning rates, relax again; each candidate returns its best
+    # relaxed design. 0 = off.
     polish_rounds: int = Field(default=0, ge=0, le=5)
     polish_steps: int = Field(default=40, ge=1, le=1000)
     polish_lr_scale: float = Field(default=0.3, gt=0, le=1.0)
+    # FIRE steps of each polish relaxation (the job's protocol: 300, fmax 0.1).
+    polish_relax_steps: int = Field(default=300, ge=1, le=2000)
     # Processes building CHGNet graphs during the relaxation (0: in this process).
     relax_workers: int = Field(default=0, ge=0, le=64)
     relax_fmax: float = Field(default=0.1, gt=0, le=10.0)

@@ -5,9 +5,11 @@ relaxation) but not at the geometry the service judges them on: the job's relaxa
 median gap of a gap-1.0 run from 1.0 to 1.6 eV and joint success falls to 0.16
 (benchmarks/RESULTS.md, SMOACS v2 on the H200). A polish round relaxes every design with the
 judge's potential (batched, on the device on a GPU), puts the relaxed cell and positions back
-into the population and re-optimises species and geometry for a few cold, discrete steps (no
-mutation, fresh Adam state, the best discrete state kept), so the next relaxation, the job's,
-starts near a minimum of a crystal that already meets the request there.
+into the population, scores it there (the predictors are the service's judges) and re-optimises
+species and geometry for a few cold, discrete steps (no mutation, fresh Adam state, the best
+discrete state kept). After the last round the designs are relaxed and scored once more, and
+each candidate returns the best of its relaxed designs: a crystal at the judge's minimum, so
+the job's own relaxation leaves it where it was scored.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+
+import torch
 
 from ml.methods.smoacs.engine import FinalResult, SmoacsEngine, StepReport
 from ml.methods.smoacs.params import SmoacsParams
@@ -47,10 +51,13 @@ def polish_rounds(
     generator,
     check_cancelled: Callable[[], None] = lambda: None,
 ) -> Iterator[StepReport | FinalResult]:
-    """``params.polish_rounds`` rounds of relax (``relax``: crystals -> RelaxResults) and
-    re-optimisation; yields the polish engine's step reports, then the final result."""
+    """``params.polish_rounds`` rounds of relax (``relax``: crystals -> RelaxResults), score
+    and re-optimise, then a last relax and score; yields the polish engine's step reports,
+    then per candidate the best of its relaxed designs (met first, then the lowest loss), so
+    what is returned sits at the judge's minimum with the predictors' values there."""
     polisher = polish_engine(engine, params)
-    for r in range(params.polish_rounds):
+    best: FinalResult | None = None
+    for r in range(params.polish_rounds + 1):
         check_cancelled()
         relaxed = relax(result.crystals)
         # A failed relaxation (NaN energy) keeps its designed geometry.
@@ -60,6 +67,11 @@ def polish_rounds(
                 for res, designed in zip(relaxed, result.crystals, strict=True)
             ]
         )
+        scored = polisher.finalize(pop)
+        scored.meta = [{**m, "polish_round": r} for m in scored.meta]
+        best = scored if best is None else _better(best, scored)
+        if r == params.polish_rounds:
+            break
         pop.init_optimizer_state()
         pop.cand["steps"].zero_()
         for event in polisher.optimize(pop, generator, check_cancelled):
@@ -68,6 +80,28 @@ def polish_rounds(
             else:
                 pop = event
         result = polisher.finalize(pop)
-        for meta in result.meta:
-            meta["polish_rounds"] = r + 1
-    yield result
+    assert best is not None
+    yield best
+
+
+def _better(a: FinalResult, b: FinalResult) -> FinalResult:
+    """Per candidate, ``b``'s entry where it meets the request and ``a``'s does not, or where
+    both do or both do not and ``b``'s loss is lower."""
+    take = (b.met & ~a.met) | ((b.met == a.met) & (b.loss < a.loss))
+    pick = take.cpu().tolist()
+
+    def per(xs: list, ys: list) -> list:
+        return [y if t else x for x, y, t in zip(xs, ys, pick, strict=True)]
+
+    def where(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.where(take.to(x.device), y, x)
+
+    return FinalResult(
+        crystals=per(a.crystals, b.crystals),
+        predictions={k: where(v, b.predictions[k]) for k, v in a.predictions.items()},
+        loss=where(a.loss, b.loss),
+        met=where(a.met, b.met),
+        soft_loss=where(a.soft_loss, b.soft_loss),
+        site_oxidation=per(a.site_oxidation, b.site_oxidation),
+        meta=per(a.meta, b.meta),
+    )
