@@ -12,6 +12,7 @@ import pytest
 import spglib
 import torch
 from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Lattice, Structure
 
 from ml.crystal import Crystal
 from ml.data import load_records
@@ -306,3 +307,35 @@ def test_energy_rank_returns_the_lowest_energy_sample_of_each_group(
         assert c.meta["energy_rank"]["chosen"] == int(np.argmin(volumes))
         assert np.isclose(c.crystal.volume / c.crystal.num_atoms, min(volumes))
         assert spacegroup(c.crystal) == 186
+
+
+def test_energy_rank_skips_a_crystal_it_already_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ml.oracles.chgnet_device as chgnet_device
+    from ml.evaluation.uniqueness import PreparedStructure
+    from ml.methods.conditional.method import _lowest_energy_of_groups
+
+    rocksalt = Crystal.from_structure(
+        Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3]
+        )
+    )
+    cscl = Crystal.from_structure(
+        Structure(Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    )
+    # Two groups of two; rocksalt is the lowest-energy sample of both.
+    pairs = [(None, rocksalt), (None, cscl), (None, rocksalt.copy()), (None, cscl.copy())]
+    monkeypatch.setattr(
+        chgnet_device, "chgnet_energies", lambda cs, device: np.array([-5.0, -4.0, -5.0, -4.95])
+    )
+    chosen: list[PreparedStructure] = []
+    kept, _, ranked = _lowest_energy_of_groups(pairs, ["a", "b", "c", "d"], 2, "cpu", chosen)
+    assert [r["energy_rank"]["chosen"] for r in ranked] == [0, 1]
+    assert kept[0][1] is rocksalt and kept[1][1] is pairs[3][1] and len(chosen) == 2
+    # When every sample of a group was returned before, the lowest one is kept anyway.
+    kept, _, ranked = _lowest_energy_of_groups(pairs[:2], ["a", "b"], 2, "cpu", chosen)
+    assert ranked[0]["energy_rank"]["chosen"] == 0
+    # A new crystal far above the lowest is not preferred to repeating the lowest.
+    monkeypatch.setattr(chgnet_device, "chgnet_energies", lambda cs, device: np.array([-5.0, -4.0]))
+    chosen = [PreparedStructure(rocksalt)]
+    kept, _, ranked = _lowest_energy_of_groups(pairs[:2], ["a", "b"], 2, "cpu", chosen)
+    assert ranked[0]["energy_rank"]["chosen"] == 0
