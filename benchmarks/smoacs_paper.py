@@ -176,18 +176,11 @@ def perovskite_geometry_ok(crystal: Crystal, supercell: int, bound: float) -> bo
 def service_relax(request: DesignRequest, cands: list[Candidate], device: str) -> None:
     """Relax the candidates as a job with ``relax: true`` does (the device's default judge,
     FIRE fmax 0.1, at most 300 steps), in place; a failed relaxation keeps the design."""
-    from ml.oracles.registry import ENERGY_MODEL_OF
-    from ml.oracles.relax import relax_crystals
-    from ml.pipeline.oracle_choice import stability_oracle
-    from ml.pipeline.scored import STABILITY_RELAX_FMAX, STABILITY_RELAX_STEPS
+    from ml.pipeline.oracle_choice import relax_as_judged
 
-    model = ENERGY_MODEL_OF[stability_oracle(request, device)]
-    results = relax_crystals(
-        [c.crystal for c in cands], fmax=STABILITY_RELAX_FMAX, steps=STABILITY_RELAX_STEPS,
-        device=device, model=model, max_batch=max(len(cands), 1),
-    )  # fmt: skip
+    results = relax_as_judged([c.crystal for c in cands], request, device)
     for cand, res in zip(cands, results, strict=True):
-        cand.meta["relax"] = {"model": model, "steps": res.steps, "converged": res.converged}
+        cand.meta["relax"] = {"steps": res.steps, "converged": res.converged}
         if math.isfinite(res.energy_per_atom):
             cand.crystal = res.crystal
 

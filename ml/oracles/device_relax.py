@@ -100,12 +100,7 @@ class SevennetDevicePotential:
         edges_per = torch.bincount(edge_crystal, minlength=b)
         has_edge = torch.zeros(len(cart), dtype=torch.bool, device=cart.device)
         has_edge[nl.src] = True
-        lonely = (
-            torch.zeros(b, dtype=torch.long, device=cart.device).index_add_(
-                0, batch, (~has_edge).long()
-            )
-            > 0
-        )
+        lonely = torch.bincount(batch[~has_edge], minlength=b) > 0
         energy = torch.full((b,), math.nan, dtype=torch.float64, device=cart.device)
         forces = torch.zeros_like(cart)
         stress = torch.zeros((b, 3, 3), dtype=torch.float64, device=cart.device)

@@ -23,7 +23,8 @@ from ml.oracles.batch_relax import RelaxResult, fire_relax
 __all__ = ["DEFAULT_ENERGY_MODEL", "RelaxResult", "energy_potential", "relax_crystals"]
 
 DEFAULT_ENERGY_MODEL = "chgnet"  # the default stability judge's model
-ENERGY_MODELS = ("sevennet-l3i5", "sevennet-0", "chgnet")
+_SEVENNET = ("sevennet-l3i5", "sevennet-0")
+ENERGY_MODELS = (*_SEVENNET, "chgnet")
 
 
 def _device(device: str | None) -> str:
@@ -40,7 +41,7 @@ def energy_potential(model: str, device: str, pool: object = None):  # -> Sevenn
         from ml.oracles.chgnet import ChgnetPotential
 
         return ChgnetPotential(device, pool)
-    if model in ("sevennet-l3i5", "sevennet-0"):
+    if model in _SEVENNET:
         from ml.oracles.sevennet import SevennetPotential
 
         return SevennetPotential(model, device, pool)
@@ -62,7 +63,7 @@ def relax_crystals(
     (:mod:`ml.oracles.device_relax`), all crystals in one batch; a GPU out of memory falls
     back to the CPU-graph path with ``max_batch``."""
     device = _device(device)
-    if model in ("sevennet-l3i5", "sevennet-0"):
+    if model in _SEVENNET:
         from ml.oracles.device_relax import (
             SevennetDevicePotential,
             device_relax_enabled,

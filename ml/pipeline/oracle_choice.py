@@ -53,6 +53,26 @@ def stability_oracle(request: DesignRequest, device: str | None = None) -> str:
     return request.oracles.get("energy_above_hull") or default_stability_oracle(device)
 
 
+def relax_as_judged(
+    crystals: list, request: DesignRequest, device: str | None, steps: int | None = None
+) -> list:
+    """Relax ``crystals`` together as a job with ``relax: true`` relaxes its candidates: with
+    the stability judge's energy model, FIRE to fmax 0.1 eV/A, at most ``steps`` (the job's
+    300 by default). Returns ``ml.oracles.relax.RelaxResult``s (NaN energy: failed)."""
+    from ml.oracles.registry import ENERGY_MODEL_OF
+    from ml.oracles.relax import relax_crystals
+    from ml.pipeline.scored import STABILITY_RELAX_FMAX, STABILITY_RELAX_STEPS
+
+    return relax_crystals(
+        crystals,
+        fmax=STABILITY_RELAX_FMAX,
+        steps=STABILITY_RELAX_STEPS if steps is None else steps,
+        device=device,
+        model=ENERGY_MODEL_OF[stability_oracle(request, device)],
+        max_batch=max(len(crystals), 1),
+    )
+
+
 @lru_cache(maxsize=4)
 def _reference_hull(model: str) -> Any:
     from ml.evaluation.hull import ReferenceHull

@@ -505,15 +505,15 @@ def _lowest_energy_of_groups(
     for start in range(0, len(pairs), k):
         group = energies[start : start + k]
         order = start + np.argsort(np.where(np.isfinite(group), group, np.inf), kind="stable")
-        best = int(order[0])
+        best, pick = int(order[0]), None
         for i in order.tolist():
-            if not energies[i] <= energies[best] + DISTINCT_MARGIN:
+            if not energies[i] <= energies[order[0]] + DISTINCT_MARGIN:
                 break  # the rest are too far above the lowest: repeat it rather
             prepared = PreparedStructure(pairs[i][1])
             if not any(prepared.matches(c) for c in chosen):
-                best = i
+                best, pick = i, prepared
                 break
-        chosen.append(PreparedStructure(pairs[best][1]))
+        chosen.append(pick or PreparedStructure(pairs[best][1]))
         keep_pairs.append(pairs[best])
         keep_planned.append(planned[best])
         value = float(energies[best])

@@ -281,18 +281,10 @@ def _polish(
 ) -> Generator[Progress, None, FinalResult]:
     """:func:`polish_rounds` with the job's judge (SevenNet-l3i5 on a GPU, CHGNet on a CPU,
     or the request's ``energy_above_hull`` oracle) as the relaxing potential."""
-    from ml.oracles.registry import ENERGY_MODEL_OF
-    from ml.oracles.relax import relax_crystals
-    from ml.pipeline.oracle_choice import stability_oracle
-    from ml.pipeline.scored import STABILITY_RELAX_FMAX
-
-    model = ENERGY_MODEL_OF[stability_oracle(request, ctx.device)]
+    from ml.pipeline.oracle_choice import relax_as_judged
 
     def relax(crystals: list) -> list:
-        return relax_crystals(
-            crystals, fmax=STABILITY_RELAX_FMAX, steps=params.polish_relax_steps,
-            device=ctx.device, model=model, max_batch=max(len(crystals), 1),
-        )  # fmt: skip
+        return relax_as_judged(crystals, request, ctx.device, params.polish_relax_steps)
 
     total = params.polish_rounds * params.polish_steps
     offset, last = 0, 0

@@ -48,7 +48,7 @@ def polish_rounds(
     result: FinalResult,
     params: SmoacsParams,
     relax: Callable[[list], list],
-    generator,
+    generator: torch.Generator,
     check_cancelled: Callable[[], None] = lambda: None,
 ) -> Iterator[StepReport | FinalResult]:
     """``params.polish_rounds`` rounds of relax (``relax``: crystals -> RelaxResults), score
