@@ -31,6 +31,9 @@ class MLSettings(BaseSettings):
     # SevenNet relaxations with FIRE state and neighbour lists on the device
     # (ml.oracles.device_relax): "auto" on CUDA only, where the per-step CPU graphs dominate.
     device_relax: Literal["auto", "on", "off"] = "auto"
+    # Small SevenNet calls of those relaxations replayed as CUDA graphs
+    # (ml.oracles.sevennet_graphs); false runs every call eagerly.
+    sevennet_cuda_graphs: bool = True
 
     def torch_device(self) -> str:
         if self.device != "auto":

@@ -68,13 +68,25 @@ class Forces:
 class SevennetDevicePotential:
     """SevenNet energy, forces and stress of a batch of crystals given as tensors."""
 
-    def __init__(self, model: str, device: str, max_edges: int = MAX_EDGES_PER_PASS):
+    def __init__(
+        self, model: str, device: str, max_edges: int = MAX_EDGES_PER_PASS,
+        graphs: bool | None = None,
+    ) -> None:  # fmt: skip
+        """``graphs``: replay small calls as CUDA graphs (default: the
+        ``sevennet_cuda_graphs`` setting; CUDA only)."""
         from ml.oracles.sevennet import load_sevennet
+        from ml.oracles.sevennet_graphs import SevennetEFS, graphed_efs
+        from ml.settings import get_ml_settings
 
         self.device = device
         self.net, self.cutoff, known = load_sevennet(model, device)
         self.known = known
         self.max_edges = max_edges
+        self.efs = SevennetEFS(self.net, device)
+        if graphs is None:
+            graphs = get_ml_settings().sevennet_cuda_graphs
+        graphs = graphs and str(device).startswith("cuda")
+        self.graphs = graphed_efs(self.net, self.efs, device) if graphs else None
 
     def supports(self, crystal: Crystal) -> bool:
         return crystal.num_atoms > 0 and set(crystal.numbers.tolist()) <= self.known
@@ -129,24 +141,12 @@ class SevennetDevicePotential:
         self, numbers: torch.Tensor, counts: torch.Tensor, batch: torch.Tensor,
         edge_index: torch.Tensor, vec: torch.Tensor, lattice: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-        import sevenn._keys as KEY
-        from sevenn.atom_graph_data import AtomGraphData
-
-        data = AtomGraphData(x=numbers.clone(), edge_index=edge_index)
-        data[KEY.ATOMIC_NUMBERS] = numbers
-        data[KEY.EDGE_VEC] = vec.float().detach()
-        data[KEY.CELL_VOLUME] = torch.linalg.det(lattice).abs().float()
-        data[KEY.NUM_ATOMS] = counts
-        data[KEY.BATCH] = batch
-        out = self.net(data)
-        voigt = -out[KEY.PRED_STRESS].detach().double()  # xx yy zz xy yz zx, ASE's sign
-        idx = [[0, 3, 5], [3, 1, 4], [5, 4, 2]]
-        stress = voigt[:, torch.tensor(idx, device=voigt.device)]
-        return (
-            out[KEY.PRED_TOTAL_ENERGY].detach().double().reshape(-1),
-            out[KEY.PRED_FORCE].detach().double(),
-            stress,
-        )
+        volume = torch.linalg.det(lattice).abs().float()
+        args = (self.efs.types(numbers), edge_index, vec.float().detach(), batch, volume)
+        out = self.graphs(*args) if self.graphs is not None else self.efs(*args)
+        idx = [[0, 3, 5], [3, 1, 4], [5, 4, 2]]  # Voigt xx yy zz xy yz zx -> 3 x 3
+        stress = out.stress.double()[:, torch.tensor(idx, device=vec.device)]
+        return out.energy.double(), out.forces.double(), stress
 
 
 @dataclass

@@ -127,6 +127,8 @@ def _first_calls(device: str | None, judge: str, oracles: tuple[str, ...]) -> No
     from ml.oracles.chgnet_device import device_graphs_enabled, score_on_device
     from ml.oracles.registry import ENERGY_MODEL_OF, get_oracle
     from ml.oracles.relax import relax_crystals
+    from ml.oracles.sevennet import SEVENNET_MODELS
+    from ml.oracles.sevennet_graphs import prepare_graphs
 
     rocksalt = Crystal(
         lattice=np.array([[0.0, 2.82, 2.82], [2.82, 0.0, 2.82], [2.82, 2.82, 0.0]]),
@@ -138,6 +140,9 @@ def _first_calls(device: str | None, judge: str, oracles: tuple[str, ...]) -> No
     if device is not None and device_graphs_enabled(device):  # the path jobs take on CUDA
         score_on_device([rocksalt], device)
     relax_crystals([rocksalt], steps=2, device=device, model=ENERGY_MODEL_OF[judge])
+    if ENERGY_MODEL_OF[judge] in SEVENNET_MODELS and device is not None:
+        # The CUDA graphs of large jobs' relaxation tails (a few seconds to capture).
+        prepare_graphs(ENERGY_MODEL_OF[judge], device)
 
 
 def _hull_version(hull: Any) -> str:

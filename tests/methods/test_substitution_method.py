@@ -174,3 +174,11 @@ def test_prescreen_emits_the_built_crystals_predicted_closest_to_the_request() -
     assert got == pytest.approx(sorted(losses)[:8])
     # Closer to the 1.5 eV target than the candidates that would have come unscreened.
     assert np.mean(got) < np.mean(losses[:8])
+
+
+def test_batches_are_16_candidates_on_a_cpu_and_256_on_a_gpu_unless_asked() -> None:
+    from ml.methods.substitution import SubstitutionParams
+
+    assert SubstitutionParams().batch_on("cpu") == 16
+    assert SubstitutionParams().batch_on("cuda:0") == 256
+    assert SubstitutionParams(batch_size=32).batch_on("cuda") == 32
