@@ -29,7 +29,12 @@ from ml.crystal import Crystal
 from ml.oracles.base import bounded_chunks
 from ml.oracles.batch_relax import FireParams, RelaxResult
 
-__all__ = ["SevennetDevicePotential", "device_relax_enabled", "fire_relax_on_device"]
+__all__ = [
+    "SevennetDevicePotential",
+    "device_relax_enabled",
+    "fire_relax_on_device",
+    "prepare_graphs",
+]
 
 # Edges per SevenNet forward + force/stress backward; the active crystals are split into
 # consecutive groups under it. 256 cells of ~10 atoms (~100k edges) ran on an H200 with room
@@ -52,6 +57,18 @@ def device_relax_enabled(device: str, n_crystals: int | None = None) -> bool:
     mode = get_ml_settings().device_relax
     big = n_crystals is None or n_crystals >= MIN_CRYSTALS_AUTO
     return mode == "on" or (mode == "auto" and str(device).startswith("cuda") and big)
+
+
+def prepare_graphs(model: str, device: str) -> int:
+    """Capture ``model``'s CUDA graphs on ``device`` now (worker warm-up), when relaxations
+    there use them (:mod:`ml.oracles.sevennet_graphs`); the number captured."""
+    if not device_relax_enabled(device):
+        return 0
+    potential = SevennetDevicePotential(model, device)
+    if potential.graphs is None:
+        return 0
+    potential.graphs.prepare()
+    return len(potential.graphs.graphs)
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EFS", "SevennetEFS", "graphed_efs", "prepare_graphs"]
+__all__ = ["EFS", "SevennetEFS", "graphed_efs"]
 
 # Edge capacities of the captured graphs: 2^10 .. 2^16. Above, a call is compute bound.
 MIN_GRAPH_EDGES = 1 << 10
@@ -258,17 +258,3 @@ def graphed_efs(net: torch.nn.Module, efs: SevennetEFS, device: str) -> _GraphCa
         if key not in _CACHES:
             _CACHES[key] = _GraphCache(efs, device)
         return _CACHES[key]
-
-
-def prepare_graphs(model: str, device: str) -> int:
-    """Capture ``model``'s graphs on ``device`` now (worker warm-up), when relaxations there
-    use them; the number captured."""
-    from ml.oracles.device_relax import SevennetDevicePotential, device_relax_enabled
-
-    if not device_relax_enabled(device):
-        return 0
-    potential = SevennetDevicePotential(model, device)
-    if potential.graphs is None:
-        return 0
-    potential.graphs.prepare()
-    return len(potential.graphs.graphs)

@@ -125,10 +125,10 @@ def _first_calls(device: str | None, judge: str, oracles: tuple[str, ...]) -> No
 
     from ml.crystal import Crystal
     from ml.oracles.chgnet_device import device_graphs_enabled, score_on_device
+    from ml.oracles.device_relax import prepare_graphs
     from ml.oracles.registry import ENERGY_MODEL_OF, get_oracle
     from ml.oracles.relax import relax_crystals
     from ml.oracles.sevennet import SEVENNET_MODELS
-    from ml.oracles.sevennet_graphs import prepare_graphs
 
     rocksalt = Crystal(
         lattice=np.array([[0.0, 2.82, 2.82], [2.82, 0.0, 2.82], [2.82, 2.82, 0.0]]),
