@@ -61,6 +61,9 @@ ROWS: dict[str, dict[str, Any]] = {
     # Polish rounds (ml.methods.smoacs.polish): relax with the judge, re-optimise from there.
     "polish1": {"polish_rounds": 1},
     "polish2": {"polish_rounds": 2},
+    # The stability term without its force and stress parts (no second derivatives of CHGNet:
+    # the energy's gradient already drives designs towards a minimum).
+    "energy_only": {"stability_force": 0.0, "stability_stress": 0.0},
 }
 EFORM_MAX = -0.5
 GAP_TOL = 0.2

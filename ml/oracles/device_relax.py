@@ -5,7 +5,9 @@ every crystal's SevenNet graph on the CPU (matscipy) and steps FIRE per crystal 
 1,024 crystals that is ~0.4 s of CPU work per step, more than the forward pass. Here the
 optimiser state of all crystals lives in tensors, the neighbour list is rebuilt in torch at each
 step (:func:`ml.methods.smoacs.neighbors.build_neighbor_list`) and SevenNet gets the edge
-vectors directly (it differentiates its energy with respect to them for forces and stress).
+vectors directly (it differentiates its energy with respect to them for forces and stress;
+:mod:`ml.oracles.sevennet_graphs`, which replays the small calls of a relaxation's last steps
+as CUDA graphs).
 
 The algorithm is the same as :mod:`ml.oracles.batch_relax`: ASE's FIRE with its default
 parameters on ``UnitCellFilter`` coordinates (positions in the reference cell, then ``n_atoms``
