@@ -296,13 +296,18 @@ def main() -> None:
         action="store_true",
         help="also the match rate of each row's lowest-CHGNet-energy sample (1 returned)",
     )
+    p.add_argument(
+        "--extra-templates",
+        action="store_true",
+        help="rank assignments also by the templates of MP 2018 structures outside MP-20",
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--save", type=Path, help="generated crystals (.npz) for later rescoring")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     modes = set(args.modes.split(","))
     t_start = time.time()
-    model, stats, info = load_wyckoff_release(args.wyckoff, args.device)
+    model, stats, info = load_wyckoff_release(args.wyckoff, args.device, args.extra_templates)
     cfg = WyckoffSampleConfig(steps=args.steps, guidance=args.guidance)
     # Warm-up (Wyckoff tables, kernels) so the timed runs measure generation only.
     generate(model, plan([8, 8, 12, 12], 2, stats, space_group=225), cfg, 0, 2, primitive=False)

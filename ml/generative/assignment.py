@@ -1,6 +1,7 @@
 """Which space groups and Wyckoff assignments to generate a composition in.
 
-Statistical prior, counted on MP-20 train + val in the Wyckoff representation:
+Statistical prior, counted on MP-20 train + val in the Wyckoff representation (template counts
+also on the MP 2018 structures outside MP-20, up to 200 atoms, when loaded ``with_extra``):
 
 * space group given a composition: P(sg | reduced formula) backed off to P(sg | stoichiometry
   prototype, e.g. AB2C4) backed off to P(sg | number of elements) (additive smoothing at each
@@ -18,8 +19,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
+from pathlib import Path
 
 import numpy as np
 import spglib
@@ -32,6 +34,11 @@ __all__ = ["Assignment", "TemplateStats", "enumerate_assignments", "template_key
 
 MAX_RESULTS = 500  # assignments enumerated per (composition, space group) at most
 MAX_ORBITS_PER_ELEMENT = 8
+
+
+# Template counts of MP 2018 structures outside MP-20, up to 200 atoms
+# (ml.tools.build_template_counts).
+EXTRA_TEMPLATES_PATH = Path(__file__).parent / "data" / "mp2018_extra_templates.json.gz"
 
 
 def template_key(space_group: int, letters_by_element: Sequence[Sequence[str]]) -> tuple:
@@ -59,6 +66,9 @@ class TemplateStats:
     letters: Counter[tuple[int, str]] = field(default_factory=Counter)
     groups: Counter[int] = field(default_factory=Counter)
     templates: Counter[tuple] = field(default_factory=Counter)
+    # Counts from outside the training data (EXTRA_TEMPLATES_PATH), added when ranking
+    # assignments only; not part of a checkpoint.
+    extra_templates: Counter[tuple] = field(default_factory=Counter)
 
     @classmethod
     def from_arrays(cls, arrays) -> TemplateStats:  # type: ignore[no-untyped-def]
@@ -159,7 +169,20 @@ class TemplateStats:
     def score(self, space_group: int, by_element: Sequence[Sequence[str]]) -> float:
         key = template_key(space_group, by_element)
         lp = sum(self.letter_logp(space_group, x) for ls in by_element for x in ls)
-        return 2.0 * math.log1p(self.templates[key]) + lp
+        return 2.0 * math.log1p(self.templates[key] + self.extra_templates[key]) + lp
+
+    def with_extra(self, path: Path = EXTRA_TEMPLATES_PATH) -> TemplateStats:
+        """These statistics with the template counts at ``path`` (when present) added to the
+        assignment ranking: larger cells than MP-20's, whose templates it never saw."""
+        import gzip
+        import json
+
+        if not path.exists():
+            return self
+        with gzip.open(path, "rt") as fh:
+            rows = json.load(fh)["templates"]
+        extra = Counter({(int(g), tuple(tuple(ls) for ls in t)): int(v) for g, t, v in rows})
+        return replace(self, extra_templates=extra)
 
 
 def _element_options(

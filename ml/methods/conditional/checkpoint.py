@@ -78,8 +78,13 @@ def save_wyckoff_release(
     save_atomic(payload, path)
 
 
-def load_wyckoff_release(path: Path, device: str | torch.device = "cpu"):  # type: ignore[no-untyped-def]
-    """(model, TemplateStats, info) of a Wyckoff-generator release file."""
+def load_wyckoff_release(  # type: ignore[no-untyped-def]
+    path: Path, device: str | torch.device = "cpu", extra_templates: bool = False
+):
+    """(model, TemplateStats, info) of a Wyckoff-generator release file; ``extra_templates``:
+    the assignment ranking also counts the templates of MP 2018 structures outside MP-20
+    (:meth:`ml.generative.assignment.TemplateStats.with_extra`; off until the conditional
+    benchmark measures it, see benchmarks/RESULTS.md)."""
     from ml.generative.assignment import TemplateStats
     from ml.methods.conditional.wyckoff_model import WyckoffFlowModel, WyckoffModelConfig
 
@@ -89,4 +94,6 @@ def load_wyckoff_release(path: Path, device: str | torch.device = "cpu"):  # typ
     model = WyckoffFlowModel(WyckoffModelConfig(**payload["config"]))
     model.load_state_dict(payload["state"])
     stats = TemplateStats.from_dict(payload["stats"])
+    if extra_templates:
+        stats = stats.with_extra()
     return model.to(device).eval(), stats, dict(payload.get("info", {}))

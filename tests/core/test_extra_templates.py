@@ -1,0 +1,45 @@
+"""Issue 13: template counts of MP 2018 structures outside MP-20 lift the assignments of larger
+cells than MP-20's; LiFePO4's 28-atom olivine goes from rank 16 to the top 3 in Pnma."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from ml.generative.assignment import (
+    EXTRA_TEMPLATES_PATH,
+    TemplateStats,
+    conventional_counts,
+    enumerate_assignments,
+)
+from ml.methods.conditional.checkpoint import find_weights, load_wyckoff_release
+
+OLIVINE = sorted([("c", 8), ("c", 8), ("d", 8), ("a", 3), ("c", 26), ("c", 15)])
+LIFEPO4_CELL = [3] * 4 + [26] * 4 + [15] * 4 + [8] * 16
+
+
+def _olivine_rank(stats: TemplateStats) -> int:
+    found = enumerate_assignments(62, conventional_counts(LIFEPO4_CELL, 62), stats, keep=100)
+    return next(i for i, a in enumerate(found) if sorted(a.orbits) == OLIVINE)
+
+
+def test_extra_counts_lift_the_olivine_assignment() -> None:
+    assert EXTRA_TEMPLATES_PATH.exists()
+    _, stats, _ = load_wyckoff_release(find_weights("wyckoff"))
+    before = _olivine_rank(stats)
+    after = _olivine_rank(stats.with_extra())
+    assert before > 10 and after < 3
+
+
+def test_extra_counts_add_to_the_training_counts(tmp_path: Path) -> None:
+    key = (62, (("a",), ("c",), ("c",), ("c", "c", "d")))
+    stats = TemplateStats()
+    stats.templates[key] = 3
+    path = tmp_path / "extra.json.gz"
+    with gzip.open(path, "wt") as fh:
+        json.dump({"templates": [[62, [list(ls) for ls in key[1]], 5]]}, fh)
+    letters = [["a"], ["c"], ["c"], ["c", "c", "d"]]
+    assert stats.with_extra(path).score(62, letters) > stats.score(62, letters)
+    assert stats.with_extra(path).extra_templates[key] == 5
+    assert stats.with_extra(tmp_path / "missing.json.gz") is stats
