@@ -43,3 +43,20 @@ def test_extra_counts_add_to_the_training_counts(tmp_path: Path) -> None:
     assert stats.with_extra(path).score(62, letters) > stats.score(62, letters)
     assert stats.with_extra(path).extra_templates[key] == 5
     assert stats.with_extra(tmp_path / "missing.json.gz") is stats
+
+
+def test_training_can_add_mp2018_cells_larger_than_mp20s() -> None:
+    from ml.methods.conditional.train_wyckoff import training_arrays
+
+    plain = training_arrays(limit=30, workers=1)
+    extended = training_arrays(limit=30, workers=1, extra_atoms=52)
+    assert len(extended) > len(plain)
+    from ml.generative.wyckoff import multiplicity, wyckoff_letter
+
+    o, sizes = extended.offsets, []
+    for i in range(len(plain), len(extended)):
+        sg = int(extended.space_group[i])
+        letters = [wyckoff_letter(int(w))[1] for w in extended.wid[o[i] : o[i + 1]]]
+        sizes.append(sum(multiplicity(sg, x) for x in letters))
+    # Conventional cells: up to 4 x the primitive cell's <= 52 atoms.
+    assert max(sizes) > 20 and max(sizes) <= 4 * 52

@@ -32,6 +32,7 @@ from ml.methods.conditional.wyckoff_data import (
     arrays_to_batch,
     epoch_batches,
     fit_normalisation,
+    load_extra,
     load_split,
 )
 from ml.methods.conditional.wyckoff_flow import flow_loss
@@ -59,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export-every", type=float, default=0.0, help="seconds (0: at end only)")
     p.add_argument("--history", type=Path, help="write the loss history (JSON) here")
     p.add_argument(
+        "--extra-atoms",
+        type=int,
+        default=0,
+        help="also train on MP 2018 structures outside MP-20 of at most this many atoms (0: "
+        "MP-20 train + val only, the paper's protocol)",
+    )
+    p.add_argument(
         "--init",
         type=Path,
         help="continue from this release (its EMA weights and config; fresh optimiser), so a "
@@ -67,15 +75,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def training_arrays(limit: int | None, workers: int) -> WyckoffArrays:
-    return WyckoffArrays.concat([load_split(s, workers, limit) for s in ("train", "val")])
+def training_arrays(limit: int | None, workers: int, extra_atoms: int = 0) -> WyckoffArrays:
+    parts = [load_split(s, workers, limit) for s in ("train", "val")]
+    if extra_atoms > 0:
+        parts.append(load_extra(extra_atoms, workers, limit))
+    return WyckoffArrays.concat(parts)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device or get_ml_settings().torch_device()
     torch.manual_seed(args.seed)
     t_data = time.time()
-    arrays = training_arrays(args.limit, args.workers)
+    arrays = training_arrays(args.limit, args.workers, args.extra_atoms)
     stats = TemplateStats.from_arrays(arrays)
     norm, mean, std = fit_normalisation(arrays, PROPERTIES)
     config = WyckoffModelConfig(
@@ -112,9 +123,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     def info() -> dict[str, Any]:
         return {
-            "data": "MP-20 train + val (Wyckoff decomposition, spglib symprec 0.1)"
-            if args.limit is None
-            else f"MP-20 train+val, first {args.limit} rows each",
+            "data": (
+                "MP-20 train + val (Wyckoff decomposition, spglib symprec 0.1)"
+                if args.limit is None
+                else f"MP-20 train+val, first {args.limit} rows each"
+            )
+            + (
+                f" + MP 2018 outside MP-20 up to {args.extra_atoms} atoms"
+                if args.extra_atoms
+                else ""
+            ),
             "structures": len(arrays),
             "steps": prior_steps + step,
             "epochs": round((prior_steps + step) * args.batch_size / len(arrays), 1),

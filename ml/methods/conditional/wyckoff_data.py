@@ -160,6 +160,24 @@ def load_split(split: str, workers: int = 1, limit: int | None = None) -> Wyckof
     return arrays
 
 
+def load_extra(max_atoms: int, workers: int = 1, limit: int | None = None) -> WyckoffArrays:
+    """MP 2018 structures outside MP-20 (``mp2018/extra``) of at most ``max_atoms`` atoms, in the
+    Wyckoff representation (cached as ``.npz``, not with ``limit``): larger cells than MP-20's
+    for a generator that must reach them (LiFePO4's olivine has 28 atoms)."""
+    from ml.data import load_records
+
+    path = get_ml_settings().cache_dir / "conditional" / f"mp2018_extra_wyckoff_{max_atoms}.npz"
+    if limit is None and path.exists():
+        return WyckoffArrays.load(path)
+    records = [r for r in load_records("mp2018", "extra", limit=limit)]
+    records = [r for r in records if r.crystal.num_atoms <= max_atoms]
+    arrays = from_crystals([r.crystal for r in records], [r.material_id for r in records], workers)
+    if limit is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays.save(path)
+    return arrays
+
+
 # --- lattice state ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LatticeNorm:
