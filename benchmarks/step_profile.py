@@ -114,7 +114,6 @@ def timed_relax(crystals: list, device: str, **variant: Any) -> dict[str, Any]:
         return orig_call(self, lattice, cart, numbers, counts, *rest)
 
     nbm.build_neighbor_list = nl
-    dr.build_neighbor_list = nl
     dr.SevennetDevicePotential._forward = fwd
     dr.SevennetDevicePotential.__call__ = call
     try:
@@ -126,7 +125,6 @@ def timed_relax(crystals: list, device: str, **variant: Any) -> dict[str, Any]:
         wall = time.perf_counter() - t
     finally:
         nbm.build_neighbor_list, dr.SevennetDevicePotential._forward = orig_nl, orig_fwd
-        dr.build_neighbor_list = orig_nl
         dr.SevennetDevicePotential.__call__ = orig_call
     steps = np.array([r.steps for r in res])
     energy = np.array([r.energy_per_atom for r in res])

@@ -122,13 +122,13 @@ class _GraphedEFS:
         capture: bool = True, pool: tuple | None = None,
     ) -> None:  # fmt: skip
         self.efs, self.edges, self.atoms, self.crystals = efs, edges, atoms, crystals
-        self.types = torch.zeros(atoms, dtype=torch.long, device=device)
-        self.edge_index = torch.full((2, edges), atoms - 1, dtype=torch.long, device=device)
-        self.vec = torch.zeros((edges, 3), dtype=torch.float32, device=device)
-        self.vec[:, 0] = _PAD_EDGE
-        self.batch = torch.full((atoms,), crystals - 1, dtype=torch.long, device=device)
-        self.volume = torch.ones(crystals, dtype=torch.float32, device=device)
+        self.types = torch.empty(atoms, dtype=torch.long, device=device)
+        self.edge_index = torch.empty((2, edges), dtype=torch.long, device=device)
+        self.vec = torch.empty((edges, 3), dtype=torch.float32, device=device)
+        self.batch = torch.empty(atoms, dtype=torch.long, device=device)
+        self.volume = torch.empty(crystals, dtype=torch.float32, device=device)
         self.args = (self.types, self.edge_index, self.vec, self.batch, self.volume)
+        self._load(*self._nothing(device))  # all padding: what the capture runs on
         self.graph: torch.cuda.CUDAGraph | None = None
         if capture:
             self._capture(pool)
@@ -146,14 +146,23 @@ class _GraphedEFS:
         with torch.cuda.graph(self.graph, pool=pool):
             self.out = efs(*args)
 
-    def fits(self, atoms: int, edges: int, crystals: int) -> bool:
-        # One padding atom and one padding crystal are always left.
-        return atoms < self.atoms and edges <= self.edges and crystals < self.crystals
+    @staticmethod
+    def _nothing(device: str) -> tuple[torch.Tensor, ...]:
+        long, f32 = torch.long, torch.float32
+        return (
+            torch.empty(0, dtype=long, device=device),
+            torch.empty((2, 0), dtype=long, device=device),
+            torch.empty((0, 3), dtype=f32, device=device),
+            torch.empty(0, dtype=long, device=device),
+            torch.empty(0, dtype=f32, device=device),
+        )
 
-    def __call__(
+    def _load(
         self, types: torch.Tensor, edge_index: torch.Tensor, vec: torch.Tensor,
         batch: torch.Tensor, volume: torch.Tensor,
-    ) -> EFS:  # fmt: skip
+    ) -> None:  # fmt: skip
+        """Copy a call into the buffers and pad the rest (the caller leaves at least one
+        padding atom and one padding crystal)."""
         a, e, b = types.shape[0], vec.shape[0], volume.shape[0]
         self.types[:a] = types
         self.types[a:] = 0
@@ -166,6 +175,13 @@ class _GraphedEFS:
         self.vec[e:, 0] = _PAD_EDGE
         self.volume[:b] = volume
         self.volume[b:] = 1.0
+
+    def __call__(
+        self, types: torch.Tensor, edge_index: torch.Tensor, vec: torch.Tensor,
+        batch: torch.Tensor, volume: torch.Tensor,
+    ) -> EFS:  # fmt: skip
+        a, b = types.shape[0], volume.shape[0]
+        self._load(types, edge_index, vec, batch, volume)
         if self.graph is None:
             self.out = self.efs(*self.args)
         else:
@@ -211,6 +227,7 @@ class _GraphCache:
         capacity = max(MIN_GRAPH_EDGES, 1 << max(size[1] - 1, 0).bit_length())
         while self.enabled and capacity <= MAX_GRAPH_EDGES:
             atoms, crystals = self._shape(capacity)
+            # One padding atom and one padding crystal are always left.
             if atoms > size[0] and crystals > size[2]:
                 with self.lock:
                     return self._replay(capacity, args)

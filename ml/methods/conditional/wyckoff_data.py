@@ -169,7 +169,7 @@ def load_extra(max_atoms: int, workers: int = 1, limit: int | None = None) -> Wy
     path = get_ml_settings().cache_dir / "conditional" / f"mp2018_extra_wyckoff_{max_atoms}.npz"
     if limit is None and path.exists():
         return WyckoffArrays.load(path)
-    records = [r for r in load_records("mp2018", "extra", limit=limit)]
+    records = load_records("mp2018", "extra", limit=limit)
     records = [r for r in records if r.crystal.num_atoms <= max_atoms]
     arrays = from_crystals([r.crystal for r in records], [r.material_id for r in records], workers)
     if limit is None:
