@@ -3,7 +3,8 @@
 Each (method, n) job runs in this process through ``workers.runner.execute_job`` (the code the
 embedded and Celery workers run) on a scratch SQLite database, under cProfile. The per-phase
 seconds come from the job summary's ``timings``: ``method_s`` (generation), ``relax_s``,
-``oracles_s``, ``hull_s``, ``uniqueness_s``, ``novelty_s``, ``validity_s``, ``storage_s``,
+``oracles_s``, ``hull_s``, ``uniqueness_novelty_s`` (``uniqueness_s`` and ``novelty_s`` before
+2026-12-05), ``validity_s``, ``storage_s``,
 ``ranking_s``, ``total_s``. Models are loaded once first (``warm_up``, reported apart).
 Rows are saved to ``--out`` after every job (a timeout keeps what finished). Usage::
 
@@ -32,8 +33,7 @@ PHASES = (
     "relax_s",
     "oracles_s",
     "hull_s",
-    "uniqueness_s",
-    "novelty_s",
+    "uniqueness_novelty_s",
     "storage_s",
     "ranking_s",
     "total_s",

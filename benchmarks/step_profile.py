@@ -5,7 +5,10 @@
 2. The judge's device relaxation (:func:`ml.oracles.device_relax.fire_relax_on_device`) of the
    designs, with the wall time of each FIRE step split into neighbour list, SevenNet pass and
    the rest (synchronised), against the number of crystals still relaxing; then variants
-   (``--variants``: ``key=value`` settings of the device relaxation) on the same designs.
+   (``--variants``: ``key=value`` settings of the device relaxation; ``tf32=true`` runs it with
+   TF32 matrix products) on the same designs, each with its energies' largest difference from
+   the first relaxation's.
+3. ``--tf32``: SMOACS's method once more with TF32 matrix products, timed.
 
     PYTHONPATH=.:benchmarks python benchmarks/step_profile.py --device cuda --n 1024 \\
         --out /tmp/step_profile.json
@@ -14,8 +17,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -49,6 +54,17 @@ def smoacs_designs(n: int, device: str, steps: int | None, seed: int = 0) -> tup
             crystals += [c.crystal for c in event if isinstance(c, Candidate)]
     _sync(device)
     return crystals, time.perf_counter() - t
+
+
+@contextlib.contextmanager
+def matmul_tf32(on: bool) -> Iterator[None]:
+    """float32 matrix products (and convolutions) in TF32 on the GPU's tensor cores."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def op_table(prof: Any, key: str, top: int) -> list[dict[str, Any]]:
@@ -116,11 +132,13 @@ def timed_relax(crystals: list, device: str, **variant: Any) -> dict[str, Any]:
     nbm.build_neighbor_list = nl
     dr.SevennetDevicePotential._forward = fwd
     dr.SevennetDevicePotential.__call__ = call
+    tf32 = bool(variant.pop("tf32", False))
     try:
         pot = dr.SevennetDevicePotential("sevennet-l3i5", device, **variant)
         _sync(device)
         t = time.perf_counter()
-        res = dr.fire_relax_on_device(crystals, pot, fmax=0.1, steps=300)
+        with matmul_tf32(tf32):
+            res = dr.fire_relax_on_device(crystals, pot, fmax=0.1, steps=300)
         _sync(device)
         wall = time.perf_counter() - t
     finally:
@@ -141,7 +159,9 @@ def timed_relax(crystals: list, device: str, **variant: Any) -> dict[str, Any]:
                 "passes_mean": round(float(np.mean([p.get("passes", 0) for p in part])), 2),
             }
     return {
-        "variant": variant,
+        "variant": variant | ({"tf32": True} if tf32 else {}),
+        "energies": energy,  # dropped from the report (compared with the first run's)
+        "steps": steps,
         "wall_s": round(wall, 2),
         "n_steps": len(log) + 1,
         "relax_steps_quantiles": [int(q) for q in np.percentile(steps, [10, 50, 90, 99, 100])],
@@ -157,6 +177,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1024)
     parser.add_argument("--profile-steps", type=int, default=8)
     parser.add_argument("--variants", nargs="*", default=[], help="e.g. max_edges=1600000")
+    parser.add_argument("--tf32", action="store_true", help="time SMOACS with TF32 too")
     parser.add_argument("--out", default="step_profile.json")
     args = parser.parse_args()
     from ml import pipeline
@@ -188,14 +209,28 @@ def main() -> None:
         }
         print(json.dumps(report["smoacs_profiled"]["by_cuda"][:15], indent=0), flush=True)
         save()
-    report["relax"] = [timed_relax(crystals, args.device)]
-    print(json.dumps(report["relax"][-1], indent=1), flush=True)
-    save()
+    if args.tf32:
+        with matmul_tf32(True):
+            _, secs = smoacs_designs(args.n, args.device, None)
+        report["smoacs_tf32_s"] = round(secs, 2)
+        print(f"smoacs {args.n} with TF32: {secs:.1f} s", flush=True)
+        save()
+    first = timed_relax(crystals, args.device)
+    report["relax"] = []
+
+    def add(row: dict[str, Any]) -> None:
+        de = np.abs(row.pop("energies") - first["energies"])
+        row["energy_diff_max"] = float(np.nanmax(de))
+        row["energy_diff_p99"] = float(np.nanpercentile(de, 99))
+        row["same_steps"] = int((row.pop("steps") == first["steps"]).sum())
+        report["relax"].append(row)
+        print(json.dumps(row, indent=1), flush=True)
+        save()
+
+    add(dict(first))
     for v in args.variants:
         key, value = v.split("=")
-        report["relax"].append(timed_relax(crystals, args.device, **{key: json.loads(value)}))
-        print(json.dumps(report["relax"][-1], indent=1), flush=True)
-        save()
+        add(timed_relax(crystals, args.device, **{key: json.loads(value)}))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +35,9 @@ class MLSettings(BaseSettings):
     # Small SevenNet calls of those relaxations replayed as CUDA graphs
     # (ml.oracles.sevennet_graphs); false runs every call eagerly.
     sevennet_cuda_graphs: bool = True
+    # Processes judging uniqueness and novelty of large batches (ml.pipeline.identity); unset:
+    # half the cores (at most 8) on machines of 8 cores or more, else 0 (the job's process).
+    eval_processes: int | None = Field(default=None, ge=0, le=64)
 
     def torch_device(self) -> str:
         if self.device != "auto":

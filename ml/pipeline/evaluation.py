@@ -14,8 +14,6 @@ from ml.crystal import Crystal
 from ml.evaluation.metrics import (
     stability_flags,
 )
-from ml.evaluation.novelty import get_reference_set
-from ml.evaluation.uniqueness import PreparedStructure, unique_flags
 from ml.evaluation.validity import check_validity
 from ml.methods.base import Candidate
 from ml.oracles.chgnet_device import (
@@ -24,6 +22,7 @@ from ml.oracles.chgnet_device import (
     score_on_device,
     with_stock_fallback,
 )
+from ml.pipeline.identity import judge_identity
 from ml.pipeline.oracle_choice import (
     _GAP_KEYS,
     _hull_version,
@@ -113,7 +112,7 @@ def evaluate_candidates(
     """Check, (optionally) relax, score and evaluate one batch of candidates.
 
     ``timings``: when given, seconds per phase are added to it (``validity_s``, ``relax_s``,
-    ``oracles_s``, ``hull_s``, ``uniqueness_s``, ``novelty_s``), for job summaries.
+    ``oracles_s``, ``hull_s``, ``uniqueness_novelty_s``), for job summaries.
     ``relax_steps``: FIRE steps at most (the job's protocol is ``STABILITY_RELAX_STEPS``; a
     method screening many crystals itself may bound them lower, and says so).
 
@@ -245,13 +244,10 @@ def evaluate_candidates(
 
     clock.lap("hull_s")
     # Evaluation flags on the final crystals.
-    prepared = [_prepared(c) or PreparedStructure(c) for c in final]  # final ones are valid
     previous_prepared = [p for p in map(_prepared, previous) if p is not None]
-    unique = unique_flags(prepared, previous_prepared)
-    clock.lap("uniqueness_s")
-    refs = get_reference_set()
-    novelties = [refs.judge(p) for p in prepared]
-    clock.lap("novelty_s")
+    identity = judge_identity(final, previous_prepared)  # final ones are valid
+    unique, novelties = identity.unique, identity.novelty
+    clock.lap("uniqueness_novelty_s")
     for k, i in enumerate(eligible):
         sc = out[i]
         sc.flags["unique"] = unique[k]

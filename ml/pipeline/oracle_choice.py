@@ -82,7 +82,8 @@ def _reference_hull(model: str) -> Any:
 
 def warm_up(device: str | None = None, judge: str | None = None) -> dict[str, float]:
     """Load what every job's evaluation needs (default oracles, CHGNet energies, the reference
-    hull and the novelty reference set) into this process's caches; seconds per part.
+    hull and the novelty reference set) into this process's caches, and start the processes
+    judging uniqueness and novelty of large batches; seconds per part.
     ``judge`` names the energy oracle when jobs will name one (``oracles.energy_above_hull``)
     instead of the device's default.
 
@@ -106,6 +107,7 @@ def warm_up(device: str | None = None, judge: str | None = None) -> dict[str, fl
         hull=partial(_reference_hull, model),
         novelty=get_reference_set,
         first_calls=partial(_first_calls, device, judge, tuple(loads)),
+        identity_pool=_start_identity_pool,
     )
     took: dict[str, float] = {}
     for part, load in loads.items():
@@ -113,6 +115,12 @@ def warm_up(device: str | None = None, judge: str | None = None) -> dict[str, fl
         load()
         took[part] = round(time.perf_counter() - t0, 2)
     return took
+
+
+def _start_identity_pool() -> int:
+    from ml.pipeline.identity import start_identity_pool
+
+    return start_identity_pool()
 
 
 @lru_cache(maxsize=8)

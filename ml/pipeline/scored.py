@@ -79,6 +79,15 @@ def fingerprint(crystal: Crystal) -> str:
     return h.hexdigest()
 
 
+def remember_prepared(crystal: Crystal, prepared: PreparedStructure) -> None:
+    """Cache a prepared form computed elsewhere (a pool process) under the crystal's key."""
+    key = fingerprint(crystal)
+    with _LOCK:
+        _PREPARED[key] = prepared
+        while len(_PREPARED) > _PREPARED_MAX:
+            _PREPARED.popitem(last=False)
+
+
 def _prepared(crystal: Crystal) -> PreparedStructure | None:
     """Primitive cell for matching, cached by fingerprint; None for a crystal pymatgen cannot
     even build (e.g. an invalid one passed in ``previous``)."""
@@ -91,8 +100,9 @@ def _prepared(crystal: Crystal) -> PreparedStructure | None:
         prepared: PreparedStructure | None = PreparedStructure(crystal)
     except Exception:
         prepared = None
-    with _LOCK:
-        _PREPARED[key] = prepared
-        while len(_PREPARED) > _PREPARED_MAX:
-            _PREPARED.popitem(last=False)
+    if prepared is not None:
+        remember_prepared(crystal, prepared)
+    else:
+        with _LOCK:
+            _PREPARED[key] = None
     return prepared
