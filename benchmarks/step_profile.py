@@ -8,7 +8,9 @@
    (``--variants``: ``key=value`` settings of the device relaxation; ``tf32=true`` runs it with
    TF32 matrix products) on the same designs, each with its energies' largest difference from
    the first relaxation's.
-3. ``--tf32``: SMOACS's method once more with TF32 matrix products, timed.
+3. ``--smoacs-variants``: SMOACS's method once more per variant, timed: ``tf32`` (TF32 matrix
+   products), ``fill`` (deterministic mode's NaN fill of new tensors back on),
+   ``nondeterministic`` (no deterministic kernels).
 
     PYTHONPATH=.:benchmarks python benchmarks/step_profile.py --device cuda --n 1024 \\
         --out /tmp/step_profile.json
@@ -177,7 +179,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1024)
     parser.add_argument("--profile-steps", type=int, default=8)
     parser.add_argument("--variants", nargs="*", default=[], help="e.g. max_edges=1600000")
-    parser.add_argument("--tf32", action="store_true", help="time SMOACS with TF32 too")
+    parser.add_argument(
+        "--smoacs-variants", nargs="*", default=[], choices=["tf32", "fill", "nondeterministic"]
+    )
+    parser.add_argument("--no-relax", action="store_true", help="SMOACS timings only")
     parser.add_argument("--out", default="step_profile.json")
     args = parser.parse_args()
     from ml import pipeline
@@ -209,12 +214,22 @@ def main() -> None:
         }
         print(json.dumps(report["smoacs_profiled"]["by_cuda"][:15], indent=0), flush=True)
         save()
-    if args.tf32:
-        with matmul_tf32(True):
-            _, secs = smoacs_designs(args.n, args.device, None)
-        report["smoacs_tf32_s"] = round(secs, 2)
-        print(f"smoacs {args.n} with TF32: {secs:.1f} s", flush=True)
+    for variant in args.smoacs_variants:
+        import ml.methods.smoacs.method as sm
+
+        saved = sm.FILL_UNINITIALIZED_MEMORY, sm.DETERMINISTIC
+        sm.FILL_UNINITIALIZED_MEMORY = variant == "fill"
+        sm.DETERMINISTIC = variant != "nondeterministic"
+        try:
+            with matmul_tf32(variant == "tf32"):
+                _, secs = smoacs_designs(args.n, args.device, None)
+        finally:
+            sm.FILL_UNINITIALIZED_MEMORY, sm.DETERMINISTIC = saved
+        report[f"smoacs_{variant}_s"] = round(secs, 2)
+        print(f"smoacs {args.n}, {variant}: {secs:.1f} s", flush=True)
         save()
+    if args.no_relax:
+        return
     first = timed_relax(crystals, args.device)
     report["relax"] = []
 

@@ -264,3 +264,37 @@ def test_polish_rounds_return_relaxed_designs_scored_where_they_are() -> None:
 
     gaps = get_oracle("gap-chgnet-ft", "cpu").predict([c.crystal for c in cands])
     np.testing.assert_allclose([c.predicted["band_gap"] for c in cands], gaps, atol=2e-3)
+
+
+def test_deterministic_kernels_only_while_the_method_computes() -> None:
+    import torch.utils.deterministic as det
+
+    from ml.methods.smoacs.method import deterministic_between_yields
+
+    inside: list[tuple[bool, bool]] = []
+    closed: list[bool] = []
+
+    def events():
+        try:
+            for k in range(3):
+                inside.append(
+                    (torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory)
+                )
+                yield k
+        finally:
+            closed.append(True)
+
+    outside = []
+    wrapped = deterministic_between_yields(events())
+    for k in wrapped:
+        # The job relaxes and scores a yielded batch here: default kernels.
+        outside.append(torch.are_deterministic_algorithms_enabled())
+        if k == 1:
+            break
+    assert closed == []
+    wrapped.close()  # the runner stops early (a full selection, a cancel)
+    assert inside == [(True, False), (True, False)]
+    assert outside == [False, False]
+    assert det.fill_uninitialized_memory  # restored
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert closed == [True]  # the method's own generator is closed with it

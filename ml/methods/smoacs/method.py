@@ -4,9 +4,10 @@ charge neutrality."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Generator, Iterator
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -51,6 +52,45 @@ from ml.request import DesignRequest
 __all__ = ["SmoacsMethod"]
 
 _GAP_STATES = {"pbe": 0, "gllb_sc": 1, "hse": 2, "scan": 3}
+
+
+T = TypeVar("T")
+# Deterministic kernels where CUDA has them (warn_only: scatter-adds have none), so a re-run
+# with the same seed regenerates the same designs as closely as the device allows.
+DETERMINISTIC = True
+# Deterministic mode also fills every new tensor with NaN by default, a debugging aid that makes
+# no correct computation more reproducible: thousands of extra kernels per optimisation step.
+FILL_UNINITIALIZED_MEMORY = False
+
+
+@contextlib.contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    import torch.utils.deterministic as det
+
+    was, fill = torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(DETERMINISTIC, warn_only=True)
+    det.fill_uninitialized_memory = FILL_UNINITIALIZED_MEMORY
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+        det.fill_uninitialized_memory = fill
+
+
+def deterministic_between_yields(events: Generator[T, None, None]) -> Iterator[T]:
+    """``events`` with deterministic kernels while it computes, not while it waits at a yield:
+    the job relaxes and scores each yielded batch meanwhile, and deterministic (sort-based)
+    scatters and NaN-filled buffers would slow those down for nothing."""
+    try:
+        while True:
+            with deterministic_kernels():
+                try:
+                    event = next(events)
+                except StopIteration:
+                    return
+            yield event
+    finally:
+        events.close()
 
 
 class SmoacsMethod(DesignMethod):
@@ -129,14 +169,7 @@ class SmoacsMethod(DesignMethod):
         self, request: DesignRequest, params: MethodParams, ctx: MethodContext
     ) -> Iterator[MethodEvent]:
         assert isinstance(params, SmoacsParams)
-        # Deterministic kernels where CUDA has them (warn_only: scatter-adds have none), so a
-        # re-run with the same seed regenerates the same designs as closely as the device allows.
-        was = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
-            yield from self._run(request, params, ctx)
-        finally:
-            torch.use_deterministic_algorithms(was)
+        yield from deterministic_between_yields(self._run(request, params, ctx))
 
     def _run(
         self, request: DesignRequest, params: SmoacsParams, ctx: MethodContext
