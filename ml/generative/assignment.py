@@ -212,11 +212,19 @@ def _element_options(
     return out
 
 
-@cache
 def faithful(space_group: int, orbits: tuple[tuple[str, int], ...]) -> bool:
     """Whether an assignment, with generic free parameters and lattice, has exactly this space
     group. Some do not: e.g. Zn and O both on 2a of P6_3mc put every atom on the c axis with
     a c/2 translation, which is P6mm with half the cell, whatever the parameters."""
+    # Symmetry sees only which orbits hold the same element, not which element: relabelled
+    # elements share one cached answer (ZnO and MgO on the same letters).
+    labels: dict[int, int] = {}
+    pattern = tuple((x, labels.setdefault(z, len(labels) + 1)) for x, z in orbits)
+    return _faithful_pattern(space_group, pattern)
+
+
+@cache
+def _faithful_pattern(space_group: int, orbits: tuple[tuple[str, int], ...]) -> bool:
     from ml.generative.wyckoff import Orbit, WyckoffCrystal
 
     rng = np.random.default_rng(len(orbits))  # fixed: the answer must not vary between calls

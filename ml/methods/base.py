@@ -32,6 +32,15 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def batch_on(configured: int | None, device: str, cpu: int, gpu: int) -> int:
+    """A method's batch size: the request's, else ``gpu`` on a CUDA device (where the job
+    relaxes each batch in one device pass, so larger batches pay the slow tail of a
+    relaxation fewer times) and ``cpu`` elsewhere (small batches show results early)."""
+    if configured is not None:
+        return configured
+    return gpu if str(device).startswith("cuda") else cpu
+
+
 @dataclass
 class Candidate:
     """A crystal proposed by a method, with the method's own predictions of its properties."""

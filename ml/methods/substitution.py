@@ -46,6 +46,7 @@ from ml.methods.base import (
     MethodParams,
     Progress,
     RequestError,
+    batch_on,
 )
 from ml.pipeline.prescreen import predicted_losses, prescreen_properties
 from ml.request import DesignRequest, ElementConstraints
@@ -142,9 +143,7 @@ class SubstitutionParams(MethodParams):
 
     def batch_on(self, device: str) -> int:
         """Candidates per batch on ``device``."""
-        if self.batch_size is not None:
-            return self.batch_size
-        return GPU_BATCH if str(device).startswith("cuda") else CPU_BATCH
+        return batch_on(self.batch_size, device, CPU_BATCH, GPU_BATCH)
 
 
 @dataclass(frozen=True)

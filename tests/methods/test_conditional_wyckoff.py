@@ -339,3 +339,55 @@ def test_energy_rank_skips_a_crystal_it_already_returned(monkeypatch: pytest.Mon
     chosen = [PreparedStructure(rocksalt)]
     kept, _, ranked = _lowest_energy_of_groups(pairs[:2], ["a", "b"], 2, "cpu", chosen)
     assert ranked[0]["energy_rank"]["chosen"] == 0
+
+
+def test_faithfulness_depends_on_the_element_pattern_only() -> None:
+    from ml.generative.assignment import faithful
+
+    # Two elements both on 2a of P6_3mc: every atom on the c axis, really P6mm (see faithful).
+    assert not faithful(186, (("a", 30), ("a", 8)))
+    assert not faithful(186, (("a", 12), ("a", 8)))
+    assert faithful(186, (("b", 30), ("b", 8)))  # wurtzite
+    assert faithful(186, (("b", 12), ("b", 16)))
+    # One element on both orbits is a different pattern from two elements.
+    assert faithful(186, (("b", 30), ("b", 8))) != faithful(186, (("a", 30), ("a", 8)))
+
+
+def test_plan_checks_only_the_assignments_it_can_use(stats: TemplateStats) -> None:
+    from ml.generative import assignment
+
+    olivine = [3] * 4 + [26] * 4 + [15] * 4 + [8] * 16  # LiFePO4, Pnma: many assignments
+    assignment._faithful_pattern.cache_clear()
+    conds = plan(olivine, 16, stats, space_group=62, per_template=16)
+    assert len(conds) == 16 and len({c.orbits for c in conds}) == 1
+    assert assignment._faithful_pattern.cache_info().currsize <= 2  # not all 16 candidates'
+    assignment._faithful_pattern.cache_clear()
+    enumerate_assignments(62, conventional_counts(olivine, 62), stats, keep=16)
+    assert assignment._faithful_pattern.cache_info().currsize >= 16  # what it would have cost
+
+
+def test_batches_default_to_the_device_size_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.methods.base import batch_on
+
+    assert batch_on(None, "cuda:0", method_mod.CPU_BATCH, method_mod.GPU_BATCH) == 1024
+    assert batch_on(None, "cpu", method_mod.CPU_BATCH, method_mod.GPU_BATCH) == 256
+    monkeypatch.setattr(method_mod, "CPU_BATCH", 4)
+    sizes = {}
+    for batch_size in (None, 5):
+        params = {
+            "model": "wyckoff",
+            "steps": 2,
+            **({"batch_size": batch_size} if batch_size else {}),
+        }
+        req = DesignRequest.model_validate(
+            {
+                "method": "conditional",
+                "constraints": {"composition": "ZnO", "space_groups": [186]},
+                "num_candidates": 6,
+                "params": params,
+            }
+        )
+        m = ConditionalMethod()
+        events = m.run(req, m.validate(req), MethodContext(device="cpu"))
+        sizes[batch_size] = [len(e) for e in events if isinstance(e, list)]
+    assert sizes == {None: [4, 2], 5: [5, 1]}

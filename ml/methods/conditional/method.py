@@ -26,6 +26,7 @@ from ml.methods.base import (
     MethodParams,
     Progress,
     RequestError,
+    batch_on,
 )
 from ml.methods.conditional.checkpoint import find_weights, load_release, load_wyckoff_release
 from ml.methods.conditional.composition import (
@@ -51,6 +52,8 @@ THRESHOLD_MARGIN = 0.2
 EXTREME_SIGMAS = 1.65
 # Largest cell of the training data (MP-20); larger cells are generated only when needed.
 TRAINING_MAX_ATOMS = 20
+# Candidates per batch by default (see ConditionalParams.batch_size).
+CPU_BATCH, GPU_BATCH = 256, 1024
 
 
 class ConditionalParams(MethodParams):
@@ -119,7 +122,13 @@ class ConditionalParams(MethodParams):
         "atom, as generated (the known crystal of a composition is usually its lowest-energy "
         "form)",
     )
-    batch_size: int = Field(default=256, ge=1, le=4096)
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Candidates generated (and then relaxed by the job) per batch (default: "
+        "256 on a CPU, 1,024 on a GPU).",
+    )
     symmetrize: bool = Field(
         default=True,
         description="snap a structure that has the conditioned space group within 0.5 A onto "
@@ -339,9 +348,10 @@ class ConditionalMethod(DesignMethod):
         cfg = SampleConfig(
             steps=params.steps, guidance=params.guidance, coord_anneal=params.coord_anneal
         )
-        total = math.ceil(len(conditions) / params.batch_size)
+        size = batch_on(params.batch_size, ctx.device, CPU_BATCH, GPU_BATCH)
+        total = math.ceil(len(conditions) / size)
         yield Progress("generate", 0, total)
-        batches = generate_batches(model, conditions, cfg, request.seed, params.batch_size)
+        batches = generate_batches(model, conditions, cfg, request.seed, size)
         done = 0
         for k in range(total):
             ctx.check_cancelled()
@@ -432,7 +442,8 @@ class ConditionalMethod(DesignMethod):
         cfg = WyckoffSampleConfig(steps=params.steps, guidance=params.guidance)
         rank = params.energy_rank
         # Whole groups per batch: each candidate's samples are ranked together.
-        batch_size = max(rank, params.batch_size // rank * rank)
+        size = batch_on(params.batch_size, ctx.device, CPU_BATCH, GPU_BATCH)
+        batch_size = max(rank, size // rank * rank)
         total = math.ceil(len(conditions) / batch_size)
         yield Progress("generate", 0, total)
         batches = generate_wyckoff(model, conditions, cfg, request.seed, batch_size)

@@ -8,6 +8,7 @@ each sample to its crystal, whose space group is the template's by construction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -70,9 +71,11 @@ def plan(
         proposed = stats.propose_space_groups(amounts, space_group_options, (1,))
         groups = [g for g, _ in proposed]
     options: list[tuple[int, list[tuple[str, int]]]] = []
+    # allocate() uses the first ceil(n / per_template) options of the interleaved list, so no
+    # group contributes more: checking further assignments' faithfulness is wasted.
+    keep = max(1, math.ceil(n / per_template))
     per_group = [
-        enumerate_assignments(g, conventional_counts(numbers, g), stats, keep=max(n, 1))
-        for g in groups
+        enumerate_assignments(g, conventional_counts(numbers, g), stats, keep=keep) for g in groups
     ]
     # Interleave: best template of each group by group likelihood, then the second best, ...
     for rank in range(max((len(a) for a in per_group), default=0)):
