@@ -451,21 +451,19 @@ class SubstitutionMethod(DesignMethod):
         """Every allowed, charge-balanced exchange on every reference (a generator that
         yields progress and returns the proposals)."""
         c = request.constraints
-        model = _probability_model()
         wanted = Composition(c.composition).reduced_formula if c.composition else None
         usable = c.elements.usable()
         if wanted is not None:
             # Only the composition's ions can reach it; ranking all others first would push
             # them out of the species_per_ion most probable replacements.
             usable = [el for el in usable if el in _counts(wanted)]
-        targets = _target_species(usable)
-        known = model.species  # type: ignore[attr-defined]
+        targets = tuple((sp.symbol, int(sp.oxi_state)) for sp in _target_species(usable))
+        known = _known_ions()
         required = set(c.elements.required)
         zs = set(c.formula_units or ())
         n_per_fu = round(Composition(wanted).num_atoms) if wanted else 1
         seen: set[tuple[object, ...]] = set()
         proposals: list[_Proposal] = []
-        replacements: dict[tuple[str, int], list[tuple[float, Species]]] = {}
         last = time.monotonic()
         for i, ref in enumerate(references):
             if i % 50 == 0:
@@ -474,32 +472,18 @@ class SubstitutionMethod(DesignMethod):
                     last = time.monotonic()
                     yield Progress("scanning references", i, len(references))
             ions = _ions_of(ref.formula)
-            if ions is None or any(Species(el, q) not in known for el, q in ions):
+            if ions is None or any(ion not in known for ion in ions):
                 continue  # not ionic, or an ion the substitution model never saw
             counts = _counts(ref.formula)
-            options = []
-            for el, q in ions:
-                if (el, q) not in replacements:
-                    old = Species(el, q)
-                    ranked = sorted(
-                        (
-                            (model.cond_prob(new, old), new)  # type: ignore[attr-defined]
-                            for new in targets
-                            if (new.oxi_state > 0) == (q > 0)
-                        ),
-                        key=lambda t: (-t[0], str(t[1])),
-                    )
-                    replacements[(el, q)] = ranked[: params.species_per_ion]
-                options.append(replacements[(el, q)])
+            options = [_replacements(el, q, targets, params.species_per_ion) for el, q in ions]
             for combo in itertools.product(*options):
-                new_species = [s for _, s in combo]
-                symbols = [s.symbol for s in new_species]
-                if len(set(symbols)) != len(symbols):
+                new_ions = tuple(ion for _, ion in combo)
+                symbols = {sym for sym, _ in new_ions}
+                if len(symbols) != len(new_ions):
                     continue  # two ions onto one element would merge sites
-                new_ions = tuple((s.symbol, int(s.oxi_state)) for s in new_species)
                 if new_ions == ions:
                     continue  # the reference itself is not a design
-                if not required <= set(symbols):
+                if not required <= symbols:
                     continue
                 if c.charge_neutral:
                     charge = sum(
@@ -689,14 +673,46 @@ def _candidate(proposal: _Proposal, crystal: Crystal) -> Candidate:
     )
 
 
+@cache
+def _known_ions() -> frozenset[tuple[str, int]]:
+    """(element, charge) of every ion the substitution model has data for."""
+    model = _probability_model()
+    return frozenset((sp.symbol, int(sp.oxi_state)) for sp in model.species)  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=4096)
+def _replacements(
+    el: str, q: int, targets: tuple[tuple[str, int], ...], k: int
+) -> list[tuple[float, tuple[str, int]]]:
+    """The ``k`` most probable replacements of ion ``el``^``q`` among ``targets`` (same sign),
+    as plain (probability, (symbol, charge)) pairs: a scan combines them in a tight loop, and
+    pymatgen's Species attributes are slow to read."""
+    model = _probability_model()
+    old = Species(el, q)
+    ranked = sorted(
+        (
+            (model.cond_prob(Species(*new), old), new)  # type: ignore[attr-defined]
+            for new in targets
+            if (new[1] > 0) == (q > 0)
+        ),
+        key=lambda t: (-t[0], str(Species(*t[1]))),
+    )
+    return ranked[:k]
+
+
 def _formula_after(
     counts: dict[str, float],
     ions: tuple[tuple[str, int], ...],
     new_ions: tuple[tuple[str, int], ...],
 ) -> str:
-    return Composition(
-        {nel: counts[el] for (el, _), (nel, _) in zip(ions, new_ions, strict=True)}
-    ).reduced_formula
+    amounts = ((nel, counts[el]) for (el, _), (nel, _) in zip(ions, new_ions, strict=True))
+    return _reduced_formula(tuple(sorted(amounts)))
+
+
+@lru_cache(maxsize=1 << 16)
+def _reduced_formula(amounts: tuple[tuple[str, float], ...]) -> str:
+    # Many references share a formula, so a scan meets the same exchange many times.
+    return Composition(dict(amounts)).reduced_formula
 
 
 def _is_perovskite(formula: str) -> bool:
