@@ -407,23 +407,36 @@ class ConditionalMethod(DesignMethod):
         # Every cell plans num_candidates, so cells that no assignment fits (e.g. a number of
         # formula units whose only assignments give a supergroup) leave their share to others.
         # With energy_rank k, each candidate is a group of k consecutive samples of one cell.
+        # Only a cell's share of the interleaving below is used, and a plan's first `used`
+        # conditions do not depend on the rest: each cell checks only the assignments its
+        # share can reach (a cell that turns out empty raises the others' shares: re-planned).
         k = params.energy_rank
         per_cell = request.num_candidates
-        planned = []
-        for numbers, spg, source in cells:
-            conds = plan_wyckoff(
-                numbers,
-                per_cell * k,
-                stats,
-                space_group=spg,
-                formation_energy=targets.get("formation_energy"),
-                band_gap=targets.get("band_gap"),
-                per_template=params.template_options,
-            )
-            groups = [conds[i : i + k] for i in range(0, len(conds) - k + 1, k)]
-            planned.append([[(c, source) for c in g] for g in groups])
+        planned: dict[int, list[list[tuple[WyckoffCondition, str]]]] = {}
+        share = 0
+        while True:
+            live = [i for i in range(len(cells)) if i not in planned or planned[i]]
+            wanted = math.ceil(per_cell / max(len(live), 1))
+            if wanted <= share:
+                break
+            share = wanted
+            for i in live:
+                numbers, spg, source = cells[i]
+                conds = plan_wyckoff(
+                    numbers,
+                    per_cell * k,
+                    stats,
+                    space_group=spg,
+                    formation_energy=targets.get("formation_energy"),
+                    band_gap=targets.get("band_gap"),
+                    per_template=params.template_options,
+                    used=share * k,
+                )[: share * k]
+                groups = [conds[j : j + k] for j in range(0, len(conds) - k + 1, k)]
+                planned[i] = [[(c, source) for c in g] for g in groups]
+        planned_cells = [planned[i] for i in range(len(cells))]
         # Interleave the cells so every one gets its share of num_candidates.
-        out = [p[i] for i in range(per_cell) for p in planned if i < len(p)]
+        out = [p[i] for i in range(per_cell) for p in planned_cells if i < len(p)]
         if not out:
             raise RequestError(
                 "constraints.space_groups",

@@ -54,11 +54,13 @@ def plan(
     band_gap: float | None = None,
     space_group_options: int = 5,
     per_template: int = 4,
+    used: int | None = None,
 ) -> list[WyckoffCondition]:
     """``n`` conditions for a primitive cell with atoms ``numbers``: in ``space_group``, or
     (None) in the likeliest groups for the composition; samples go round-robin over the top
     templates, ``per_template`` samples each (one sample: the likeliest group and assignment).
-    Empty when nothing fits."""
+    Empty when nothing fits. ``used``: only the first ``used`` conditions will be used; they
+    are the same as without it, and fewer assignments are checked."""
     from pymatgen.core import Element
 
     amounts: dict[str, int] = {}
@@ -73,7 +75,7 @@ def plan(
     options: list[tuple[int, list[tuple[str, int]]]] = []
     # allocate() uses the first ceil(n / per_template) options of the interleaved list, so no
     # group contributes more: checking further assignments' faithfulness is wasted.
-    keep = max(1, math.ceil(n / per_template))
+    keep = max(1, min(math.ceil(n / per_template), used or n))
     per_group = [
         enumerate_assignments(g, conventional_counts(numbers, g), stats, keep=keep) for g in groups
     ]
