@@ -391,3 +391,11 @@ def test_batches_default_to_the_device_size_unless_asked(monkeypatch: pytest.Mon
         events = m.run(req, m.validate(req), MethodContext(device="cpu"))
         sizes[batch_size] = [len(e) for e in events if isinstance(e, list)]
     assert sizes == {None: [4, 2], 5: [5, 1]}
+
+
+def test_a_plans_first_conditions_do_not_depend_on_the_rest(stats: TemplateStats) -> None:
+    olivine = [3] * 4 + [26] * 4 + [15] * 4 + [8] * 16
+    full = plan(olivine, 64, stats, space_group=62)
+    for used in (1, 5, 12):
+        assert plan(olivine, 64, stats, space_group=62, used=used)[:used] == full[:used]
+    assert len({c.orbits for c in full[:12]}) == 12  # twelve different assignments
