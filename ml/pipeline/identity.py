@@ -7,8 +7,9 @@ a batch splits by formula into independent tasks. Batches of at least ``MIN_PARA
 go to a process pool of ``MATDESIGN_EVAL_PROCESSES`` processes (default: half the cores, at most
 8, none below 8 cores). The pool uses forkserver: the job's process holds CUDA and threads,
 which a forked child must not inherit. Each process loads its own reference set once (at worker
-warm-up, :func:`start_identity_pool`). A pool that cannot start or breaks mid-batch leaves the
-batch to this process: the verdicts are the same either way.
+warm-up, :func:`start_identity_pool`). A pool that cannot start (in a daemonic process, such as
+a Celery prefork child) or breaks mid-batch leaves the batch to this process: the verdicts are
+the same either way.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def _in_pool(
 _POOL: ProcessPoolExecutor | None = None
 _POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()
+_UNAVAILABLE = False  # a pool could not start here: judge in this process from now on
 
 
 def _load_references() -> None:
@@ -136,18 +138,26 @@ def _ready() -> None:
 
 
 def _pool(processes: int) -> ProcessPoolExecutor | None:
-    global _POOL, _POOL_SIZE
+    global _POOL, _POOL_SIZE, _UNAVAILABLE
     with _POOL_LOCK:
         if _POOL is not None and processes == _POOL_SIZE:
             return _POOL
+        if _UNAVAILABLE:
+            return None
         if _POOL is not None:
             _POOL.shutdown(wait=False, cancel_futures=True)
+        if multiprocessing.current_process().daemon:
+            # A Celery prefork child is daemonic, and multiprocessing gives daemons no
+            # children (solo and thread worker pools run jobs in the worker's main process).
+            log.info("daemonic process: judging batches in this process")
+            _UNAVAILABLE = True
+            return None
         try:
             context = multiprocessing.get_context("forkserver")
             _POOL = ProcessPoolExecutor(processes, mp_context=context, initializer=_load_references)
-        except Exception:  # e.g. inside a daemonic process, which may not have children
+        except Exception:
             log.warning("no identity pool; judging batches in this process", exc_info=True)
-            _POOL = None
+            _POOL, _UNAVAILABLE = None, True
             return None
         _POOL_SIZE = processes
         return _POOL

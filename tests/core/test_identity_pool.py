@@ -73,3 +73,17 @@ def test_small_batches_and_a_failed_pool_stay_in_this_process(
     monkeypatch.setattr(identity, "_pool", lambda n: pytest.fail("small batch used the pool"))
     small = judge_identity(final[: MIN_PARALLEL - 1], previous, processes=2)
     assert small.unique == expected[: MIN_PARALLEL - 1]
+
+
+def test_a_daemonic_process_judges_in_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    class CeleryPreforkChild:
+        daemon = True  # multiprocessing gives such a process no children
+
+    monkeypatch.setattr(identity, "_POOL", None)
+    monkeypatch.setattr(identity, "_UNAVAILABLE", False)
+    monkeypatch.setattr(identity.multiprocessing, "current_process", CeleryPreforkChild)
+    final, previous = _batch()
+    assert start_identity_pool(2) == 0
+    got = judge_identity(final, previous, processes=2)
+    assert got.unique == judge_identity(final, previous, processes=0).unique
+    assert identity._UNAVAILABLE and identity._POOL is None  # not tried again per batch
