@@ -159,7 +159,9 @@ class Client:
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """The job's Server-Sent Events (progress, candidates, end) until it finishes."""
-        timeout = httpx.Timeout(30.0, read=None)  # the stream may be quiet between events
+        # The stream may be quiet between events: no read timeout. A (connect, read, write,
+        # pool) tuple, which httpx and httpx2 (starlette's TestClient) both take.
+        timeout = (30.0, None, 30.0, 30.0)
         with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as r:
             if r.status_code >= 400:
                 r.read()

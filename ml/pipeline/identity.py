@@ -180,6 +180,9 @@ def start_identity_pool(processes: int | None = None) -> int:
     pool = _pool(processes)
     if pool is None:
         return 0
+    started = len(getattr(pool, "_processes", None) or {})
+    if started >= processes:
+        return started  # started before (a second warm-up)
     try:
         for future in [pool.submit(_ready) for _ in range(processes)]:
             future.result()

@@ -59,6 +59,13 @@ def test_pool_verdicts_equal_this_process(pool: int) -> None:
         assert _prepared(crystal) is p or _prepared(crystal).formula == p.formula
 
 
+def test_a_second_start_uses_the_running_processes(
+    pool: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(identity, "_ready", lambda: pytest.fail("processes started again"))
+    assert start_identity_pool(2) == 2
+
+
 def test_small_batches_and_a_failed_pool_stay_in_this_process(
     pool: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

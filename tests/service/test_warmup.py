@@ -21,6 +21,7 @@ def test_warm_up_fills_the_caches_a_job_uses() -> None:
         "hull",
         "novelty",
         "first_calls",
+        "identity_pool",
     }
     assert ("gap-chgnet-ft", "cpu") in _CACHE and ("chgnet-energy", "cpu") in _CACHE
     again = ml.pipeline.warm_up("cpu")
