@@ -154,7 +154,7 @@ def main() -> None:
     loads = pipeline.warm_up(device)
     print(f"device {device}; warm-up {time.perf_counter() - t:.1f} s {loads}", flush=True)
     rows: list[dict[str, Any]] = []
-    header = f"{'method':<13}{'n':>6}{'wall':>8}" + "".join(f"{p[:-2]:>11}" for p in PHASES)
+    header = f"{'method':<13}{'n':>6}{'wall':>8}" + "".join(f"{p[:-2][:10]:>11}" for p in PHASES)
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
             for n in (int(x) for x in args.n.split(",")):
