@@ -122,7 +122,7 @@ def _run(
                     )
                     continue
                 generation.n_generated += len(event)
-                fresh = [c for c in event if pipeline.fingerprint(c.crystal) not in stored]
+                fresh = [c for c in event if pipeline.candidate_identity(c) not in stored]
                 _evaluate_and_store(
                     fresh, request, previous, store, reporter, timer, device, selection, generation
                 )

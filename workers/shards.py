@@ -341,7 +341,7 @@ def _run_shard(job: Job, row: JobShard, lease: ShardLease, db: Database, setting
                 picked = [
                     (start + k, c)
                     for k, c in enumerate(event)
-                    if lo <= start + k < hi and pipeline.fingerprint(c.crystal) not in stored
+                    if lo <= start + k < hi and pipeline.candidate_identity(c) not in stored
                 ]
                 if picked:
                     _evaluate_and_store(picked, request, store, reporter, timer, device, lo, hi)

@@ -49,6 +49,10 @@ class Candidate:
     predicted: dict[str, float] = field(default_factory=dict)
     method_score: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Its place in the method's output for this request, when the method can name it (the
+    # same request regenerates it under the same key): a resumed job skips stored keys even
+    # if the regenerated crystal differs by float noise. None: the content fingerprint.
+    key: str | None = None
 
 
 @dataclass

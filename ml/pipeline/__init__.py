@@ -68,6 +68,7 @@ from ml.pipeline.scored import (
     STABILITY_RELAX_STEPS,
     OracleScore,
     ScoredCandidate,
+    candidate_identity,
     fingerprint,
 )
 
@@ -79,6 +80,7 @@ __all__ = [
     "OracleScore",
     "ScoredCandidate",
     "apply_final_hits",
+    "candidate_identity",
     "evaluate_candidates",
     "extremal_cutoffs",
     "final_hits",

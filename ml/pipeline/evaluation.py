@@ -39,7 +39,7 @@ from ml.pipeline.scored import (
     OracleScore,
     ScoredCandidate,
     _prepared,
-    fingerprint,
+    candidate_identity,
 )
 from ml.request import DesignRequest
 
@@ -143,7 +143,7 @@ def evaluate_candidates(
             energy_above_hull=None,
             method_score=cand.method_score,
             predicted=dict(cand.predicted),
-            fingerprint=fingerprint(crystal),
+            fingerprint=candidate_identity(cand),
             meta=dict(cand.meta),
         )
         out.append(sc)

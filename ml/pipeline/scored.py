@@ -13,6 +13,7 @@ import numpy as np
 
 from ml.crystal import Crystal
 from ml.evaluation.uniqueness import PreparedStructure
+from ml.methods.base import Candidate
 
 
 @dataclass
@@ -39,7 +40,8 @@ class ScoredCandidate:
     predicted: dict[str, float] = field(default_factory=dict)
     objective_loss: float = float("inf")
     rank: int | None = None
-    # Stable content hash of the unrelaxed crystal: the key that makes storage idempotent.
+    # candidate_identity: the method's key for the candidate, else a stable content hash of
+    # the unrelaxed crystal; what makes storage idempotent.
     fingerprint: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +79,11 @@ def fingerprint(crystal: Crystal) -> str:
     h.update(np.ascontiguousarray(frac, dtype=np.float64).tobytes())
     h.update(np.ascontiguousarray(crystal.numbers, dtype=np.int64).tobytes())
     return h.hexdigest()
+
+
+def candidate_identity(candidate: Candidate) -> str:
+    """What a job stores a candidate under, once: its method's key, else its content."""
+    return f"key:{candidate.key}" if candidate.key else fingerprint(candidate.crystal)
 
 
 def remember_prepared(crystal: Crystal, prepared: PreparedStructure) -> None:

@@ -145,6 +145,9 @@ def test_pipeline_flags_scores_and_ranks(monkeypatch: pytest.MonkeyPatch) -> Non
     junk = Crystal(np.eye(3) * 5.0, [[0, 0, 0]], [0])
     again = evaluate_candidates([Candidate(nacl)], request, previous=[junk, nacl], device="cpu")
     assert not again[0].flags["unique"]
+    assert again[0].fingerprint == fingerprint(nacl)  # stored under its content
+    keyed = evaluate_candidates([Candidate(nacl, key="7/3")], request, device="cpu")
+    assert keyed[0].fingerprint == "key:7/3"  # stored under its method's key
     assert evaluate_candidates([], request, device="cpu") == []
 
 

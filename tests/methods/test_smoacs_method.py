@@ -87,7 +87,11 @@ def test_same_seed_same_candidates() -> None:
         # float32 reductions on several CPU threads are not bitwise repeatable (1e-7 seen).
         assert np.allclose(x.crystal.lattice, y.crystal.lattice, atol=1e-5)
         assert np.allclose(x.crystal.frac_coords, y.crystal.frac_coords, atol=1e-5)
+        # That noise is why a resumed job recognises them by key, not content.
+        assert x.key == y.key
+    assert len({x.key for x in a}) == 3
     _, c = _run(_request(num_candidates=3, seed=4))
+    assert not {x.key for x in a} & {z.key for z in c}
     assert any(
         not np.array_equal(x.crystal.numbers, z.crystal.numbers) for x, z in zip(a, c, strict=True)
     )

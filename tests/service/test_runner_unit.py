@@ -41,6 +41,8 @@ class FakeParams(MethodParams):
     crash_after: int | None = None  # batches
     fail: bool = False
     report: bool = False  # progress details and a method summary
+    keyed: bool = False  # candidates carry their index as key
+    noise: float = 0.0  # added to every lattice constant (a GPU's float noise on a re-run)
 
 
 class FakeMethod(DesignMethod):
@@ -68,7 +70,9 @@ class FakeMethod(DesignMethod):
                 ctx.summary["batches"] = b // params.batch + 1
             yield [
                 Candidate(
-                    crystal=_rocksalt(4.0 + 0.05 * i + 0.001 * request.seed), method_score=float(i)
+                    crystal=_rocksalt(4.0 + 0.05 * i + 0.001 * request.seed + params.noise),
+                    method_score=float(i),
+                    key=f"{request.seed}/{i}" if params.keyed else None,
                 )
                 for i in range(b, min(b + params.batch, n))
             ]
@@ -85,7 +89,7 @@ class FakeScoring:
     def __call__(self, candidates: Any, request: DesignRequest, **_: Any) -> list[Any]:
         out = []
         for c in candidates:
-            fp = pipeline.fingerprint(c.crystal)
+            fp = pipeline.candidate_identity(c)  # as evaluate_candidates stores it
             self.seen.append(fp)
             gap = float(c.crystal.lattice[0, 0] - 3.0)
             scores = {"band_gap": pipeline.OracleScore(gap, "eV", "fake-gap", "0")}
@@ -247,6 +251,24 @@ def test_resume_after_worker_death_stores_no_duplicates(
     assert len(scoring.seen) == 6  # stored candidates were not scored again
     job = _job(db, job_id)
     assert job.status == "succeeded" and job.attempts == 2
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_resume_skips_keyed_candidates_that_come_back_with_float_noise(
+    db: Database, settings: Settings, scoring: FakeScoring, keyed: bool
+) -> None:
+    job_id = _submit(db, n=6, batch=2, crash_after=2, keyed=keyed)
+    with pytest.raises(Crash):
+        execute_job(job_id, db, settings, worker="first")
+    _age_heartbeat(db, job_id, 60)
+    with db.session() as s:  # the re-run regenerates the same candidates, 1e-4 A off
+        job = s.get(Job, job_id)
+        job.request = {**job.request, "params": {"batch": 2, "keyed": keyed, "noise": 1e-4}}
+    assert execute_job(job_id, db, settings, worker="second") == "succeeded"
+    # Keyed: the four stored before the crash are skipped and candidates 4 and 5 complete the
+    # job. Unkeyed, 0 and 1 differ beyond the fingerprint's rounding: stored again, as new.
+    stored = sorted(r.method_score for r in _rows(db, job_id))
+    assert stored == ([0, 1, 2, 3, 4, 5] if keyed else [0, 0, 1, 1, 2, 3])
 
 
 def test_resume_with_selection_returns_what_an_uninterrupted_run_returns(

@@ -243,7 +243,7 @@ class SmoacsMethod(DesignMethod):
                 yield Progress(phase="relax", step=bi, total=n_batches)
                 result = _relax_and_rescore(engine, final_pop, result, params, device)
                 yield Progress(phase="relax", step=bi + 1, total=n_batches)
-            yield _candidates(result, gap_key, bi * pass_size, designed)
+            yield _candidates(result, gap_key, bi * pass_size, designed, request.seed)
 
     def describe(self) -> dict[str, object]:
         out = super().describe()
@@ -372,7 +372,11 @@ def _relax_and_rescore(
 
 
 def _candidates(
-    result: FinalResult, gap_key: str, offset: int, designed: list | None = None
+    result: FinalResult,
+    gap_key: str,
+    offset: int,
+    designed: list | None = None,
+    seed: int | None = None,
 ) -> list[Candidate]:
     preds = {k: v.detach().double().cpu().numpy() for k, v in result.predictions.items()}
     loss = result.loss.cpu().numpy()
@@ -395,6 +399,9 @@ def _candidates(
                 crystal=crystal,
                 predicted=predicted,
                 method_score=float(loss[i]) if math.isfinite(loss[i]) else None,
+                # The same request (seed) yields candidate i again on a resumed job, with
+                # float noise from non-deterministic GPU kernels: its key, not its content.
+                key=f"smoacs/{seed}/{offset + i}",
                 meta={
                     **result.meta[i],
                     "index": offset + i,
