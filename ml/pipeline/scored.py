@@ -86,13 +86,16 @@ def candidate_identity(candidate: Candidate) -> str:
     return f"key:{candidate.key}" if candidate.key else fingerprint(candidate.crystal)
 
 
-def remember_prepared(crystal: Crystal, prepared: PreparedStructure) -> None:
-    """Cache a prepared form computed elsewhere (a pool process) under the crystal's key."""
-    key = fingerprint(crystal)
+def _remember(key: str, prepared: PreparedStructure | None) -> None:
     with _LOCK:
         _PREPARED[key] = prepared
         while len(_PREPARED) > _PREPARED_MAX:
             _PREPARED.popitem(last=False)
+
+
+def remember_prepared(crystal: Crystal, prepared: PreparedStructure) -> None:
+    """Cache a prepared form computed elsewhere (a pool process) under the crystal's key."""
+    _remember(fingerprint(crystal), prepared)
 
 
 def _prepared(crystal: Crystal) -> PreparedStructure | None:
@@ -107,9 +110,5 @@ def _prepared(crystal: Crystal) -> PreparedStructure | None:
         prepared: PreparedStructure | None = PreparedStructure(crystal)
     except Exception:
         prepared = None
-    if prepared is not None:
-        remember_prepared(crystal, prepared)
-    else:
-        with _LOCK:
-            _PREPARED[key] = None
+    _remember(key, prepared)
     return prepared
