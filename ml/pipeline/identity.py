@@ -129,8 +129,33 @@ _POOL_LOCK = threading.Lock()
 _UNAVAILABLE = False  # a pool could not start here: judge in this process from now on
 
 
-def _load_references() -> None:
+def _start_pool_process(service_pid: int) -> None:
+    """Initializer of each pool process: watch the job's process, then load the references."""
+    threading.Thread(target=_exit_with, args=(service_pid,), daemon=True).start()
     get_reference_set()
+
+
+def _exit_with(service_pid: int) -> None:
+    # A pool process outlives a job process killed with SIGKILL (OOM, a crashed worker): it
+    # waits on its task queue forever and keeps the forkserver, memory and the parent's stdout
+    # open. It ends itself within a second of the job's process.
+    while _alive(service_pid):
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # dead but not yet reaped (a zombie) counts as gone
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _ready() -> None:
@@ -154,7 +179,12 @@ def _pool(processes: int) -> ProcessPoolExecutor | None:
             return None
         try:
             context = multiprocessing.get_context("forkserver")
-            _POOL = ProcessPoolExecutor(processes, mp_context=context, initializer=_load_references)
+            _POOL = ProcessPoolExecutor(
+                processes,
+                mp_context=context,
+                initializer=_start_pool_process,
+                initargs=(os.getpid(),),
+            )
         except Exception:
             log.warning("no identity pool; judging batches in this process", exc_info=True)
             _POOL, _UNAVAILABLE = None, True

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -66,20 +72,55 @@ def test_a_second_start_uses_the_running_processes(
     assert start_identity_pool(2) == 2
 
 
-def test_small_batches_and_a_failed_pool_stay_in_this_process(
+def test_small_batches_and_a_killed_pool_stay_in_this_process(
     pool: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     final, previous = _batch()
     expected = judge_identity(final, previous, processes=0).unique
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("pool process killed")
-
-    monkeypatch.setattr(identity, "_judge_group", broken)  # pickled by name: fails in the pool
+    running = identity._POOL
+    assert running is not None
+    for process in list(running._processes.values()):  # the pool breaks as in an OOM kill
+        process.kill()
+        process.join()
     assert judge_identity(final, previous, processes=2).unique == expected
+    assert identity._POOL is None  # dropped: the next warm-up or batch starts a new one
     monkeypatch.setattr(identity, "_pool", lambda n: pytest.fail("small batch used the pool"))
     small = judge_identity(final[: MIN_PARALLEL - 1], previous, processes=2)
     assert small.unique == expected[: MIN_PARALLEL - 1]
+
+
+_KILLED_SERVICE = """
+import os, sys, time
+from ml.pipeline import identity
+if __name__ == "__main__":
+    assert identity.start_identity_pool(1) == 1
+    print(*identity._POOL._processes, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_pool_processes_end_when_the_job_process_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "service.py"
+    script.write_text(_KILLED_SERVICE)
+    service = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    try:
+        assert service.stdout is not None
+        line = service.stdout.readline()
+        workers = [int(pid) for pid in line.split()]
+        assert len(workers) == 1, line
+        assert identity._alive(workers[0])
+    finally:
+        service.kill()
+        service.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and identity._alive(workers[0]):
+        time.sleep(0.2)
+    assert not identity._alive(workers[0])
 
 
 def test_a_daemonic_process_judges_in_itself(monkeypatch: pytest.MonkeyPatch) -> None:
