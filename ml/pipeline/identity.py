@@ -7,9 +7,9 @@ a batch splits by formula into independent tasks. Batches of at least ``MIN_PARA
 go to a process pool of ``MATDESIGN_EVAL_PROCESSES`` processes (default: half the cores, at most
 8, none below 8 cores). The pool uses forkserver: the job's process holds CUDA and threads,
 which a forked child must not inherit. Each process loads its own reference set once (at worker
-warm-up, :func:`start_identity_pool`). A pool that cannot start (in a daemonic process, such as
-a Celery prefork child) or breaks mid-batch leaves the batch to this process: the verdicts are
-the same either way.
+warm-up, :func:`start_identity_pool`), and ends itself when the job's process ends, however it
+ends. A pool that cannot start or breaks mid-batch leaves the batch to this process: the
+verdicts are the same either way.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from ml.constraints import composition_of
 from ml.crystal import Crystal
@@ -102,7 +104,7 @@ def _in_pool(
         futures: list[tuple[list[int], Future]] = [
             (
                 groups[f],
-                pool.submit(_judge_group, [final[k] for k in groups[f]], before.get(f, [])),
+                _submit(pool, _judge_group, [final[k] for k in groups[f]], before.get(f, [])),
             )
             for f in order
         ]
@@ -171,12 +173,6 @@ def _pool(processes: int) -> ProcessPoolExecutor | None:
             return None
         if _POOL is not None:
             _POOL.shutdown(wait=False, cancel_futures=True)
-        if multiprocessing.current_process().daemon:
-            # A Celery prefork child is daemonic, and multiprocessing gives daemons no
-            # children (solo and thread worker pools run jobs in the worker's main process).
-            log.info("daemonic process: judging batches in this process")
-            _UNAVAILABLE = True
-            return None
         try:
             context = multiprocessing.get_context("forkserver")
             _POOL = ProcessPoolExecutor(
@@ -191,6 +187,37 @@ def _pool(processes: int) -> ProcessPoolExecutor | None:
             return None
         _POOL_SIZE = processes
         return _POOL
+
+
+def _submit(pool: ProcessPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future:
+    """``pool.submit``, which starts a pool process when fewer than its size run; also in a
+    Celery prefork child."""
+    with _as_plain_process():
+        return pool.submit(fn, *args)
+
+
+@contextmanager
+def _as_plain_process() -> Iterator[None]:
+    """While starting pool processes, this process looks like a plain multiprocessing one.
+
+    A Celery prefork child is a billiard process, which billiard also makes multiprocessing's
+    current process: daemonic (multiprocessing refuses daemons children lest they outlive
+    them; ours end with it, :func:`_exit_with`) and with an authkey multiprocessing cannot
+    hand to a child.
+    """
+    me = multiprocessing.current_process()
+    config: dict[str, Any] = me._config  # type: ignore[attr-defined]
+    plain = multiprocessing.process.AuthenticationString
+    if not config.get("daemon") and isinstance(config.get("authkey"), plain):
+        yield
+        return
+    saved = dict(config)
+    config["daemon"] = False
+    config["authkey"] = plain(bytes(config["authkey"]))
+    try:
+        yield
+    finally:
+        config.update(saved)
 
 
 def _drop_pool() -> None:
@@ -214,7 +241,7 @@ def start_identity_pool(processes: int | None = None) -> int:
     if started >= processes:
         return started  # started before (a second warm-up)
     try:
-        for future in [pool.submit(_ready) for _ in range(processes)]:
+        for future in [_submit(pool, _ready) for _ in range(processes)]:
             future.result()
     except Exception:
         log.warning("identity pool failed to start", exc_info=True)

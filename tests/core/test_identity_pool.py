@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -89,49 +90,57 @@ def test_small_batches_and_a_killed_pool_stay_in_this_process(
     assert small.unique == expected[: MIN_PARALLEL - 1]
 
 
-_KILLED_SERVICE = """
+# A Celery prefork child: a daemonic billiard process (billiard makes it multiprocessing's
+# current process too), which starts the pool at warm-up and judges a batch in it.
+_PREFORK_CHILD = """
 import os, sys, time
+import billiard
+import multiprocessing
+from ml.data import load_records
 from ml.pipeline import identity
-if __name__ == "__main__":
+
+def job_process():
+    assert multiprocessing.current_process().daemon
     assert identity.start_identity_pool(1) == 1
-    print(*identity._POOL._processes, flush=True)
+    final = [r.crystal for r in load_records("mp20", "test", limit=identity.MIN_PARALLEL)]
+    in_pool = identity.judge_identity(final, processes=1)
+    assert identity._POOL is not None  # the batch was judged there, not after a failure
+    here = identity.judge_identity(final, processes=0)
+    assert in_pool.unique == here.unique
+    assert [n.novel for n in in_pool.novelty] == [n.novel for n in here.novelty]
+    print(os.getpid(), *identity._POOL._processes, flush=True)
     time.sleep(600)
+
+if __name__ == "__main__":
+    child = billiard.Process(target=job_process, daemon=True)
+    child.start()
+    child.join()
 """
 
 
-def test_pool_processes_end_when_the_job_process_is_killed(tmp_path: Path) -> None:
-    script = tmp_path / "service.py"
-    script.write_text(_KILLED_SERVICE)
-    service = subprocess.Popen(
+def test_a_prefork_child_gets_a_pool_whose_processes_end_when_it_is_killed(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "celery_child.py"
+    script.write_text(_PREFORK_CHILD)
+    parent = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     try:
-        assert service.stdout is not None
-        line = service.stdout.readline()
-        workers = [int(pid) for pid in line.split()]
-        assert len(workers) == 1, line
-        assert identity._alive(workers[0])
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        pids = [int(pid) for pid in line.split()]
+        assert len(pids) == 2, line  # the job's process and its one pool process
+        job, worker = pids
+        assert identity._alive(worker)
+        os.kill(job, signal.SIGKILL)  # as an OOM kill or a crashed job would
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and identity._alive(worker):
+            time.sleep(0.2)
+        assert not identity._alive(worker)
     finally:
-        service.kill()
-        service.wait()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and identity._alive(workers[0]):
-        time.sleep(0.2)
-    assert not identity._alive(workers[0])
-
-
-def test_a_daemonic_process_judges_in_itself(monkeypatch: pytest.MonkeyPatch) -> None:
-    class CeleryPreforkChild:
-        daemon = True  # multiprocessing gives such a process no children
-
-    monkeypatch.setattr(identity, "_POOL", None)
-    monkeypatch.setattr(identity, "_UNAVAILABLE", False)
-    monkeypatch.setattr(identity.multiprocessing, "current_process", CeleryPreforkChild)
-    final, previous = _batch()
-    assert start_identity_pool(2) == 0
-    got = judge_identity(final, previous, processes=2)
-    assert got.unique == judge_identity(final, previous, processes=0).unique
-    assert identity._UNAVAILABLE and identity._POOL is None  # not tried again per batch
+        parent.kill()
+        parent.wait()
