@@ -284,6 +284,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--coord-anneal", type=float, default=0.0, help="FlowMM anti-annealing s")
     p.add_argument(
         "--per-template", type=int, default=2, help="samples per proposed Wyckoff assignment"
     )
@@ -308,7 +309,9 @@ def main() -> None:
     modes = set(args.modes.split(","))
     t_start = time.time()
     model, stats, info = load_wyckoff_release(args.wyckoff, args.device, args.extra_templates)
-    cfg = WyckoffSampleConfig(steps=args.steps, guidance=args.guidance)
+    cfg = WyckoffSampleConfig(
+        steps=args.steps, guidance=args.guidance, coord_anneal=args.coord_anneal
+    )
     # Warm-up (Wyckoff tables, kernels) so the timed runs measure generation only.
     generate(model, plan([8, 8, 12, 12], 2, stats, space_group=225), cfg, 0, 2, primitive=False)
     refs, idx, rows = test_sample(args.n, args.seed, args.limit)

@@ -17,13 +17,19 @@ from pymatgen.core import Lattice, Structure
 from ml.crystal import Crystal
 from ml.data import load_records
 from ml.generative.assignment import TemplateStats, conventional_counts, enumerate_assignments
+from ml.generative.periodic import min_image
 from ml.generative.wyckoff import WyckoffCrystal, multiplicity, orbit_ops
 from ml.methods.base import MethodContext
 from ml.methods.conditional import method as method_mod
 from ml.methods.conditional.checkpoint import load_wyckoff_release, save_wyckoff_release
 from ml.methods.conditional.method import ConditionalMethod
 from ml.methods.conditional.wyckoff_data import arrays_to_batch, from_crystals, pad_templates
-from ml.methods.conditional.wyckoff_flow import WyckoffSampleConfig, flow_loss
+from ml.methods.conditional.wyckoff_flow import (
+    WyckoffSampleConfig,
+    flow_loss,
+    prior_sample,
+    sample,
+)
 from ml.methods.conditional.wyckoff_model import PROPERTIES, WyckoffFlowModel, WyckoffModelConfig
 from ml.methods.conditional.wyckoff_sampler import generate_batches, plan
 from ml.request import DesignRequest
@@ -149,6 +155,28 @@ def test_orbits_share_one_velocity() -> None:
     assert torch.all(v_lat[:, 1:] == 0)  # cubic: only a is free
 
 
+class _ConstantField(torch.nn.Module):
+    """Velocity 0.01 for every orbit parameter, none for the lattice."""
+
+    def forward(self, batch: object, u: torch.Tensor, lat: torch.Tensor, *_: object) -> tuple:
+        return torch.full_like(u, 0.01), torch.zeros_like(lat)
+
+
+@pytest.mark.parametrize("anneal", [0.0, 4.0])
+def test_coord_anneal_scales_the_orbit_velocity_by_one_plus_s_t(anneal: float) -> None:
+    batch = pad_templates([225, 225], [[("e", 8)], [("a", 8), ("e", 11)]])  # 24e: (x, 0, 0)
+    u0, _ = prior_sample(batch, torch.Generator().manual_seed(3))
+    cfg = WyckoffSampleConfig(steps=10, coord_anneal=anneal)
+    u, _ = sample(_ConstantField(), batch, cfg, torch.Generator().manual_seed(3))  # type: ignore[arg-type]
+    moved = min_image(u - u0)
+    free = batch.free
+    assert free.any() and not free.all()
+    # Euler: sum over steps i of h (1 + s i h) = 1 + s (steps - 1) / (2 steps)
+    expected = 0.01 * (1 + anneal * 9 / 20)
+    assert torch.allclose(moved[free], torch.full_like(moved[free], expected), atol=1e-5)
+    assert (moved[~free] == 0).all()
+
+
 @pytest.fixture()
 def tiny_wyckoff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stats: TemplateStats) -> Path:
     path = tmp_path / "conditional-wyckoff.pt"
@@ -190,6 +218,7 @@ def test_method_returns_requested_space_group(tiny_wyckoff: Path) -> None:
         assert spacegroup(c.crystal) == c.meta["space_group_condition"]
         assert c.crystal.to_structure().composition.reduced_formula == "ZnO"
         assert c.meta["model"] == "wyckoff"
+        assert c.meta["coord_anneal"] == method_mod.WYCKOFF_COORD_ANNEAL  # the default
     # Same seed, same candidates.
     again = [c for e in m.run(req, params, MethodContext()) if isinstance(e, list) for c in e]
     assert np.allclose(again[0].crystal.lattice, cands[0].crystal.lattice)
