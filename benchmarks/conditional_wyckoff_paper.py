@@ -38,6 +38,7 @@ from common import match_rms, parallel_map, shutdown_pools  # benchmarks/common.
 
 from ml.crystal import Crystal
 from ml.methods.conditional.checkpoint import load_wyckoff_release
+from ml.methods.conditional.method import WYCKOFF_COORD_ANNEAL
 from ml.methods.conditional.wyckoff_flow import WyckoffSampleConfig
 from ml.methods.conditional.wyckoff_sampler import WyckoffCondition, generate, plan
 
@@ -284,7 +285,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--guidance", type=float, default=0.0)
-    p.add_argument("--coord-anneal", type=float, default=0.0, help="FlowMM anti-annealing s")
+    p.add_argument(
+        "--coord-anneal",
+        type=float,
+        default=WYCKOFF_COORD_ANNEAL,
+        help="FlowMM anti-annealing s (default: the service's)",
+    )
     p.add_argument(
         "--per-template", type=int, default=2, help="samples per proposed Wyckoff assignment"
     )
@@ -323,6 +329,7 @@ def main() -> None:
         "samples": args.samples,
         "steps": args.steps,
         "guidance": args.guidance,
+        "coord_anneal": args.coord_anneal,
         "model": {k: v for k, v in info.items() if k != "history"},
         "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
     }
