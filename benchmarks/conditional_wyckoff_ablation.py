@@ -24,7 +24,6 @@ import argparse
 import json
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,13 @@ from conditional_wyckoff_paper import _decompose, _rms_pair, sane_cell, test_sam
 
 from ml.crystal import Crystal
 from ml.generative.periodic import min_image
-from ml.generative.wyckoff import Orbit, WyckoffCrystal
+from ml.generative.wyckoff import WyckoffCrystal
 from ml.methods.conditional.checkpoint import load_wyckoff_release
 from ml.methods.conditional.wyckoff_data import OrbitBatch, apply_ties, pad_templates
 from ml.methods.conditional.wyckoff_flow import _velocity, prior_sample
 from ml.methods.conditional.wyckoff_model import WyckoffFlowModel, wrap
+from ml.methods.conditional.wyckoff_sampler import expand_samples
 from ml.oracles.chgnet_device import chgnet_energies
-
-Clamp = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
@@ -55,7 +53,8 @@ def integrate(
     exact_coords: bool,
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The service's Euler loop, with either part optionally on its exact path to the data."""
+    """The service's Euler loop (``wyckoff_flow.sample``, on the CPU), with either part
+    optionally on its exact path to the data."""
     gen = torch.Generator().manual_seed(seed)
     u0, l0 = prior_sample(batch, gen)
     free = batch.free.float()
@@ -82,15 +81,8 @@ def crystals(
     u: torch.Tensor,
     lat: torch.Tensor,
 ) -> list[Crystal]:
-    physical = model.config.norm.decode(lat, batch.atoms).double().numpy()
-    out = []
-    for i, w in enumerate(ws):
-        orbits = [
-            Orbit(o.letter, o.number, tuple(float(v) for v in u[i, j].double()))
-            for j, o in enumerate(w.orbits)
-        ]
-        out.append(WyckoffCrystal(w.space_group, physical[i], orbits).to_crystal(primitive=False))
-    return out
+    templates = [(w.space_group, [(o.letter, o.number) for o in w.orbits]) for w in ws]
+    return [c for _, c in expand_samples(templates, u, lat, batch, model, primitive=False)]
 
 
 def main() -> None:

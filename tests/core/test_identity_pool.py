@@ -93,7 +93,7 @@ def test_small_batches_and_a_killed_pool_stay_in_this_process(
 # A Celery prefork child: a daemonic billiard process (billiard makes it multiprocessing's
 # current process too), which starts the pool at warm-up and judges a batch in it.
 _PREFORK_CHILD = """
-import os, sys, time
+import os, time
 import billiard
 import multiprocessing
 from ml.data import load_records

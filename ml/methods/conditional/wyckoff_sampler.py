@@ -23,11 +23,11 @@ from ml.generative.assignment import (
     enumerate_assignments,
 )
 from ml.generative.wyckoff import Orbit, WyckoffCrystal
-from ml.methods.conditional.wyckoff_data import pad_templates
+from ml.methods.conditional.wyckoff_data import OrbitBatch, pad_templates
 from ml.methods.conditional.wyckoff_flow import WyckoffSampleConfig, sample
 from ml.methods.conditional.wyckoff_model import WyckoffFlowModel
 
-__all__ = ["WyckoffCondition", "generate", "generate_batches", "plan"]
+__all__ = ["WyckoffCondition", "expand_samples", "generate", "generate_batches", "plan"]
 
 
 @dataclass(frozen=True)
@@ -124,17 +124,32 @@ def generate_batches(
         ).to(device)
         gen = torch.Generator(device=device).manual_seed(seed + k)
         u, lat = sample(model, batch, cfg, gen, autocast=device.type == "cuda")
-        physical = norm.decode(lat, batch.atoms).double().cpu().numpy()
-        u = u.double().cpu().numpy()
-        out = []
-        for i, c in enumerate(chunk):
-            orbits = [
-                Orbit(letter, z, tuple(float(v) for v in u[i, j]))
-                for j, (letter, z) in enumerate(c.orbits)
-            ]
-            w = WyckoffCrystal(c.space_group, physical[i], orbits)
-            out.append((w, w.to_crystal(primitive=primitive)))
-        yield out
+        yield expand_samples(
+            [(c.space_group, c.orbits) for c in chunk], u, lat, batch, model, primitive
+        )
+
+
+def expand_samples(
+    templates: Sequence[tuple[int, Sequence[tuple[str, int]]]],
+    u: torch.Tensor,
+    lat: torch.Tensor,
+    batch: OrbitBatch,
+    model: WyckoffFlowModel,
+    primitive: bool = True,
+) -> list[tuple[WyckoffCrystal, Crystal]]:
+    """(Wyckoff representation, expanded crystal) of each sampled state (orbit parameters
+    ``u``, lattice state ``lat``) of ``batch``, whose templates are (space group, orbits)."""
+    physical = model.config.norm.decode(lat, batch.atoms).double().cpu().numpy()
+    params = u.double().cpu().numpy()
+    out = []
+    for i, (space_group, orbits) in enumerate(templates):
+        placed = [
+            Orbit(letter, z, tuple(float(v) for v in params[i, j]))
+            for j, (letter, z) in enumerate(orbits)
+        ]
+        w = WyckoffCrystal(space_group, physical[i], placed)
+        out.append((w, w.to_crystal(primitive=primitive)))
+    return out
 
 
 def generate(
