@@ -98,14 +98,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         prop_mean=mean,
         prop_std=std,
     )
-    data = arrays_to_batch(arrays, PROPERTIES, norm).to(device)
-    data_s = time.time() - t_data
     prior: dict[str, Any] = {}
     if args.init:
         model, _, prior = load_wyckoff_release(args.init, device)
         model.train()
+        # The continued model reads lattice states in its own normalisation; data added since
+        # (e.g. --extra-atoms) must not shift it.
+        norm = model.config.norm
     else:
         model = WyckoffFlowModel(config).to(device)
+    data = arrays_to_batch(arrays, PROPERTIES, norm).to(device)
+    data_s = time.time() - t_data
     prior_steps, prior_s = int(prior.get("steps", 0)), float(prior.get("wall_s", 0.0))
     ema = EMA(model, args.ema)
     optim = Optimiser(model, args.lr, betas=(0.9, 0.99), weight_decay=0.0, ema=ema)
