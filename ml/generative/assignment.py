@@ -8,17 +8,23 @@ also on the MP 2018 structures outside MP-20, up to 200 atoms, when loaded ``wit
   level), restricted to groups whose Wyckoff positions fit the atom counts;
 * Wyckoff assignment given (space group, atoms per element in the conventional cell): every
   assignment whose multiplicities sum to the counts (positions without free parameters used at
-  most once) is enumerated depth-first with a bound, and ranked by
-  ``2 log(1 + #training crystals with the same template) + sum log P(letter | sg)``, where a
-  template is the multiset, over elements, of each element's multiset of letters. Assignments
-  that cannot have the group (generic parameters give a supergroup) are dropped.
+  most once) is enumerated depth-first with a bound, plus every known template that fits the
+  counts (the bound misses some in large cells), and ranked (``ranking="v2"``) by
+  ``8 log(1 + #training crystals with the same template)
+  + 4 log(1 + #those with the same letters on the elements ordered by electronegativity)
+  + sum log P(letter | sg, element)`` (backed off to P(letter | sg)), where a template is the
+  multiset, over elements, of each element's multiset of letters; ``ranking="v1"`` (before
+  2026-12-05, 6 points lower top-1 on MP-20 val, benchmarks/template_ranking.py) is
+  ``2 log(1 + #template) + sum log P(letter | sg)``. Assignments that cannot have the group
+  (generic parameters give a supergroup) are dropped.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from pathlib import Path
@@ -30,7 +36,12 @@ from pymatgen.core import Composition, Element
 from ml.generative.wyckoff import _group, multiplicity, orbit_ops, wyckoff_letter
 from ml.symmetry import centring, compatible
 
-__all__ = ["Assignment", "TemplateStats", "enumerate_assignments", "template_key"]
+__all__ = [
+    "Assignment",
+    "TemplateStats",
+    "enumerate_assignments",
+    "template_key",
+]
 
 MAX_RESULTS = 500  # assignments enumerated per (composition, space group) at most
 MAX_ORBITS_PER_ELEMENT = 8
@@ -39,10 +50,43 @@ MAX_ORBITS_PER_ELEMENT = 8
 # Template counts of MP 2018 structures outside MP-20, up to 200 atoms
 # (ml.tools.build_template_counts).
 EXTRA_TEMPLATES_PATH = Path(__file__).parent / "data" / "mp2018_extra_templates.json.gz"
+# Letters per element and electronegativity-ordered templates of MP-20 train + val, for
+# checkpoints saved before TemplateStats counted them (ml.tools.build_template_counts
+# --elements).
+ELEMENT_STATS_PATH = Path(__file__).parent / "data" / "mp20_element_letters.json.gz"
+RANKINGS = ("v1", "v2")
+BACKOFF = 2.0  # pseudo-orbits of P(letter | sg) in P(letter | sg, element)
 
 
 def template_key(space_group: int, letters_by_element: Sequence[Sequence[str]]) -> tuple:
     return (space_group, tuple(sorted(tuple(sorted(ls)) for ls in letters_by_element)))
+
+
+@cache
+def _electronegativity(z: int) -> float:
+    import warnings
+
+    with warnings.catch_warnings():  # pymatgen warns for the noble gases
+        warnings.simplefilter("ignore")
+        x = Element.from_Z(z).X
+    return 0.0 if x is None or math.isnan(x) else float(x)  # noble gases: no value
+
+
+def electronegativity_order(numbers: Iterable[int]) -> list[int]:
+    """Distinct elements, most electronegative (the anion, usually) first."""
+    return sorted(set(numbers), key=lambda z: (-_electronegativity(z), z))
+
+
+def ordered_key(space_group: int, orbits: Sequence[tuple[str, int]]) -> tuple:
+    """A template whose elements keep their role: letters per element, elements ordered by
+    electronegativity (NaCl and KBr share one, and so do MgAl2O4 and ZnCr2S4)."""
+    return (
+        space_group,
+        tuple(
+            tuple(sorted(x for x, z in orbits if z == e))
+            for e in electronegativity_order(z for _, z in orbits)
+        ),
+    )
 
 
 def prototype(amounts: Sequence[int]) -> tuple[int, ...]:
@@ -69,6 +113,12 @@ class TemplateStats:
     # Counts from outside the training data (EXTRA_TEMPLATES_PATH), added when ranking
     # assignments only; not part of a checkpoint.
     extra_templates: Counter[tuple] = field(default_factory=Counter)
+    extra_ordered: Counter[tuple] = field(default_factory=Counter)
+    # (sg, letter, atomic number) orbits and ordered_key counts (empty in checkpoints saved
+    # before 2026-12-05: with_elements() loads MP-20's).
+    element_letters: Counter[tuple[int, str, int]] = field(default_factory=Counter)
+    ordered_templates: Counter[tuple] = field(default_factory=Counter)
+    ranking: str = "v2"
 
     @classmethod
     def from_arrays(cls, arrays) -> TemplateStats:  # type: ignore[no-untyped-def]
@@ -79,14 +129,18 @@ class TemplateStats:
             sg = int(arrays.space_group[i])
             by_el: dict[int, list[str]] = {}
             counts: Counter[int] = Counter()
+            orbits = []
             for k in range(o[i], o[i + 1]):
                 letter = wyckoff_letter(int(arrays.wid[k]))[1]
                 z = int(arrays.number[k])
                 by_el.setdefault(z, []).append(letter)
                 counts[z] += multiplicity(sg, letter)
                 s.letters[(sg, letter)] += 1
+                s.element_letters[(sg, letter, z)] += 1
+                orbits.append((letter, z))
             s.groups[sg] += 1
             s.templates[template_key(sg, list(by_el.values()))] += 1
+            s.ordered_templates[ordered_key(sg, orbits)] += 1
             comp = Composition({Element.from_Z(z).symbol: c for z, c in counts.items()})
             s.by_formula.setdefault(comp.reduced_formula, Counter())[sg] += 1
             s.by_prototype.setdefault(prototype(list(counts.values())), Counter())[sg] += 1
@@ -102,6 +156,29 @@ class TemplateStats:
             "letters": [[g, x, v] for (g, x), v in self.letters.items()],
             "groups": list(self.groups.items()),
             "templates": [[g, [list(ls) for ls in t], v] for (g, t), v in self.templates.items()],
+            **self.element_dict(),
+        }
+
+    def element_dict(self) -> dict:
+        return {
+            "element_letters": [[g, x, z, v] for (g, x, z), v in self.element_letters.items()],
+            "ordered_templates": [
+                [g, [list(ls) for ls in t], v] for (g, t), v in self.ordered_templates.items()
+            ],
+        }
+
+    @staticmethod
+    def _element_counts(d: dict) -> dict:
+        return {
+            "element_letters": Counter(
+                {(int(g), x, int(z)): v for g, x, z, v in d.get("element_letters", [])}
+            ),
+            "ordered_templates": Counter(
+                {
+                    (int(g), tuple(tuple(ls) for ls in t)): v
+                    for g, t, v in d.get("ordered_templates", [])
+                }
+            ),
         }
 
     @classmethod
@@ -115,6 +192,7 @@ class TemplateStats:
             templates=Counter(
                 {(int(g), tuple(tuple(ls) for ls in t)): v for g, t, v in d["templates"]}
             ),
+            **cls._element_counts(d),
         )
 
     # --- space groups ---------------------------------------------------------------------
@@ -167,9 +245,66 @@ class TemplateStats:
         return self._logp[key]
 
     def score(self, space_group: int, by_element: Sequence[Sequence[str]]) -> float:
+        """The v1 score (elements anonymised)."""
         key = template_key(space_group, by_element)
         lp = sum(self.letter_logp(space_group, x) for ls in by_element for x in ls)
         return 2.0 * math.log1p(self.templates[key] + self.extra_templates[key]) + lp
+
+    @cached_property
+    def _element_orbits(self) -> Counter[tuple[int, int]]:
+        out: Counter[tuple[int, int]] = Counter()
+        for (g, _, z), v in self.element_letters.items():
+            out[(g, z)] += v
+        return out
+
+    def element_letter_logp(self, space_group: int, letter: str, number: int) -> float:
+        """log P(letter | sg, element), backed off to P(letter | sg): which sites an element
+        takes (O on the general position, a large cation on the inversion centre)."""
+        prior = math.exp(self.letter_logp(space_group, letter))
+        c = self.element_letters[(space_group, letter, number)]
+        return math.log(
+            (c + BACKOFF * prior) / (self._element_orbits[(space_group, number)] + BACKOFF)
+        )
+
+    def score_orbits(self, space_group: int, orbits: Sequence[tuple[str, int]]) -> float:
+        """Score of an assignment ((letter, atomic number) per orbit) under ``ranking``."""
+        by_el: dict[int, list[str]] = {}
+        for x, z in orbits:
+            by_el.setdefault(z, []).append(x)
+        if self.ranking == "v1":
+            return self.score(space_group, list(by_el.values()))
+        key = template_key(space_group, list(by_el.values()))
+        n = self.templates[key] + self.extra_templates[key]
+        okey = ordered_key(space_group, orbits)
+        n_ordered = self.ordered_templates[okey] + self.extra_ordered[okey]
+        lp = sum(self.element_letter_logp(space_group, x, z) for x, z in orbits)
+        return 8.0 * math.log1p(n) + 4.0 * math.log1p(n_ordered) + lp
+
+    def with_elements(self, path: Path = ELEMENT_STATS_PATH) -> TemplateStats:
+        """These statistics with MP-20 train + val's letters per element and ordered templates
+        (from ``path``) where they have none (a checkpoint saved before they were counted)."""
+        import gzip
+        import json
+
+        if self.element_letters or not path.exists():
+            return self
+        with gzip.open(path, "rt") as fh:
+            return replace(self, **self._element_counts(json.load(fh)))
+
+    @cached_property
+    def _known(self) -> dict[tuple[int, tuple[int, ...]], list[tuple[tuple[str, ...], ...]]]:
+        """Known templates (training + extra counts) by (space group, sorted atoms per
+        element): the bounded search can miss them in large cells."""
+        out: dict[tuple[int, tuple[int, ...]], list[tuple[tuple[str, ...], ...]]] = {}
+        for g, letters in set(self.templates) | set(self.extra_templates):
+            sums = tuple(sorted(sum(multiplicity(g, x) for x in ls) for ls in letters))
+            out.setdefault((g, sums), []).append(letters)
+        return out
+
+    def known_templates(
+        self, space_group: int, counts: Mapping[int, int]
+    ) -> list[tuple[tuple[str, ...], ...]]:
+        return self._known.get((space_group, tuple(sorted(counts.values()))), [])
 
     def with_extra(self, path: Path = EXTRA_TEMPLATES_PATH) -> TemplateStats:
         """These statistics with the template counts at ``path`` (when present) added to the
@@ -180,9 +315,12 @@ class TemplateStats:
         if not path.exists():
             return self
         with gzip.open(path, "rt") as fh:
-            rows = json.load(fh)["templates"]
-        extra = Counter({(int(g), tuple(tuple(ls) for ls in t)): int(v) for g, t, v in rows})
-        return replace(self, extra_templates=extra)
+            d = json.load(fh)
+        extra = Counter(
+            {(int(g), tuple(tuple(ls) for ls in t)): int(v) for g, t, v in d["templates"]}
+        )
+        ordered = self._element_counts(d)["ordered_templates"]  # absent in older files
+        return replace(self, extra_templates=extra, extra_ordered=ordered)
 
 
 def _element_options(
@@ -265,13 +403,12 @@ def enumerate_assignments(
         if len(results) >= limit:
             return
         if k == len(elements):
-            by_el = [[positions[i][0] for i in c] for c in chosen]
-            score = (
-                stats.score(space_group, by_el)
-                if stats is not None
-                else -float(sum(map(len, by_el)))
-            )
             orbits = [(positions[i][0], elements[e]) for e, c in enumerate(chosen) for i in c]
+            score = (
+                stats.score_orbits(space_group, orbits)
+                if stats is not None
+                else -float(len(orbits))
+            )
             results.append(Assignment(space_group, orbits, score))
             return
         for opt in per_element[k]:
@@ -283,6 +420,14 @@ def enumerate_assignments(
             chosen.pop()
 
     rec(0, set(), [])
+    if stats is not None and stats.ranking != "v1":
+        seen = {tuple(sorted(a.orbits)) for a in results}
+        for orbits in _known_assignments(space_group, counts, stats):
+            if tuple(sorted(orbits)) not in seen:
+                seen.add(tuple(sorted(orbits)))
+                results.append(
+                    Assignment(space_group, orbits, stats.score_orbits(space_group, orbits))
+                )
     results.sort(key=lambda a: (-a.score, len(a.orbits), a.orbits))
     if keep is None:
         return results
@@ -292,6 +437,32 @@ def enumerate_assignments(
             out.append(a)
             if len(out) == keep:
                 break
+    return out
+
+
+def _known_assignments(
+    space_group: int, counts: Mapping[int, int], stats: TemplateStats
+) -> list[list[tuple[str, int]]]:
+    """Assignments of the known templates that fit ``counts``: each element takes a letter
+    group of its own atom count (every permutation among elements of equal count)."""
+    out = []
+    elements = sorted(counts, key=lambda z: (-counts[z], z))
+    for letters in stats.known_templates(space_group, counts):
+        groups = sorted(letters, key=lambda ls: -sum(multiplicity(space_group, x) for x in ls))
+        by_count: dict[int, list[tuple[str, ...]]] = {}
+        for ls in groups:
+            by_count.setdefault(sum(multiplicity(space_group, x) for x in ls), []).append(ls)
+        per_count = []
+        for c in sorted(by_count, reverse=True):
+            zs = [z for z in elements if counts[z] == c]
+            per_count.append(
+                [
+                    list(zip(zs, perm, strict=True))
+                    for perm in set(itertools.permutations(by_count[c]))
+                ]
+            )
+        for combo in itertools.product(*per_count):
+            out.append([(x, z) for part in combo for z, ls in part for x in ls])
     return out
 
 

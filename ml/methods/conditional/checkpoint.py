@@ -79,13 +79,20 @@ def save_wyckoff_release(
 
 
 def load_wyckoff_release(  # type: ignore[no-untyped-def]
-    path: Path, device: str | torch.device = "cpu", extra_templates: bool = False
+    path: Path,
+    device: str | torch.device = "cpu",
+    extra_templates: bool = False,
+    ranking: str = "v2",
 ):
     """(model, TemplateStats, info) of a Wyckoff-generator release file; ``extra_templates``:
     the assignment ranking also counts the templates of MP 2018 structures outside MP-20
     (:meth:`ml.generative.assignment.TemplateStats.with_extra`; off until the conditional
-    benchmark measures it, see benchmarks/RESULTS.md)."""
-    from ml.generative.assignment import TemplateStats
+    benchmark measures it, see benchmarks/RESULTS.md). ``ranking``: "v2" (per-element letters
+    and ordered templates, loaded for release files that lack them,
+    :meth:`~ml.generative.assignment.TemplateStats.with_elements`) or "v1" (before them)."""
+    from dataclasses import replace
+
+    from ml.generative.assignment import RANKINGS, TemplateStats
     from ml.methods.conditional.wyckoff_model import WyckoffFlowModel, WyckoffModelConfig
 
     payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -93,7 +100,11 @@ def load_wyckoff_release(  # type: ignore[no-untyped-def]
         raise ValueError(f"{path} is not a Wyckoff conditional-generator checkpoint")
     model = WyckoffFlowModel(WyckoffModelConfig(**payload["config"]))
     model.load_state_dict(payload["state"])
-    stats = TemplateStats.from_dict(payload["stats"])
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+    stats = replace(TemplateStats.from_dict(payload["stats"]), ranking=ranking)
+    if ranking == "v2":
+        stats = stats.with_elements()
     if extra_templates:
         stats = stats.with_extra()
     return model.to(device).eval(), stats, dict(payload.get("info", {}))
