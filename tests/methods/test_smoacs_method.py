@@ -172,48 +172,6 @@ def test_with_geometry_loss_stability_the_gap_target_moves_species_not_geometry(
     assert not torch.equal(low.site["logits"], high.site["logits"])
 
 
-def test_inner_relaxation_continues_from_the_relaxed_geometry() -> None:
-    """``inner_relax_at``: at that point of the run the discrete designs go to the relaxing
-    callable and the optimisation goes on from what it returns (here: cells 1.5x larger)."""
-    from ml.oracles.batch_relax import RelaxResult
-
-    request = DesignRequest(
-        method="smoacs",
-        objectives=[{"property": "formation_energy", "goal": "minimize"}],
-        num_candidates=3,
-        params={"steps": 4, "template_pool": 60, "mutation_at": [], "inner_relax_at": [0.5]},
-    )
-    params = SmoacsParams.model_validate(request.params)
-    assert params.inner_relax_steps_at() == (2,)
-    tables = build_tables(request, "cpu")
-    engine = SmoacsEngine(
-        terms_from_request(request, params.threshold_margin, None),
-        _load_predictors({"formation_energy"}, "cpu"),
-        tables,
-        _engine_config(params),
-    )
-    templates = build_templates(request, params, tables, 3, np.random.default_rng(0))
-    pop = Population.from_templates(templates, torch.Generator().manual_seed(0), "cpu")
-    start = pop.lattice().detach().clone()
-    calls: list[int] = []
-
-    def relax(crystals: list) -> list:
-        calls.append(len(crystals))
-        return [
-            RelaxResult(Crystal(1.5 * c.lattice, c.frac_coords, c.numbers), -1.0, True, 5)
-            for c in crystals
-        ]
-
-    for event in engine.optimize(pop, torch.Generator().manual_seed(0), relax=relax):
-        if isinstance(event, Population):
-            pop = event
-    assert calls == [3]
-    grown = torch.linalg.det(pop.lattice()) / torch.linalg.det(start)
-    assert bool((grown > 2.5).all())  # 1.5^3 = 3.4 less what four small steps moved
-    with pytest.raises(ValidationError):
-        SmoacsParams.model_validate({"inner_relax_at": [1.0]})
-
-
 def test_perovskite_mode_keeps_geometry_and_neutrality() -> None:
     request = _request(
         constraints={"crystal_family": "perovskite", "max_atoms": 40},

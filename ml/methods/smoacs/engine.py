@@ -88,10 +88,6 @@ class EngineConfig:
     # relaxing them: a geometry bent to tune the gap is undone there, so the geometry follows
     # the energy surface (a relaxation run alongside the design) and the gap is met by species.
     geometry_follows_stability: bool = False
-    # Steps after which the current discrete designs are relaxed with the job's judge (the
-    # ``relax`` callable of :meth:`SmoacsEngine.optimize`) and continue from the relaxed
-    # geometry, so species are chosen where the job will judge them.
-    relax_steps: tuple[int, ...] = ()
 
     @property
     def stability(self) -> bool:
@@ -272,17 +268,14 @@ class SmoacsEngine:
         pop: Population,
         generator: torch.Generator,
         check_cancelled: Callable[[], None] = lambda: None,
-        relax: Callable[[list], list] | None = None,
     ) -> Iterator[StepReport | Population]:
         """Run all steps; yields :class:`StepReport` every ``progress_every`` steps and the
-        final population last. ``relax`` (crystals -> RelaxResults) relaxes the designs at
-        ``config.relax_steps``."""
+        final population last."""
         cfg = self.config
         keys = {t.key for t in self.terms}
         stability = cfg.stability and self.predictors.chgnet is not None
         nl = self._neighbors(pop)
         mutation_steps = set(cfg.mutation_steps)
-        relax_steps = set(cfg.relax_steps)
         for step in range(cfg.steps):
             check_cancelled()
             if step > 0 and step % cfg.graph_update_every == 0:
@@ -308,9 +301,6 @@ class SmoacsEngine:
                 grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
             self._adam_step(pop, dict(zip(leaves, grads, strict=True)), step)
             pop.project()
-            if relax is not None and step + 1 in relax_steps and step + 1 < cfg.steps:
-                self.relax_population(pop, relax)
-                nl = self._neighbors(pop)
             if step + 1 in mutation_steps and step + 1 < cfg.steps:
                 met = self.objectives_met({k: v.detach() for k, v in preds.items()})
                 pop = mutate(pop, loss.detach(), met, cfg, generator)
@@ -326,22 +316,6 @@ class SmoacsEngine:
         if cfg.keep_best:
             pop.restore_best()
         yield pop
-
-    @torch.no_grad()
-    def relax_population(self, pop: Population, relax: Callable[[list], list]) -> None:
-        """Relax the current discrete designs and continue from their relaxed geometry (a
-        failed relaxation keeps its own). Snapshots of the best state are dropped: they hold
-        unrelaxed geometries, and the design returned should be one near the minimum."""
-        elements, _ = pop.hard_types(self.tables)
-        designed = pop.to_crystals(elements)
-        relaxed = relax(designed)
-        pop.set_geometry(
-            [
-                r.crystal if math.isfinite(r.energy_per_atom) else c
-                for r, c in zip(relaxed, designed, strict=True)
-            ]
-        )
-        pop.cand["best_loss"].fill_(math.inf)
 
     @torch.no_grad()
     def _adam_step(self, pop: Population, grads: dict[str, torch.Tensor | None], step: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from typing import ClassVar, TypeVar
 
 import numpy as np
@@ -221,9 +221,7 @@ class SmoacsMethod(DesignMethod):
                     params.jitter_logits,
                 )  # fmt: skip
             final_pop = pop
-            for event in engine.optimize(
-                pop, generator, ctx.check_cancelled, _judge_relax(request, params, ctx)
-            ):
+            for event in engine.optimize(pop, generator, ctx.check_cancelled):
                 if isinstance(event, StepReport):
                     best = min(best, event.best)
                     yield Progress(
@@ -287,7 +285,6 @@ def _engine_config(params: SmoacsParams) -> EngineConfig:
         stability_stress=params.stability_stress if params.predictor == "chgnet" else 0.0,
         mutation_logit_noise=params.jitter_logits,
         geometry_follows_stability=params.geometry_loss == "stability",
-        relax_steps=params.inner_relax_steps_at(),
     )
 
 
@@ -305,20 +302,6 @@ def _load_predictors(keys: set[str], device: str, predictor: str = "megnet") -> 
         elif key == "formation_energy":
             models[key] = load_soft_megnet(EFORM_MODEL, device, state=None)
     return Predictors(models, chgnet)
-
-
-def _judge_relax(
-    request: DesignRequest, params: SmoacsParams, ctx: MethodContext
-) -> Callable[[list], list] | None:
-    """The in-run relaxation (``inner_relax_at``) with the job's judge, or None."""
-    if not params.inner_relax_at:
-        return None
-    from ml.pipeline.oracle_choice import relax_as_judged
-
-    def relax(crystals: list) -> list:
-        return relax_as_judged(crystals, request, ctx.device, params.inner_relax_steps)
-
-    return relax
 
 
 def _polish(

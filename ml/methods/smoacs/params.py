@@ -43,10 +43,6 @@ class SmoacsParams(MethodParams):
     # time, most of a 256-candidate job's on the H200).
     relax_final: Literal["auto", "on", "off"] = "auto"
     relax_steps: int = Field(default=100, ge=1, le=2000)
-    # Fractions of the run after which the current designs are relaxed with the job's judge
-    # (at most inner_relax_steps FIRE steps, fmax relax_fmax) and optimised on from there.
-    inner_relax_at: list[float] = Field(default_factory=list, max_length=20)
-    inner_relax_steps: int = Field(default=100, ge=1, le=2000)
     # Polish rounds (ml.methods.smoacs.polish): relax the designs with the job's judge, score
     # them there, re-optimise from the relaxed geometry for polish_steps cold, discrete steps
     # at polish_lr_scale x the learning rates, relax again; each candidate returns its best
@@ -126,9 +122,8 @@ class SmoacsParams(MethodParams):
 
     @model_validator(mode="after")
     def _check(self) -> SmoacsParams:
-        for name in ("mutation_at", "inner_relax_at"):
-            if any(not 0.0 < f < 1.0 for f in getattr(self, name)):
-                raise ValueError(f"{name}: fractions must lie strictly between 0 and 1")
+        if any(not 0.0 < f < 1.0 for f in self.mutation_at):
+            raise ValueError("mutation_at: fractions must lie strictly between 0 and 1")
         for name in ("perovskite_lengths", "tolerance_window", "length_bounds"):
             lo, hi = getattr(self, name)
             if not 0 < lo < hi:
@@ -153,6 +148,3 @@ class SmoacsParams(MethodParams):
 
     def mutation_steps(self) -> tuple[int, ...]:
         return tuple(sorted({max(1, round(f * self.steps)) for f in self.mutation_at}))
-
-    def inner_relax_steps_at(self) -> tuple[int, ...]:
-        return tuple(sorted({max(1, round(f * self.steps)) for f in self.inner_relax_at}))
