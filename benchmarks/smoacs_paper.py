@@ -64,6 +64,11 @@ ROWS: dict[str, dict[str, Any]] = {
     # The stability term without its force and stress parts (no second derivatives of CHGNet:
     # the energy's gradient already drives designs towards a minimum).
     "energy_only": {"stability_force": 0.0, "stability_stress": 0.0},
+    # The geometry descends only the stability term (the property terms act through the
+    # species), so designs sit near the judge's minimum and keep their gap when relaxed.
+    "geo_stability": {"geometry_loss": "stability"},
+    "geo_stability_polish1": {"geometry_loss": "stability", "polish_rounds": 1},
+    "geometry_all": {"geometry_loss": "all"},
 }
 EFORM_MAX = -0.5
 GAP_TOL = 0.2

@@ -306,3 +306,32 @@ def test_tied_perovskite_supercell_is_one_abx3_and_take_keeps_ties() -> None:
             sel = torch.nonzero(pop.site["role"][lo:hi] == role).flatten() + lo
             assert len(set(elements[sel].tolist())) == 1
             assert len(set(ox[sel].tolist())) == 1
+
+
+def test_geometry_follows_only_the_stability_term_when_split() -> None:
+    """``geometry_loss: stability``: the property terms move the species, not the geometry
+    (which the job's relaxation would undo); the stability term moves both."""
+    from ml.methods.smoacs.engine import _split_grads
+
+    leaves = {
+        "length": torch.tensor([[1.0, 2.0, 3.0]], requires_grad=True),
+        "frac": torch.tensor([[0.1, 0.2, 0.3]], requires_grad=True),
+        "logits": torch.tensor([[0.5, -0.5]], requires_grad=True),
+    }
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        objective = (leaves["length"].sum(1) * leaves["logits"][:, 0]) ** 2
+        shape = (leaves["frac"] ** 2).sum(1) + leaves["logits"][:, 1] * leaves["length"][:, 0]
+        return objective, shape
+
+    grads = dict(zip(leaves, _split_grads(leaves, *losses(), torch.tensor([True])), strict=True))
+    objective, shape = losses()
+    g_shape = torch.autograd.grad(shape.sum(), list(leaves.values()), retain_graph=True)
+    g_all = torch.autograd.grad((objective + shape).sum(), list(leaves.values()))
+    assert torch.allclose(grads["length"], g_shape[0])
+    assert torch.allclose(grads["frac"], g_shape[1])
+    assert torch.allclose(grads["logits"], g_all[2])
+    assert not torch.allclose(grads["length"], g_all[0])  # the objective would move it
+    # A non-finite candidate gets no gradient.
+    none = _split_grads(leaves, *losses(), torch.tensor([False]))
+    assert all(g is not None and float(g.abs().max()) == 0.0 for g in none)

@@ -127,6 +127,51 @@ def test_one_objective_run_lowers_the_loss() -> None:
     assert float(after.mean()) < float(before.mean()) - 0.1
 
 
+@pytest.mark.parametrize("geometry_loss", ["all", "stability"])
+def test_with_geometry_loss_stability_the_gap_target_moves_species_not_geometry(
+    geometry_loss: str,
+) -> None:
+    """A first step from the same start for gap targets 0.5 and 4 eV: with "stability" the
+    cell and coordinates move alike (they follow CHGNet's energy surface, which the job's
+    relaxation would return them to) and only the species feel the target; with "all" the
+    gap bends the geometry too."""
+
+    def one_step(target: float) -> Population:
+        request = DesignRequest(
+            method="smoacs",
+            objectives=[
+                {"property": "band_gap", "goal": "target", "value": target, "tolerance": 0.2}
+            ],
+            num_candidates=3,
+            params={
+                "steps": 1, "template_pool": 60, "mutation_at": [], "keep_best": False,
+                "geometry_loss": geometry_loss,
+            },
+        )  # fmt: skip
+        params = SmoacsParams.model_validate(request.params)
+        tables = build_tables(request, "cpu")
+        engine = SmoacsEngine(
+            terms_from_request(request, params.threshold_margin, None),
+            _load_predictors({"band_gap:pbe"}, "cpu", "chgnet"),
+            tables,
+            _engine_config(params),
+        )
+        templates = build_templates(request, params, tables, 3, np.random.default_rng(0))
+        pop = Population.from_templates(templates, torch.Generator().manual_seed(0), "cpu")
+        for event in engine.optimize(pop, torch.Generator().manual_seed(0)):
+            if isinstance(event, Population):
+                pop = event
+        return pop
+
+    low, high = one_step(0.5), one_step(4.0)
+    same = [
+        torch.equal(low.cand["length"], high.cand["length"]),
+        torch.equal(low.site["frac"], high.site["frac"]),
+    ]
+    assert all(same) == (geometry_loss == "stability")
+    assert not torch.equal(low.site["logits"], high.site["logits"])
+
+
 def test_perovskite_mode_keeps_geometry_and_neutrality() -> None:
     request = _request(
         constraints={"crystal_family": "perovskite", "max_atoms": 40},

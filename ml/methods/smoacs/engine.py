@@ -83,6 +83,11 @@ class EngineConfig:
     stability_stress: float = 0.0
     # Uniform logit noise of a mutated copy (the paper draws its logits uniformly).
     mutation_logit_noise: float = 1.0
+    # Geometry (lattice, coordinates) descends only the stability term and the geometry
+    # penalty; the property terms reach the species alone. The job judges designs after
+    # relaxing them: a geometry bent to tune the gap is undone there, so the geometry follows
+    # the energy surface (a relaxation run alongside the design) and the gap is met by species.
+    geometry_follows_stability: bool = False
 
     @property
     def stability(self) -> bool:
@@ -281,16 +286,19 @@ class SmoacsEngine:
             if discrete:
                 types = _straight_through(types, pop.hard_types(self.tables)[1])
             preds, geometry = self.predict(pop, types, nl, keys, stability=stability)
-            loss = self.objective_loss(preds) + geometry
+            objective = self.objective_loss(preds)
             extra = self.stability_loss(preds)
-            if extra is not None:
-                loss = loss + extra
+            shape = geometry if extra is None else geometry + extra
+            loss = objective + shape
             if discrete and cfg.keep_best:
                 pop.record_best(loss.detach())
             # A non-finite candidate must not stall the others: its terms get no gradient.
             finite = torch.isfinite(loss)
-            total = torch.where(finite, loss, torch.zeros_like(loss)).sum()
-            grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
+            if cfg.geometry_follows_stability and extra is not None:
+                grads = _split_grads(leaves, objective, shape, finite)
+            else:
+                total = torch.where(finite, loss, torch.zeros_like(loss)).sum()
+                grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
             self._adam_step(pop, dict(zip(leaves, grads, strict=True)), step)
             pop.project()
             if step + 1 in mutation_steps and step + 1 < cfg.steps:
@@ -378,6 +386,35 @@ def _straight_through(soft: SoftTypes, hard: SoftTypes) -> SoftTypes:
         st(hard.per_pattern, soft.per_pattern),
         st(hard.pattern_probs, soft.pattern_probs),
     )
+
+
+_GEOMETRY = ("length", "angle", "frac")
+
+
+def _split_grads(
+    leaves: dict[str, torch.Tensor],
+    objective: torch.Tensor,
+    shape: torch.Tensor,
+    finite: torch.Tensor,
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients (in ``leaves`` order) of ``objective + shape`` for the species variables and
+    of ``shape`` alone (stability and geometry penalty) for the geometry variables."""
+
+    def total(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(finite, x, torch.zeros_like(x)).sum()
+
+    names = list(leaves)
+    species = [n for n in names if n not in _GEOMETRY]
+    g_shape = torch.autograd.grad(
+        total(shape), list(leaves.values()), retain_graph=True, allow_unused=True
+    )
+    g_obj = torch.autograd.grad(total(objective), [leaves[n] for n in species], allow_unused=True)
+    by_name = dict(zip(names, g_shape, strict=True))
+    for n, g in zip(species, g_obj, strict=True):
+        if g is not None:
+            prev = by_name[n]
+            by_name[n] = g if prev is None else prev + g
+    return tuple(by_name[n] for n in names)
 
 
 def _make_leaves(pop: Population) -> dict[str, torch.Tensor]:

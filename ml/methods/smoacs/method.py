@@ -284,6 +284,7 @@ def _engine_config(params: SmoacsParams) -> EngineConfig:
         stability_force=params.stability_force if params.predictor == "chgnet" else 0.0,
         stability_stress=params.stability_stress if params.predictor == "chgnet" else 0.0,
         mutation_logit_noise=params.jitter_logits,
+        geometry_follows_stability=params.geometry_loss == "stability",
     )
 
 

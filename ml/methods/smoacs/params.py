@@ -31,6 +31,11 @@ class SmoacsParams(MethodParams):
     stability_energy: float = Field(default=0.2, ge=0, le=100.0)
     stability_force: float = Field(default=0.2, ge=0, le=100.0)
     stability_stress: float = Field(default=0.01, ge=0, le=100.0)
+    # What the geometry (lattice, coordinates) descends (chgnet): "all" = the whole loss;
+    # "stability" = the stability term and the geometry penalty only, so it tracks the
+    # energy minimum (a relaxation alongside the design) and the property terms act through
+    # the species, which keeps the designs' gap through the job's relaxation.
+    geometry_loss: Literal["all", "stability"] = "all"
     # Final batched CHGNet relaxation (FIRE, positions and cell) of the designs, which are
     # then re-scored by the predictors; "auto": on with the chgnet predictor when the job
     # itself does not relax (with relax: true the pipeline relaxes every candidate with the
