@@ -39,6 +39,7 @@ from ml.generative.assignment import (
     electronegativity_order,
     enumerate_assignments,
     faithful,
+    ordered_key,
     template_key,
 )
 from ml.generative.wyckoff import multiplicity, wyckoff_letter
@@ -124,10 +125,7 @@ class ElementLetterStats:
         order = electronegativity_order(numbers)
         return {z: _role(r, len(order)) for r, z in enumerate(order)}
 
-    @staticmethod
-    def ordered_key(sg: int, orbits: Sequence[tuple[str, int]]) -> tuple:
-        order = electronegativity_order([z for _, z in orbits])
-        return (sg, tuple(tuple(sorted(x for x, z in orbits if z == e)) for e in order))
+    ordered_key = staticmethod(ordered_key)  # the service's own key
 
     def _backoff(self, stats: TemplateStats, sg: int, x: str, c: int, n: int) -> float:
         p = math.exp(stats.letter_logp(sg, x))
