@@ -19,16 +19,17 @@ OUT=${OUT:-/tmp/out}; R=$OUT/res; mkdir -p "$R"
 DEVICE=${DEVICE:-cuda}; CALL_S=${CALL_S:-550}; MINUTES=${MINUTES:-3}
 N=${N:-1000}; SAMPLES=${SAMPLES:-20}; W1=${W1:-6}; W2=${W2:-10}
 LIMIT=${LIMIT:-}; TRAIN_ARGS=${TRAIN_ARGS:-}
+RELAX=${RELAX:-0}  # > 0: the shipped rows also relax that many samples per row (SEVENN=1 stage)
 left() { echo $(( CALL_S - ($(date +%s) - T0) )); }
 (nvidia-smi -L 2>/dev/null || echo "$DEVICE"; nproc) > "$R/device.txt"
 SHIPPED=ml/weights/conditional-wyckoff.pt
-bench() {  # checkpoint, modes, workers, name
+bench() {  # checkpoint, modes, workers, name[, samples relaxed per row]
   timeout $(( $(left) - 25 )) python3 benchmarks/conditional_wyckoff_paper.py --wyckoff "$1" \
     --n "$N" --samples "$SAMPLES" --workers "$3" --device "$DEVICE" --modes "$2" --rank-energy \
-    ${LIMIT:+--limit $LIMIT} --json "$R/$4.json" > "$R/$4.log" 2>&1
+    --relax "${5:-0}" ${LIMIT:+--limit $LIMIT} --json "$R/$4.json" > "$R/$4.log" 2>&1
   echo "$4 rc=$? at $(( $(date +%s) - T0 )) s" >> "$R/device.txt"
 }
-bench "$SHIPPED" sg,oracle,comp "$W1" shipped &
+bench "$SHIPPED" sg,oracle,comp "$W1" shipped "$RELAX" &
 # shellcheck disable=SC2086
 timeout $(( $(left) - 150 )) python3 -m ml.methods.conditional.train_wyckoff --device "$DEVICE" \
   --init "$SHIPPED" --extra-atoms 52 --minutes "$MINUTES" --lr 3e-4 --warmup 100 \
