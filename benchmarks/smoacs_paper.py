@@ -80,6 +80,9 @@ def _sync(device: str) -> None:
 
 
 TIMES: dict[str, float] = {}
+# Per refinement round of the last run (judge-in-the-loop stage): candidates meeting the
+# request at the judge's relaxed geometry, candidates moved, crystals relaxed.
+REFINE_ROUNDS: list[dict[str, Any]] = []
 
 
 def run_method(request: DesignRequest, device: str) -> tuple[list[Candidate], float]:
@@ -90,10 +93,13 @@ def run_method(request: DesignRequest, device: str) -> tuple[list[Candidate], fl
     _sync(device)
     t0 = time.perf_counter()
     TIMES["optimize_s"] = math.nan
+    REFINE_ROUNDS.clear()
     out: list[Candidate] = []
     for event in method.run(request, params, MethodContext(device=device)):
         if isinstance(event, Progress):
-            if event.phase == "relax" and math.isnan(TIMES["optimize_s"]):
+            if event.phase == "refine" and event.detail is not None:
+                REFINE_ROUNDS.append({**event.detail, "t_s": time.perf_counter() - t0})
+            if event.phase in ("relax", "refine") and math.isnan(TIMES["optimize_s"]):
                 _sync(device)
                 TIMES["optimize_s"] = time.perf_counter() - t0
         else:
