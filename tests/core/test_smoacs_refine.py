@@ -197,9 +197,13 @@ def test_oversampling_returns_the_best_by_judged_loss_distinct_formulas_first() 
 
 
 def test_params_switch_the_stage_and_size_the_design_pass() -> None:
-    assert not SmoacsParams().refines() and SmoacsParams().designed(32) == 32
-    assert SmoacsParams(refine_rounds=1).refines()
-    over = SmoacsParams(oversample=2.0)
+    # On by default with the service's judges as predictors; off in the paper's protocol.
+    assert SmoacsParams().rounds() == 2 and SmoacsParams().refines()
+    assert SmoacsParams(predictor="megnet").rounds() == 0
+    assert not SmoacsParams(predictor="megnet").refines()
+    assert not SmoacsParams(refine_rounds=0).refines() and SmoacsParams().designed(32) == 32
+    assert SmoacsParams(predictor="megnet", refine_rounds=1).refines()
+    over = SmoacsParams(refine_rounds=0, oversample=2.0)
     assert over.refines() and over.designed(32) == 64 and over.designed(3) == 6
     with pytest.raises(ValueError):
         SmoacsParams(oversample=0.5)

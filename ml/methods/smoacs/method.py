@@ -366,13 +366,13 @@ def _refine(
     score = judge_scorer(request, keys, ctx.device)
     counts = pop.cand["num_sites"].cpu().tolist()
     roles = [r.tolist() for r in torch.split(pop.site["role"].cpu(), counts)]
-    per_pass = params.refine_rounds + 1
+    per_pass = params.rounds() + 1
     total = n_passes * per_pass
     yield Progress(phase="refine", step=pass_index * per_pass, total=total)
     refined = None
     for event in refine(
         result, roles, engine.terms, engine.tables.allowed.cpu().numpy(), relax, score,
-        rounds=params.refine_rounds, proposals=params.refine_proposals,
+        rounds=params.rounds(), proposals=params.refine_proposals,
         species_per_group=params.refine_species_per_group, keep=keep,
         check_cancelled=ctx.check_cancelled,
     ):  # fmt: skip
