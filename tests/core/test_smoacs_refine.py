@@ -183,6 +183,16 @@ def test_swaps_never_collapse_two_designs_onto_one_formula() -> None:
     assert len(set(formulas)) == 2 and "SrO" in formulas
 
 
+def test_a_duplicate_formula_moves_to_one_of_its_own_even_when_it_meets_the_request() -> None:
+    # Both SrO (fake gap 2.05, met); the second ranks equal and later: it is the duplicate.
+    designs = [_rocksalt("Sr", "O"), _rocksalt("Sr", "O", a=5.0)]
+    out, (judge, reports) = _run(designs, rounds=1)
+    formulas = [c.formula for c in out.result.crystals]
+    assert formulas[0] == "SrO" and formulas[1] != "SrO"
+    assert out.result.meta[0]["refine"]["swaps"] == [] and reports[1].moved == 1
+    assert judge.relax_calls[1] <= 2  # only the duplicate proposed swaps
+
+
 def test_oversampling_returns_the_best_by_judged_loss_distinct_formulas_first() -> None:
     designs = [
         _rocksalt("Zn", "O"),  # |1.0 - 2| = 1.0

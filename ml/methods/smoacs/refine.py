@@ -20,8 +20,11 @@ lets the judges decide, at the geometry they judge:
    for ``refine_rounds`` rounds or until nothing improves.
 
 Every candidate returns its best relaxed state, so it is never worse than its own relaxed
-design. With ``oversample`` > 1 the gradient stage designed more candidates than asked for and
-the best by the judged loss are returned (distinct formulas first).
+design, with one exception: a design whose formula a better design holds (two copies of one
+template relax to one crystal) takes its best swap to a formula of its own, if any, even a
+worse one, since a duplicate adds nothing to the set. With ``oversample`` > 1 the gradient
+stage designed more candidates than asked for and the best by the judged loss are returned
+(distinct formulas first).
 """
 
 from __future__ import annotations
@@ -101,7 +104,8 @@ def refine(
     yield RefineReport(0, sum(s.met for s in states), 0, n)
     for r in range(1, rounds + 1):
         check_cancelled()
-        active = [i for i, s in enumerate(states) if not s.met]
+        dup = _duplicates(states)
+        active = [i for i, s in enumerate(states) if not s.met or dup[i]]
         if not active:
             break
         held = [s.formula for s in states]
@@ -132,7 +136,7 @@ def refine(
             state.swaps = (*states[i].swaps, swap.label)
             state.round = r
             options.setdefault(i, []).append(state)
-        moved = _accept(states, options)
+        moved = _accept(states, options, dup)
         yield RefineReport(r, sum(s.met for s in states), moved, len(picks))
         if moved == 0:
             break
@@ -181,15 +185,28 @@ def _judge(
     ]
 
 
-def _accept(states: list[_State], options: dict[int, list[_State]]) -> int:
-    """Move each candidate to its best option that beats its state and whose formula no
-    other candidate holds; the candidates with the best options choose first."""
+def _duplicates(states: list[_State]) -> list[bool]:
+    """Per candidate: another candidate with its formula ranks better (or equal and earlier).
+    Relaxed by one judge, two designs of one formula from one template tend to one crystal;
+    such a duplicate is worth nothing to the user, so it keeps looking for a formula of its
+    own even when it meets the request."""
+    best: dict[str, int] = {}
+    for i in sorted(range(len(states)), key=lambda i: states[i].rank):
+        best.setdefault(states[i].formula, i)
+    return [best[s.formula] != i for i, s in enumerate(states)]
+
+
+def _accept(states: list[_State], options: dict[int, list[_State]], dup: list[bool]) -> int:
+    """Move each candidate to its best option that beats its state (for a duplicate: any
+    option) and whose formula no other candidate holds; the candidates with the best options
+    choose first."""
     best_first = sorted(options, key=lambda i: min(s.rank for s in options[i]))
     moved = 0
     for i in best_first:
         held = {s.formula for j, s in enumerate(states) if j != i}
+        bar = (True, math.inf) if dup[i] else states[i].rank
         for option in sorted(options[i], key=lambda s: s.rank):
-            if option.rank >= states[i].rank:
+            if option.rank >= bar:
                 break
             if option.formula not in held:
                 states[i] = option
