@@ -101,8 +101,9 @@ class SmoacsMethod(DesignMethod):
     description: ClassVar[str] = (
         "SMOACS: gradient-based optimisation of lattice, coordinates and soft element "
         "distributions through differentiable predictors (default: the service's CHGNet "
-        "energy and band-gap models with a stability term, then a batched relaxation; MEGNet "
-        "by params.predictor), with oxidation-number masks that keep charge neutrality "
+        "energy and band-gap models with a stability term, then element swaps judged by the "
+        "service's oracles after relaxation with the job's judge; MEGNet by "
+        "params.predictor), with oxidation-number masks that keep charge neutrality "
         "exact; data-set, user or perovskite templates."
     )
     Params: ClassVar[type[MethodParams]] = SmoacsParams
