@@ -1,5 +1,6 @@
 """How far the job's relaxation moves SMOACS designs: per candidate, the band gap and formation
-energy (gap-chgnet-ft, CHGNet-Eform) as designed and after the job's relaxation (the device's
+energy (gap-chgnet-ft, CHGNet-Eform) as designed (with a judged stage on: as the method returns
+them, already relaxed by the judge) and after the job's relaxation (the device's
 default judge, FIRE fmax 0.1, <= 300 steps), and the FIRE steps taken. Table 1 requests of
 ``smoacs_paper.py`` (gap target +- 0.2, Eform < -0.5).
 
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import smoacs_paper as sp
 
+from ml.constraints import is_charge_neutral
+from ml.evaluation.uniqueness import unique_flags
 from ml.oracles.registry import get_oracle
 
 
@@ -47,6 +50,8 @@ def main() -> None:
         g1 = gap_o.predict([c.crystal for c in cands])
         e1 = ef_o.predict([c.crystal for c in cands])
         steps = [c.meta["relax"]["steps"] for c in cands]
+        crystals = [c.crystal for c in cands]
+        formulas = [c.formula for c in crystals]
         d = g1 - g0
         row = {
             "target": target, "params": args.params, "wall_s": wall, "relax_s": relax_s,
@@ -55,12 +60,18 @@ def main() -> None:
             "eform_ok_relaxed": float((e1 < sp.EFORM_MAX).mean()),
             "drift_median": float(np.median(d)), "drift_up": float((d > sp.GAP_TOL).mean()),
             "drift_down": float((d < -sp.GAP_TOL).mean()), "fire_steps_mean": float(np.mean(steps)),
+            "n": len(cands), "optimize_s": sp.TIMES["optimize_s"],
+            "neutral": float(np.mean([is_charge_neutral(c) for c in crystals])),
+            "unique": float(np.mean(unique_flags(crystals))),
+            "distinct_formulas": len(set(formulas)) / max(len(formulas), 1),
+            "refine_rounds": list(sp.REFINE_ROUNDS),
+            "swapped": float(np.mean([bool(c.meta.get("refine", {}).get("swaps")) for c in cands])),
         }  # fmt: skip
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
         for c, a, b, s in zip(cands, g0, g1, steps, strict=True):
             print(f"  {c.crystal.formula:16s} gap {a:.2f} -> {b:.2f}  FIRE steps {s}")
         row.update(gap_designed=g0.tolist(), gap_relaxed=g1.tolist(), eform_relaxed=e1.tolist())
-        row["formulas"] = [c.crystal.formula for c in cands]
+        row["formulas"] = formulas
         out.append(row)
         if args.out is not None:
             args.out.write_text(json.dumps(out))

@@ -35,7 +35,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field
-from pymatgen.core import Composition, Element, Species
+from pymatgen.core import Composition, Element, Species, Structure
 
 from ml.crystal import Crystal
 from ml.methods.base import (
@@ -567,8 +567,6 @@ class SubstitutionMethod(DesignMethod):
         crystal = _reference_crystal(ref.key, templates)
         if crystal is None:
             return None
-        from pymatgen.core.structure_prediction.volume_predictor import RLSVolumePredictor
-
         structure = crystal.to_structure()
         old_oxi = {el: q for el, q in proposal.ions}
         mapping = {
@@ -576,23 +574,20 @@ class SubstitutionMethod(DesignMethod):
             for (el, _), (nel, _) in zip(proposal.ions, proposal.new_ions, strict=True)
         }
         new_oxi = {nel: nq for nel, nq in proposal.new_ions}
+        new = structure.copy()
+        new.replace_species(mapping)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 ref_ox = structure.copy()
                 ref_ox.add_oxidation_state_by_element(old_oxi)
-                new = structure.copy()
-                new.replace_species(mapping)
                 new_ox = new.copy()
                 new_ox.add_oxidation_state_by_element(new_oxi)
-                volume = RLSVolumePredictor(check_isostructural=False, use_bv=False).predict(
-                    new_ox, ref_ox
-                )
-                if math.isfinite(volume) and volume > 0:
-                    new.scale_lattice(volume)
-            except Exception:  # no radii for an exotic ion: keep the reference volume
-                new = structure.copy()
-                new.replace_species(mapping)
+            except Exception:  # an ion pymatgen cannot build: keep the reference volume
+                return Crystal.from_structure(new)
+        volume = ionic_volume(ref_ox, new_ox)
+        if volume is not None:
+            new.scale_lattice(volume)
         return Crystal.from_structure(new)
 
 
@@ -698,6 +693,46 @@ def _replacements(
         key=lambda t: (-t[0], str(Species(*t[1]))),
     )
     return ranked[:k]
+
+
+def likely_replacements(
+    el: str, q: int, targets: tuple[tuple[str, int], ...], k: int
+) -> list[tuple[float, tuple[str, int]]]:
+    """The ``k`` ions of ``targets`` (same sign as ``q``) most likely to replace ``el``^``q``
+    in a known structure by the data-mined model, most probable first: (probability, ion).
+    Ions the model never saw are left out of ``targets``; when it never saw ``el``^``q``
+    itself, the targets rank by how common each ion is (its marginal probability)."""
+    known = _known_ions()
+    targets = tuple(t for t in targets if t in known)
+    if (el, q) in known:
+        return _replacements(el, q, targets, k)
+    model = _probability_model()
+    ranked = sorted(
+        (
+            (model.get_px(Species(*new)), new)  # type: ignore[attr-defined]
+            for new in targets
+            if (new[1] > 0) == (q > 0)
+        ),
+        key=lambda t: (-t[0], str(Species(*t[1]))),
+    )
+    return ranked[:k]
+
+
+def ionic_volume(reference: Structure, substituted: Structure) -> float | None:
+    """The volume of ``substituted`` (``reference``'s cell with some species exchanged; both
+    with oxidation states) scaled from ``reference``'s by ionic radii (pymatgen's reference
+    lattice scaling, ``RLSVolumePredictor``); None where a radius is missing."""
+    from pymatgen.core.structure_prediction.volume_predictor import RLSVolumePredictor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            volume = RLSVolumePredictor(check_isostructural=False, use_bv=False).predict(
+                substituted, reference
+            )
+        except Exception:  # no radii for an exotic ion
+            return None
+    return float(volume) if math.isfinite(volume) and volume > 0 else None
 
 
 def _formula_after(

@@ -281,6 +281,16 @@ class GraphCache:
         make = getattr(oracle, "graph_builder", None)
         if make is None or not hasattr(oracle, "predict_graphs"):
             return oracle.predict([self.crystals[k] for k in ks])
+        values = self._predict_graphs(oracle, make, ks)
+        # CHGNet-Eform's graphs give the backbone's energy per atom (its ``predict`` subtracts
+        # the elemental references afterwards): without this, a formation-energy key read
+        # through the cache held total energies (-8 eV/atom for a -3 eV/atom oxide).
+        to_eform = getattr(oracle, "eform_from_energies", None)
+        if to_eform is not None:
+            values = to_eform([self.crystals[k] for k in ks], values)
+        return values
+
+    def _predict_graphs(self, oracle: Any, make: Any, ks: Sequence[int]) -> np.ndarray:
         field = getattr(oracle, "device_field", None)
         if field is not None and device_graphs_enabled(oracle.device):
             return self._predict_on_device(oracle, field, ks)

@@ -68,3 +68,14 @@ def test_chunks_bound_the_sites_per_pass() -> None:
     chunks = chgnet_device._chunks(list(range(5)), sizes)
     assert chunks == [[0, 1], [2], [3], [4]]
     assert all(sum(sizes[i] for i in c) <= chgnet_device._MAX_SITES for c in chunks)
+
+
+def test_graph_cache_gives_chgnet_eform_not_the_energy(crystals: list[Crystal]) -> None:
+    """The formation-energy oracle read through the shared graphs equals its own predict (the
+    cache once returned the backbone's energy per atom for it, -8 for a -3 eV/atom oxide)."""
+    eform = get_oracle("chgnet-eform", "cpu")
+    cache = GraphCache(crystals[:6])
+    got = cache.predict(eform, range(6))
+    np.testing.assert_allclose(got, eform.predict(crystals[:6]), atol=1e-5)
+    energy = cache.predict(get_oracle("chgnet-energy", "cpu"), range(6))
+    assert np.abs(got - energy).min() > 0.5

@@ -23,7 +23,10 @@ from ml.request import DesignRequest
 pytestmark = pytest.mark.slow
 
 ALLOWED = ["Li", "Na", "K", "Mg", "Ca", "Al", "Ga", "Si", "Zn", "O", "S", "F", "Cl"]
-TINY = {"steps": 8, "template_pool": 60, "progress_every": 4, "relax_steps": 3}
+# refine_rounds 0: these tests are about the gradient stage (the refinement has its own).
+TINY = {
+    "steps": 8, "template_pool": 60, "progress_every": 4, "relax_steps": 3, "refine_rounds": 0,
+}  # fmt: skip
 
 
 def _request(**kw: object) -> DesignRequest:
@@ -347,3 +350,29 @@ def test_deterministic_kernels_only_while_the_method_computes() -> None:
     assert det.fill_uninitialized_memory  # restored
     assert not torch.are_deterministic_algorithms_enabled()
     assert closed == [True]  # the method's own generator is closed with it
+
+
+def test_refinement_returns_judged_relaxed_designs_with_the_judges_values() -> None:
+    refine = {
+        **TINY, "refine_rounds": 1, "refine_proposals": 1, "refine_species_per_group": 2,
+        "oversample": 1.5,
+    }  # fmt: skip
+    progress, cands = _run(_request(num_candidates=2, params=refine))
+    phases = [p for p in progress if p.phase == "refine"]
+    assert phases[0].step == 0 and phases[-1].step == phases[-1].total == 2
+    assert phases[1].detail is not None and phases[1].detail["relaxed"] == 3  # 1.5 x 2 designs
+    assert len(cands) == 2 and [c.meta["index"] for c in cands] == [0, 1]
+    assert all("relax" in c.meta and "refine" in c.meta for c in cands)
+    assert all(is_charge_neutral(c.crystal) for c in cands)
+    assert all(set(c.crystal.species) <= set(ALLOWED) for c in cands)
+    swapped = [c for c in cands if c.meta["refine"]["swaps"]]
+    formulas = [c.crystal.formula for c in swapped]
+    assert len(set(formulas)) == len(formulas)
+    # The returned values are the service's oracles' at the returned (relaxed) crystals.
+    from ml.oracles.registry import get_oracle
+
+    crystals = [c.crystal for c in cands]
+    gaps = np.maximum(get_oracle("gap-chgnet-ft", "cpu").predict(crystals), 0.0)
+    eform = get_oracle("chgnet-eform", "cpu").predict(crystals)
+    np.testing.assert_allclose([c.predicted["band_gap"] for c in cands], gaps, atol=1e-4)
+    np.testing.assert_allclose([c.predicted["formation_energy"] for c in cands], eform, atol=1e-4)

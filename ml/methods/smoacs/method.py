@@ -29,6 +29,7 @@ from ml.methods.smoacs.engine import (
     SmoacsEngine,
     StepReport,
 )
+from ml.methods.smoacs.judges import judge_scorer
 from ml.methods.smoacs.objectives import (
     DIFFERENTIABLE_PROPERTIES,
     prediction_key,
@@ -38,6 +39,7 @@ from ml.methods.smoacs.params import SmoacsParams
 from ml.methods.smoacs.polish import polish_rounds
 from ml.methods.smoacs.population import Population, reused_templates
 from ml.methods.smoacs.predictors import EFORM_MODEL, GAP_MODEL, load_soft_megnet
+from ml.methods.smoacs.refine import RefineReport, refine
 from ml.methods.smoacs.soft_chgnet import load_soft_chgnet
 from ml.methods.smoacs.sources import (
     allowed_elements,
@@ -99,8 +101,9 @@ class SmoacsMethod(DesignMethod):
     description: ClassVar[str] = (
         "SMOACS: gradient-based optimisation of lattice, coordinates and soft element "
         "distributions through differentiable predictors (default: the service's CHGNet "
-        "energy and band-gap models with a stability term, then a batched relaxation; MEGNet "
-        "by params.predictor), with oxidation-number masks that keep charge neutrality "
+        "energy and band-gap models with a stability term, then element swaps judged by the "
+        "service's oracles after relaxation with the job's judge; MEGNet by "
+        "params.predictor), with oxidation-number masks that keep charge neutrality "
         "exact; data-set, user or perovskite templates."
     )
     Params: ClassVar[type[MethodParams]] = SmoacsParams
@@ -205,7 +208,8 @@ class SmoacsMethod(DesignMethod):
         best = math.inf
         for bi in range(n_batches):
             count = min(pass_size, n_total - bi * pass_size)
-            templates = build_templates(request, params, tables, count, rng)
+            designs = params.designed(count) if params.refines() else count
+            templates = build_templates(request, params, tables, designs, rng)
             pop = Population.from_templates(
                 templates,
                 generator,
@@ -239,7 +243,13 @@ class SmoacsMethod(DesignMethod):
                     engine, final_pop, result, request, params, ctx, generator
                 )
             designed = result.crystals
-            if params.relaxes(request.relax):
+            if params.refines():
+                # The stage returns crystals relaxed by the judge: no second relaxation.
+                result, picked = yield from _refine(
+                    engine, final_pop, result, request, params, ctx, count, bi, n_batches
+                )
+                designed = [designed[i] for i in picked]
+            elif params.relaxes(request.relax):
                 yield Progress(phase="relax", step=bi, total=n_batches)
                 result = _relax_and_rescore(engine, final_pop, result, params, device)
                 yield Progress(phase="relax", step=bi + 1, total=n_batches)
@@ -333,6 +343,52 @@ def _polish(
             result = event
     yield Progress(phase="polish", step=total, total=total)
     return result
+
+
+def _refine(
+    engine: SmoacsEngine,
+    pop: Population,
+    result: FinalResult,
+    request: DesignRequest,
+    params: SmoacsParams,
+    ctx: MethodContext,
+    keep: int,
+    pass_index: int,
+    n_passes: int,
+) -> Generator[Progress, None, tuple[FinalResult, list[int]]]:
+    """:func:`refine` with the job's judge relaxing (the job's protocol: FIRE fmax 0.1, <= 300
+    steps) and the service's oracles scoring; ``keep`` candidates of this pass returned."""
+    from ml.pipeline.oracle_choice import relax_as_judged
+
+    def relax(crystals: list) -> list:
+        return relax_as_judged(crystals, request, ctx.device)
+
+    keys = {t.key for t in engine.terms} | set(engine.report_keys)
+    score = judge_scorer(request, keys, ctx.device)
+    counts = pop.cand["num_sites"].cpu().tolist()
+    roles = [r.tolist() for r in torch.split(pop.site["role"].cpu(), counts)]
+    per_pass = params.rounds() + 1
+    total = n_passes * per_pass
+    yield Progress(phase="refine", step=pass_index * per_pass, total=total)
+    refined = None
+    for event in refine(
+        result, roles, engine.terms, engine.tables.allowed.cpu().numpy(), relax, score,
+        rounds=params.rounds(), proposals=params.refine_proposals,
+        species_per_group=params.refine_species_per_group, keep=keep,
+        check_cancelled=ctx.check_cancelled,
+    ):  # fmt: skip
+        if isinstance(event, RefineReport):
+            yield Progress(
+                phase="refine",
+                step=pass_index * per_pass + event.round + 1,
+                total=total,
+                detail={"met": event.met, "moved": event.moved, "relaxed": event.relaxed},
+            )
+        else:
+            refined = event
+    assert refined is not None
+    yield Progress(phase="refine", step=(pass_index + 1) * per_pass, total=total)
+    return refined.result, refined.picked
 
 
 def _relax_and_rescore(
