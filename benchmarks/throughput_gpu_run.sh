@@ -16,10 +16,14 @@ O=${OUT:-/tmp/out}; R=$O/res; mkdir -p "$R"
 DEVICE=${DEVICE:-cuda}; N=${N:-1024}; METHODS=${METHODS:-smoacs,conditional}
 VARIANTS=${VARIANTS-tf32 fill nondeterministic}; IDENTITY_N=${IDENTITY_N:-1024}
 PROCS=${PROCS:-0 4 8}; JOBS_S=${JOBS_S:-340}; TOTAL_S=${TOTAL_S:-560}
+# Per-method params of the jobs, JSON, e.g. '{"smoacs": {"refine_rounds": 0}}' (gradient stage
+# only: the judged refinement became SMOACS's default in the ninth session).
+METHOD_PARAMS=${METHOD_PARAMS:-"{}"}
 pack() { tar -C "$R" -czf "$O/throughput.tar.gz" . ; }
 (nvidia-smi -L 2>/dev/null || echo "$DEVICE"; nproc) > "$R/device.txt"
 timeout "$JOBS_S" python3 benchmarks/job_profile.py --methods "$METHODS" --n "$N" \
-  --device "$DEVICE" --no-profile --out "$R/jobs" > "$R/jobs.log" 2>&1
+  --device "$DEVICE" --no-profile --method-params "$METHOD_PARAMS" --out "$R/jobs" \
+  > "$R/jobs.log" 2>&1
 echo "jobs exit $? after $((SECONDS - start)) s"; grep -v -i warn "$R/jobs.log" | tail -n 12; pack
 left=$((TOTAL_S - 60 - (SECONDS - start)))
 if [ -n "$VARIANTS" ] && [ "$left" -gt 60 ]; then
