@@ -56,26 +56,59 @@ def test_swaps_keep_oxidation_numbers_neutrality_and_the_allowed_elements() -> N
         ("Mg", 2, 4),
         ("O", -2, 4),
     ]
-    swaps = propose_swaps(crystal, OX, ROLES, _tables(), per_group=20)
-    news = {(s.group.element, s.new) for s in swaps}
+    swaps = propose_swaps(crystal, OX, ROLES, _tables(), per_group=20, pairs=False)
+    assert all(len(s.changes) == 1 for s in swaps)
+    changes = [s.changes[0] for s in swaps]
+    news = {(c.group.element, c.new) for c in changes}
     # Elements of the request that take the group's oxidation number, none already present.
     assert {("Mg", "Ca"), ("Mg", "Sr"), ("Mg", "Zn"), ("O", "S"), ("O", "Se")} <= news
-    for swap in swaps:
-        assert swap.new in ALLOWED and swap.new not in ("Mg", "O")
-        assert swap.group.oxidation in oxidation_states(swap.new)
-    assert not any(s.new in ("Li", "Na", "K", "F", "Cl") for s in swaps)  # other charges
-    assert [s.prior for s in swaps if s.group.element == "Mg"] == sorted(
-        (s.prior for s in swaps if s.group.element == "Mg"), reverse=True
+    for change in changes:
+        assert change.new in ALLOWED and change.new not in ("Mg", "O")
+        assert change.oxidation == change.group.oxidation
+        assert change.group.oxidation in oxidation_states(change.new)
+    assert not any(c.new in ("Li", "Na", "K", "F", "Cl") for c in changes)  # other charges
+    assert [s.prior for s in swaps if s.changes[0].group.element == "Mg"] == sorted(
+        (s.prior for s in swaps if s.changes[0].group.element == "Mg"), reverse=True
     )
     for swap in swaps:
-        new = apply_swap(crystal, OX, swap)
+        new, new_ox = apply_swap(crystal, OX, swap)
+        assert new_ox == OX
         assert is_charge_neutral(new) and set(new.species) <= set(ALLOWED)
-        assert new.species.count(swap.new) == 4
+        assert new.species.count(swap.changes[0].new) == 4
     # Larger ions, larger cell (ionic radii), same fractional coordinates.
-    sr = next(s for s in swaps if s.new == "Sr")
-    bigger = apply_swap(crystal, OX, sr)
+    sr = next(s for s in swaps if s.changes[0].new == "Sr")
+    bigger, _ = apply_swap(crystal, OX, sr)
     assert bigger.volume > crystal.volume * 1.2
     np.testing.assert_allclose(bigger.frac_coords, crystal.frac_coords)
+
+
+def test_paired_swaps_change_two_oxidation_numbers_that_cancel() -> None:
+    crystal = _rocksalt("Mg", "O")
+    singles = propose_swaps(crystal, OX, ROLES, _tables(), per_group=6, pairs=False)
+    swaps = propose_swaps(crystal, OX, ROLES, _tables(), per_group=6)
+    paired = [s for s in swaps if len(s.changes) == 2]
+    assert swaps[: len(singles)] == singles and 0 < len(paired) <= 6
+    labels = {s.label for s in paired}
+    assert "Mg->Na1++O->F1-" in labels  # the aliovalent pair behind NaF from MgO
+    assert [s.prior for s in paired] == sorted((s.prior for s in paired), reverse=True)
+    for swap in paired:
+        a, b = swap.changes
+        assert {a.group.element, b.group.element} == {"Mg", "O"} and a.new != b.new
+        new, new_ox = apply_swap(crystal, OX, swap)
+        assert sum(new_ox) == 0 and new_ox != OX
+        for change in swap.changes:
+            assert change.oxidation in oxidation_states(change.new)
+            assert all(new_ox[i] == change.oxidation for i in change.group.sites)
+        assert is_charge_neutral(new) and set(new.species) <= set(ALLOWED)
+        assert not {"Mg", "O"} & set(new.species)
+    # Counts that no change of at most 2 on each side can balance (4 x d1 = -6 x d2 has
+    # d1 = 3, d2 = -2 as its smallest solution): no pairs.
+    ox = [3] * 4 + [-2] * 6
+    z = [13] * 4 + [8] * 6
+    rng = np.random.default_rng(0)
+    alumina = Crystal(np.eye(3) * 5.0, rng.random((10, 3)), np.array(z))
+    roles = [-1] * 10
+    assert all(len(s.changes) == 1 for s in propose_swaps(alumina, ox, roles, _tables(), 6))
 
 
 def test_sites_without_an_oxidation_number_are_never_swapped() -> None:
@@ -128,11 +161,13 @@ def _result(crystals: list[Crystal]) -> FinalResult:
     )
 
 
-def _run(crystals: list[Crystal], rounds: int, keep: int | None = None) -> tuple[Refined, list]:
+def _run(
+    crystals: list[Crystal], rounds: int, keep: int | None = None, pairs: bool = True
+) -> tuple[Refined, list]:
     judge = FakeJudge()
     stage = refine(
         _result(crystals), [ROLES] * len(crystals), [GAP], _tables(), judge.relax, judge.score,
-        rounds=rounds, proposals=2, species_per_group=6, keep=keep,
+        rounds=rounds, proposals=2, species_per_group=6, keep=keep, pairs=pairs,
     )  # fmt: skip
     events = list(stage)
     assert isinstance(events[-1], Refined)
@@ -164,6 +199,21 @@ def test_refinement_moves_a_design_to_a_better_relaxed_swap_and_never_to_a_worse
         out.result.predictions["band_gap:pbe"].numpy(),
         [_fake_gap(c) for c in out.result.crystals],
     )
+
+
+def test_a_paired_swap_reaches_what_no_single_swap_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fake gaps: every single swap of MgO misses 2.0 +- 0.2; the pair Mg2+ O2- -> Na+ F- meets it.
+    for el, gap in {"Sr": 3.0, "Ca": 3.5, "Zn": 3.2, "S": -1.0, "Se": -0.5}.items():
+        monkeypatch.setitem(FAKE_GAP, el, gap)
+    monkeypatch.setitem(FAKE_GAP, "Na", 1.1)
+    monkeypatch.setitem(FAKE_GAP, "F", 0.9)
+    single, _ = _run([_rocksalt("Mg", "O")], rounds=1, pairs=False)
+    assert not single.result.met[0]
+    out, _ = _run([_rocksalt("Mg", "O")], rounds=1)
+    assert out.result.crystals[0].formula == "NaF" and out.result.met[0]
+    assert out.result.meta[0]["refine"]["swaps"] == ["Mg->Na1++O->F1-"]
+    # The returned oxidation numbers are the swapped ions', not the design's.
+    assert out.result.site_oxidation == [[1] * 4 + [-1] * 4]
 
 
 def test_a_design_already_meeting_the_request_keeps_its_relaxed_state() -> None:

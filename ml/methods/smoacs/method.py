@@ -375,6 +375,7 @@ def _refine(
         result, roles, engine.terms, engine.tables.allowed.cpu().numpy(), relax, score,
         rounds=params.rounds(), proposals=params.refine_proposals,
         species_per_group=params.refine_species_per_group, keep=keep,
+        pairs=params.refine_pairs,
         check_cancelled=ctx.check_cancelled,
     ):  # fmt: skip
         if isinstance(event, RefineReport):

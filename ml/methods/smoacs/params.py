@@ -68,6 +68,10 @@ class SmoacsParams(MethodParams):
     refine_rounds: int | None = Field(default=None, ge=0, le=5)
     refine_proposals: int = Field(default=4, ge=1, le=32)
     refine_species_per_group: int = Field(default=6, ge=1, le=40)
+    # Also propose paired swaps on two groups whose oxidation numbers change in amounts that
+    # cancel (Mg2+ O2- -> Na+ F-, Sr2+ Ti4+ -> K+ Nb5+): up to refine_species_per_group per
+    # design, beside the single swaps.
+    refine_pairs: bool = True
     # Design this many times num_candidates in the gradient stage and return the best by the
     # judged loss (distinct formulas first); > 1 implies the judged relaxation of the designs
     # (the refinement stage with refine_rounds rounds). Costs oversample x the design time.

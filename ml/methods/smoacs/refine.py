@@ -12,8 +12,9 @@ lets the judges decide, at the geometry they judge:
    service's oracles; the loss is the request's, as the gradient stage optimises it (the same
    :class:`LossTerm`s), evaluated on the judges' values;
 2. for each design that does not yet meet the request, propose element swaps on one site
-   group at a time that keep its oxidation numbers (exact neutrality) and the request's
-   elements (:mod:`ml.methods.smoacs.swaps`), score them unrelaxed (one batched call), relax
+   group at a time that keep its oxidation numbers, and paired swaps on two groups whose
+   oxidation changes cancel (exact neutrality either way), within the request's elements
+   (:mod:`ml.methods.smoacs.swaps`), score them unrelaxed (one batched call), relax
    the ``refine_proposals`` most promising of each design together (one call) and score them;
 3. each design moves to its best relaxed swap if that is better than where it is (meeting the
    request first, then the lower loss), never onto a formula another design holds; repeat
@@ -68,6 +69,7 @@ class _State:
     loss: float
     met: bool
     relax: dict[str, object]
+    oxidation: tuple[int, ...] = ()  # per site; paired swaps change it
     swaps: tuple[str, ...] = ()
     round: int = 0
     formula: str = field(init=False)
@@ -91,15 +93,18 @@ def refine(
     proposals: int,
     species_per_group: int,
     keep: int | None = None,
+    pairs: bool = True,
     check_cancelled: Callable[[], None] = lambda: None,
 ) -> Iterator[RefineReport | Refined]:
     """Run the stage on the gradient stage's ``result`` (``roles``: per candidate, its sites'
     perovskite roles; ``allowed``: ``TypeTables.allowed`` as a numpy array). Yields a report
     after the judged relaxation of the designs (round 0) and after every round, then the
-    :class:`Refined` candidates (``keep`` of them, default all)."""
-    oxidation = result.site_oxidation
+    :class:`Refined` candidates (``keep`` of them, default all); ``pairs``: propose paired
+    swaps too."""
     check_cancelled()
     states = _judge(result.crystals, relax, score, terms)
+    for state, ox in zip(states, result.site_oxidation, strict=True):
+        state.oxidation = tuple(int(q) for q in ox)
     n = len(states)
     yield RefineReport(0, sum(s.met for s in states), 0, n)
     for r in range(1, rounds + 1):
@@ -109,19 +114,20 @@ def refine(
         if not active:
             break
         held = [s.formula for s in states]
-        tried: list[tuple[int, Swap, Crystal]] = []
+        tried: list[tuple[int, Swap, Crystal, list[int]]] = []
         for i in active:
             others = set(held[:i] + held[i + 1 :])
+            ox = states[i].oxidation
             for swap in propose_swaps(
-                states[i].crystal, oxidation[i], roles[i], allowed, species_per_group
+                states[i].crystal, ox, roles[i], allowed, species_per_group, pairs
             ):
-                crystal = apply_swap(states[i].crystal, oxidation[i], swap)
+                crystal, new_ox = apply_swap(states[i].crystal, ox, swap)
                 if crystal.formula not in others:  # would collapse onto another design
-                    tried.append((i, swap, crystal))
+                    tried.append((i, swap, crystal, new_ox))
         if not tried:
             break
         # Unrelaxed judged values pick which swaps are worth a relaxation.
-        pre = _evaluate([c for _, _, c in tried], score, terms)
+        pre = _evaluate([t[2] for t in tried], score, terms)
         per: dict[int, list[int]] = {}
         for k in sorted(range(len(tried)), key=lambda k: (not pre[1][k], pre[0][k])):
             chosen = per.setdefault(tried[k][0], [])
@@ -132,7 +138,8 @@ def refine(
         relaxed = _judge([tried[k][2] for k in picks], relax, score, terms)
         options: dict[int, list[_State]] = {}
         for k, state in zip(picks, relaxed, strict=True):
-            i, swap, _ = tried[k]
+            i, swap, _, new_ox = tried[k]
+            state.oxidation = tuple(new_ox)
             state.swaps = (*states[i].swaps, swap.label)
             state.round = r
             options.setdefault(i, []).append(state)
@@ -246,7 +253,7 @@ def _as_result(result: FinalResult, states: list[_State], picked: list[int]) -> 
         soft_loss=result.soft_loss[torch.tensor(picked, dtype=torch.long, device=device)]
         if len(result.soft_loss) == len(states)
         else result.soft_loss,
-        site_oxidation=[result.site_oxidation[i] for i in picked],
+        site_oxidation=[list(states[i].oxidation) for i in picked],
         meta=[
             {
                 **result.meta[i],
