@@ -133,9 +133,11 @@ def fire_relax(
     """Relax all ``crystals`` with ``potential`` (batched), at most ``max_batch`` at a time.
 
     A crystal the potential cannot score (None, non-finite energy) fails: NaN energy and its
-    input returned. Never raises for one bad crystal.
+    input returned. Never raises for one bad crystal, and a failed batch call is retried in
+    halves (:func:`_evaluate`), so one bad crystal or a full GPU fails no other crystal.
     """
     results: list[RelaxResult | None] = [None] * len(crystals)
+    cap = [max(len(crystals), 1)]  # the largest call that fits the device (lowered on OOM)
     waiting = list(range(len(crystals)))[::-1]
     active: list[_State] = []
     while waiting or active:
@@ -143,10 +145,7 @@ def fire_relax(
             i = waiting.pop()
             active.append(_start(i, crystals[i], params))
         current = [s.crystal() for s in active]
-        try:
-            efs = potential(current)
-        except Exception:
-            efs = [None] * len(active)
+        efs = _evaluate(potential, current, cap)
         still: list[_State] = []
         for s, crystal, out in zip(active, current, efs, strict=True):
             if out is None or not math.isfinite(out[0]):
@@ -167,3 +166,30 @@ def fire_relax(
             still.append(s)
         active = still
     return [r for r in results if r is not None]
+
+
+def _evaluate(potential: Potential, crystals: list[Crystal], cap: list[int]) -> list[EFS]:
+    """The potential on the batch, in chunks of at most ``cap[0]`` crystals; where a call
+    fails (a crystal it cannot take, or a chunk too large for the GPU's memory, e.g. beside
+    other jobs) each half is tried again, so a failure fails only the crystals that cause it
+    (None), never the whole batch. An out-of-memory lowers ``cap[0]`` for later steps."""
+    if len(crystals) > cap[0]:
+        return [
+            out
+            for i in range(0, len(crystals), cap[0])
+            for out in _evaluate(potential, crystals[i : i + cap[0]], cap)
+        ]
+    try:
+        return list(potential(crystals))
+    except Exception as exc:
+        if len(crystals) == 1:
+            return [None]
+        half = len(crystals) // 2
+        if type(exc).__name__ == "OutOfMemoryError":  # torch's; free what the call held
+            import torch
+
+            torch.cuda.empty_cache()
+            cap[0] = min(cap[0], half)
+        return _evaluate(potential, crystals[:half], cap) + _evaluate(
+            potential, crystals[half:], cap
+        )
