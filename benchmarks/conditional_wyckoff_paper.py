@@ -116,26 +116,20 @@ def relax_samples(
     energies per atom (+inf: invalid cell or failed relaxation, kept unrelaxed and ranked
     last)."""
     from ml.evaluation.validity import check_validity
-    from ml.oracles.registry import ENERGY_MODEL_OF, default_stability_oracle
-    from ml.oracles.relax import relax_crystals
-    from ml.pipeline.scored import STABILITY_RELAX_FMAX, STABILITY_RELAX_STEPS
+    from ml.pipeline.oracle_choice import relax_as_judged
+    from ml.request import DesignRequest
 
     flat = [g for gs in gens for g in gs[:k]]
     # As a job: only valid crystals are relaxed (a collapsed cell's graph can exhaust memory).
     ok = [i for i, c in enumerate(flat) if sane_cell(c) and check_validity(c)]
     out = list(flat)
     energy = np.full(len(flat), np.inf)
-    model = ENERGY_MODEL_OF[default_stability_oracle(device)]
-    chunk = chunk if device == "cpu" else max(len(ok), 1)
-    done = []
-    for start in range(0, len(ok), chunk):  # bounded batches: CHGNet's CPU graphs are large
-        done += relax_crystals(
-            [flat[i] for i in ok[start : start + chunk]],
-            fmax=STABILITY_RELAX_FMAX,
-            steps=STABILITY_RELAX_STEPS,
-            device=device,
-            model=model,
-        )
+    done = relax_as_judged(  # bounded batches on a CPU: CHGNet's CPU graphs are large
+        [flat[i] for i in ok],
+        DesignRequest(method="conditional"),
+        device,
+        max_batch=chunk if device == "cpu" else None,
+    )
     for i, r in zip(ok, done, strict=True):
         if np.isfinite(r.energy_per_atom):
             out[i], energy[i] = r.crystal, r.energy_per_atom

@@ -54,11 +54,16 @@ def stability_oracle(request: DesignRequest, device: str | None = None) -> str:
 
 
 def relax_as_judged(
-    crystals: list, request: DesignRequest, device: str | None, steps: int | None = None
+    crystals: list,
+    request: DesignRequest,
+    device: str | None,
+    steps: int | None = None,
+    max_batch: int | None = None,
 ) -> list:
     """Relax ``crystals`` together as a job with ``relax: true`` relaxes its candidates: with
     the stability judge's energy model, FIRE to fmax 0.1 eV/A, at most ``steps`` (the job's
-    300 by default). Returns ``ml.oracles.relax.RelaxResult``s (NaN energy: failed)."""
+    300 by default), at most ``max_batch`` at a time on the CPU-graph path (default: all).
+    Returns ``ml.oracles.relax.RelaxResult``s (NaN energy: failed)."""
     from ml.oracles.registry import ENERGY_MODEL_OF
     from ml.oracles.relax import relax_crystals
     from ml.pipeline.scored import STABILITY_RELAX_FMAX, STABILITY_RELAX_STEPS
@@ -69,7 +74,7 @@ def relax_as_judged(
         steps=STABILITY_RELAX_STEPS if steps is None else steps,
         device=device,
         model=ENERGY_MODEL_OF[stability_oracle(request, device)],
-        max_batch=max(len(crystals), 1),
+        max_batch=max_batch or max(len(crystals), 1),
     )
 
 
