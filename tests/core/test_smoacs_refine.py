@@ -15,7 +15,7 @@ from ml.crystal import Crystal
 from ml.methods.smoacs.elements import oxidation_states
 from ml.methods.smoacs.engine import FinalResult
 from ml.methods.smoacs.objectives import LossTerm
-from ml.methods.smoacs.params import SmoacsParams
+from ml.methods.smoacs.params import REFINE_AUTO_MAX, SmoacsParams
 from ml.methods.smoacs.refine import Refined, RefineReport, refine
 from ml.methods.smoacs.sources import build_tables
 from ml.methods.smoacs.swaps import apply_swap, propose_swaps, site_groups
@@ -258,12 +258,17 @@ def test_oversampling_returns_the_best_by_judged_loss_distinct_formulas_first() 
 
 def test_params_switch_the_stage_and_size_the_design_pass() -> None:
     # On by default with the service's judges as predictors; off in the paper's protocol.
-    assert SmoacsParams().rounds() == 2 and SmoacsParams().refines()
-    assert SmoacsParams(predictor="megnet").rounds() == 0
-    assert not SmoacsParams(predictor="megnet").refines()
-    assert not SmoacsParams(refine_rounds=0).refines() and SmoacsParams().designed(32) == 32
-    assert SmoacsParams(predictor="megnet", refine_rounds=1).refines()
+    assert SmoacsParams().rounds(32) == 2 and SmoacsParams().refines(32)
+    assert SmoacsParams(predictor="megnet").rounds(32) == 0
+    assert not SmoacsParams(predictor="megnet").refines(32)
+    assert not SmoacsParams(refine_rounds=0).refines(32) and SmoacsParams().designed(32) == 32
+    assert SmoacsParams(predictor="megnet", refine_rounds=1).refines(32)
     over = SmoacsParams(refine_rounds=0, oversample=2.0)
-    assert over.refines() and over.designed(32) == 64 and over.designed(3) == 6
+    assert over.refines(32) and over.designed(32) == 64 and over.designed(3) == 6
+    # Large jobs skip it by default (its rounds cost more than the design), unless asked.
+    assert SmoacsParams().refines(REFINE_AUTO_MAX)
+    assert not SmoacsParams().refines(REFINE_AUTO_MAX + 1)
+    assert SmoacsParams(refine_rounds=1).rounds(4 * REFINE_AUTO_MAX) == 1
+    assert SmoacsParams(oversample=2.0).refines(4 * REFINE_AUTO_MAX)
     with pytest.raises(ValueError):
         SmoacsParams(oversample=0.5)

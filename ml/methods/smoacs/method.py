@@ -208,7 +208,7 @@ class SmoacsMethod(DesignMethod):
         best = math.inf
         for bi in range(n_batches):
             count = min(pass_size, n_total - bi * pass_size)
-            designs = params.designed(count) if params.refines() else count
+            designs = params.designed(count) if params.refines(n_total) else count
             templates = build_templates(request, params, tables, designs, rng)
             pop = Population.from_templates(
                 templates,
@@ -243,7 +243,7 @@ class SmoacsMethod(DesignMethod):
                     engine, final_pop, result, request, params, ctx, generator
                 )
             designed = result.crystals
-            if params.refines():
+            if params.refines(n_total):
                 # The stage returns crystals relaxed by the judge: no second relaxation.
                 result, picked = yield from _refine(
                     engine, final_pop, result, request, params, ctx, count, bi, n_batches
@@ -367,13 +367,14 @@ def _refine(
     score = judge_scorer(request, keys, ctx.device)
     counts = pop.cand["num_sites"].cpu().tolist()
     roles = [r.tolist() for r in torch.split(pop.site["role"].cpu(), counts)]
-    per_pass = params.rounds() + 1
+    rounds = params.rounds(request.num_candidates)
+    per_pass = rounds + 1
     total = n_passes * per_pass
     yield Progress(phase="refine", step=pass_index * per_pass, total=total)
     refined = None
     for event in refine(
         result, roles, engine.terms, engine.tables.allowed.cpu().numpy(), relax, score,
-        rounds=params.rounds(), proposals=params.refine_proposals,
+        rounds=rounds, proposals=params.refine_proposals,
         species_per_group=params.refine_species_per_group, keep=keep,
         pairs=params.refine_pairs,
         check_cancelled=ctx.check_cancelled,

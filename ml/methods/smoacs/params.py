@@ -9,10 +9,16 @@ from pydantic import Field, model_validator
 
 from ml.methods.base import MethodParams
 
-__all__ = ["CPU_PASS", "GPU_PASS", "SmoacsParams"]
+__all__ = ["CPU_PASS", "GPU_PASS", "REFINE_AUTO_MAX", "SmoacsParams"]
 
 CPU_PASS = 256
 GPU_PASS = 1024
+# Largest job (num_candidates) that gets the judged refinement by default. Its rounds relax
+# up to refine_proposals swaps per design that misses the request, with the judge's full
+# protocol: on the H200 a 256-candidate method takes 143 s with them (25 s without), and a
+# 1,024-candidate job does not finish in 320 s, against 110 s without (RESULTS, tenth
+# session); a large job buys breadth instead. refine_rounds set explicitly always applies.
+REFINE_AUTO_MAX = 256
 
 
 class SmoacsParams(MethodParams):
@@ -62,7 +68,8 @@ class SmoacsParams(MethodParams):
     # refine_proposals best of them by the unrelaxed judged loss are relaxed and scored, and
     # the design moves to the best if it is better and its formula is not another design's.
     # The returned crystals are relaxed by the judge. None: 2 rounds with the chgnet
-    # predictor, off (0) with megnet (the paper's protocol). Measured (RESULTS, ninth
+    # predictor for jobs of up to REFINE_AUTO_MAX candidates, off (0) above that and with
+    # megnet (the paper's protocol). Measured (RESULTS, ninth
     # session, CPU, 32 x 60): joint success after the job's relaxation 0.16 -> 0.72 (1 eV) and
     # 0.16 -> 0.91 (2 eV), for 2-3x the CPU wall time of design plus the job's relaxation.
     refine_rounds: int | None = Field(default=None, ge=0, le=5)
@@ -161,16 +168,16 @@ class SmoacsParams(MethodParams):
             self.relax_final == "auto" and self.predictor == "chgnet" and not job_relaxes
         )
 
-    def rounds(self) -> int:
-        """Refinement rounds: ``refine_rounds``, or by default 2 with the chgnet predictor and
-        none with megnet."""
+    def rounds(self, num_candidates: int) -> int:
+        """Refinement rounds of a job of ``num_candidates``: ``refine_rounds``, or by default
+        2 with the chgnet predictor up to :data:`REFINE_AUTO_MAX` candidates, else none."""
         if self.refine_rounds is not None:
             return self.refine_rounds
-        return 2 if self.predictor == "chgnet" else 0
+        return 2 if self.predictor == "chgnet" and num_candidates <= REFINE_AUTO_MAX else 0
 
-    def refines(self) -> bool:
+    def refines(self, num_candidates: int) -> bool:
         """Whether the judge-in-the-loop stage runs (refinement rounds or oversampling)."""
-        return self.rounds() > 0 or self.oversample > 1.0
+        return self.rounds(num_candidates) > 0 or self.oversample > 1.0
 
     def designed(self, count: int) -> int:
         """Candidates the gradient stage designs for ``count`` returned ones."""
