@@ -15,9 +15,10 @@ CPU_PASS = 256
 GPU_PASS = 1024
 # Largest job (num_candidates) that gets the judged refinement by default. Its rounds relax
 # up to refine_proposals swaps per design that misses the request, with the judge's full
-# protocol: on the H200 a 256-candidate method takes 143 s with them (25 s without), and a
-# 1,024-candidate job does not finish in 320 s, against 110 s without (RESULTS, tenth
-# session); a large job buys breadth instead. refine_rounds set explicitly always applies.
+# protocol. H200, whole jobs with relaxation (RESULTS, eleventh session): 256 refined 120 s
+# (114 S.U.N. hits); 1,024 unrefined 105 s (160), with one round of one proposal 205 s (324),
+# with the default two rounds of four > 320 s. A large job buys breadth within ~2 minutes;
+# refine_rounds set explicitly always applies.
 REFINE_AUTO_MAX = 256
 
 
