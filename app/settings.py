@@ -13,6 +13,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BROKER = "embedded"
+# Most candidates a GPU worker's default over-generation asks a method for (one GPU pass; a
+# 1,024-candidate smoacs job with relaxation and scoring takes 105 s on an H200, RESULTS).
+OVERSAMPLE_BUDGET = 1024
 
 
 class Settings(BaseSettings):
@@ -143,15 +146,16 @@ class Settings(BaseSettings):
         return min(8 if self.embedded else 64, self.max_candidates)
 
     def oversample_default(self, num_candidates: int) -> int:
-        """A screening-size job (sharded on Celery) returns what it generates; a lab-size
-        job on GPU workers is the best of 4x."""
+        """A lab-size job on GPU workers is the best of 4x; larger jobs over-generate only up
+        to ``OVERSAMPLE_BUDGET`` candidates (a 256-candidate job 4x, 512 2x, 1,024 and
+        screening-size jobs, sharded on Celery, return what they generate)."""
         if self.default_oversample is not None:
             return self.default_oversample
         if self.embedded or (
             self.shard_min_candidates and num_candidates >= self.shard_min_candidates
         ):
             return 1
-        return 4
+        return max(1, min(4, OVERSAMPLE_BUDGET // max(num_candidates, 1)))
 
     @property
     def limits_on(self) -> bool:

@@ -483,9 +483,9 @@ class DesignRequest(BaseModel):
         "are returned, hits that are metastable, unique and novel first. 1 returns the first "
         "num_candidates the method proposes. A stability limit "
         "(constraints.max_energy_above_hull) over-generates at least 4x. When left out, the "
-        "server's default (MATDESIGN_DEFAULT_OVERSAMPLE: 1 on the embedded CPU server, 4 with "
-        "Celery GPU workers below the sharding size, 1 at or above it) is written into the "
-        "stored request.",
+        "server's default (MATDESIGN_DEFAULT_OVERSAMPLE: 1 on the embedded CPU server; with "
+        "Celery GPU workers 4 up to 256 candidates, then as much as keeps the method at 1,024 "
+        "candidates, and 1 from the sharding size on) is written into the stored request.",
         json_schema_extra=lambda schema: schema.pop("default", None),
     )
     seed: int = Field(

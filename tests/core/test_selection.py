@@ -111,6 +111,8 @@ def test_server_default_oversample_fits_the_deployment() -> None:
     celery = Settings(broker_url="redis://127.0.0.1:6379/0")
     assert embedded.embedded and embedded.oversample_default(8) == 1
     assert celery.oversample_default(64) == 4
+    # Larger jobs over-generate only up to one GPU pass (a 1,024 job stays ~2 minutes).
+    assert [celery.oversample_default(n) for n in (256, 300, 512, 1024, 1500)] == [4, 3, 2, 1, 1]
     # A screening-size job (sharded) returns what it generates.
     assert celery.oversample_default(celery.shard_min_candidates) == 1
     assert Settings(default_oversample=2).oversample_default(8) == 2

@@ -13,12 +13,13 @@ __all__ = ["CPU_PASS", "GPU_PASS", "REFINE_AUTO_MAX", "SmoacsParams"]
 
 CPU_PASS = 256
 GPU_PASS = 1024
-# Largest job (num_candidates) that gets the judged refinement by default. Its rounds relax
-# up to refine_proposals swaps per design that misses the request, with the judge's full
-# protocol. H200, whole jobs with relaxation (RESULTS, eleventh session): 256 refined 120 s
-# (114 S.U.N. hits); 1,024 unrefined 105 s (160), with one round of one proposal 205 s (324),
-# with the default two rounds of four > 320 s. A large job buys breadth within ~2 minutes;
-# refine_rounds set explicitly always applies.
+# Most candidates the method may be asked for (the job's num_candidates x its oversample) and
+# still run the judged refinement by default. Its rounds relax up to refine_proposals swaps
+# per design that misses the request, with the judge's full protocol. H200, whole jobs with
+# relaxation (RESULTS, eleventh session): 256 refined 120 s (114 S.U.N. hits); 1,024
+# unrefined 105 s (160), with one round of one proposal 205 s (324), with the default two
+# rounds of four > 320 s. A large job buys breadth within ~2 minutes; refine_rounds set
+# explicitly always applies.
 REFINE_AUTO_MAX = 256
 
 
@@ -73,7 +74,14 @@ class SmoacsParams(MethodParams):
     # megnet (the paper's protocol). Measured (RESULTS, ninth
     # session, CPU, 32 x 60): joint success after the job's relaxation 0.16 -> 0.72 (1 eV) and
     # 0.16 -> 0.91 (2 eV), for 2-3x the CPU wall time of design plus the job's relaxation.
-    refine_rounds: int | None = Field(default=None, ge=0, le=5)
+    refine_rounds: int | None = Field(
+        default=None,
+        ge=0,
+        le=5,
+        description="judged refinement rounds; default: 2 when the method is asked for at most "
+        "256 candidates (num_candidates x the job's oversample; chgnet predictor), none above "
+        "that and with megnet",
+    )
     refine_proposals: int = Field(default=4, ge=1, le=32)
     refine_species_per_group: int = Field(default=6, ge=1, le=40)
     # Also propose paired swaps on two groups whose oxidation numbers change in amounts that
