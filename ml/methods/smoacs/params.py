@@ -71,9 +71,9 @@ class SmoacsParams(MethodParams):
     # the design moves to the best if it is better and its formula is not another design's.
     # The returned crystals are relaxed by the judge. None: 2 rounds with the chgnet
     # predictor for jobs of up to REFINE_AUTO_MAX candidates, off (0) above that and with
-    # megnet (the paper's protocol). Measured (RESULTS, ninth
-    # session, CPU, 32 x 60): joint success after the job's relaxation 0.16 -> 0.72 (1 eV) and
-    # 0.16 -> 0.91 (2 eV), for 2-3x the CPU wall time of design plus the job's relaxation.
+    # megnet (the paper's protocol). Measured (RESULTS, ninth session, CPU, 32 x 60): joint
+    # success after the job's relaxation 0.16 -> 0.72 (1 eV) and 0.16 -> 0.91 (2 eV), for 2-3x
+    # the CPU wall time of design plus the job's relaxation.
     refine_rounds: int | None = Field(
         default=None,
         ge=0,
