@@ -53,10 +53,12 @@ def stats(records: list) -> TemplateStats:
     return TemplateStats.from_arrays(arrays)
 
 
-def tiny_model(seed: int = 0) -> WyckoffFlowModel:
+def tiny_model(seed: int = 0, pair_dim: int = 0) -> WyckoffFlowModel:
     torch.manual_seed(seed)
     model = WyckoffFlowModel(
-        WyckoffModelConfig(d_model=32, layers=2, heads=4, lattice_mu=1.0, lattice_sigma=0.3)
+        WyckoffModelConfig(
+            d_model=32, layers=2, heads=4, lattice_mu=1.0, lattice_sigma=0.3, pair_dim=pair_dim
+        )
     )
     # Zero-initialised heads give a zero field: randomise so samples move.
     with torch.no_grad():
@@ -108,8 +110,11 @@ def test_no_assignment_when_counts_do_not_fit(stats: TemplateStats) -> None:
     assert enumerate_assignments(227, conventional_counts([8], 227), stats) == []
 
 
-def test_generated_crystals_have_the_requested_space_group(stats: TemplateStats) -> None:
-    model = tiny_model()
+@pytest.mark.parametrize("pair_dim", [0, 8])
+def test_generated_crystals_have_the_requested_space_group(
+    stats: TemplateStats, pair_dim: int
+) -> None:
+    model = tiny_model(pair_dim=pair_dim)
     requests = [
         ([30] * 2 + [8] * 2, 186),
         ([22] * 2 + [8] * 4, 136),
@@ -127,9 +132,10 @@ def test_generated_crystals_have_the_requested_space_group(stats: TemplateStats)
         assert np.isfinite(crystal.lattice).all()
 
 
-def test_loss_is_finite_and_has_gradients(records: list) -> None:
+@pytest.mark.parametrize("pair_dim", [0, 8])
+def test_loss_is_finite_and_has_gradients(records: list, pair_dim: int) -> None:
     arrays = from_crystals([r.crystal for r in records], [r.material_id for r in records])
-    model = tiny_model()
+    model = tiny_model(pair_dim=pair_dim)
     batch = arrays_to_batch(arrays, PROPERTIES, model.config.norm).trim()
     loss, parts = flow_loss(model.train(), batch, torch.Generator().manual_seed(0))
     loss.backward()
@@ -137,9 +143,10 @@ def test_loss_is_finite_and_has_gradients(records: list) -> None:
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def test_orbits_share_one_velocity() -> None:
+@pytest.mark.parametrize("pair_dim", [0, 8])
+def test_orbits_share_one_velocity(pair_dim: int) -> None:
     """Atoms of one orbit move together: the velocity lives on the orbit's free parameters."""
-    model = tiny_model()
+    model = tiny_model(pair_dim=pair_dim)
     batch = pad_templates([225], [[("a", 11), ("b", 17)]])
     assert not batch.free.any()  # rocksalt: no free coordinate
     v_xyz, v_lat = model(

@@ -83,9 +83,13 @@ def _mlp(d_in: int, d_out: int, hidden: int) -> nn.Sequential:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with AdaLN-Zero modulation from the condition vector."""
+    """Pre-norm transformer block with AdaLN-Zero modulation from the condition vector.
 
-    def __init__(self, d: int, heads: int, ff_mult: int) -> None:
+    With ``pair_dim`` > 0 the attention also carries pair geometry into the values,
+    ``out_i = sum_j a_ij (v_j + W_h p_ij)`` (relative-position values): a scalar bias can only
+    say *which* atoms to look at, these say *where* they are, which a velocity needs."""
+
+    def __init__(self, d: int, heads: int, ff_mult: int, pair_dim: int = 0) -> None:
         super().__init__()
         self.heads = heads
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
@@ -96,13 +100,30 @@ class Block(nn.Module):
         self.mod = nn.Linear(d, 6 * d)
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
+        self.pair_value: nn.Parameter | None = None
+        if pair_dim:
+            scale = pair_dim**-0.5
+            self.pair_value = nn.Parameter(torch.randn(heads, pair_dim, d // heads) * scale)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        c: torch.Tensor,
+        bias: torch.Tensor,
+        pair: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``bias`` (B, heads, N, N) with -inf on masked keys; ``pair`` (B, N, N, pair_dim)."""
         b, n, d = h.shape
         sh1, sc1, g1, sh2, sc2, g2 = self.mod(F.silu(c))[:, None].chunk(6, dim=-1)
         x = self.norm1(h) * (1 + sc1) + sh1
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        if self.pair_value is None or pair is None:
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        else:
+            scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias.to(q.dtype)
+            a = scores.float().softmax(-1).to(v.dtype)
+            seen = torch.einsum("bhij,bijp->bhip", a, pair.to(v.dtype))
+            att = a @ v + torch.einsum("bhip,hpe->bhie", seen, self.pair_value.to(v.dtype))
         h = h + g1 * self.proj(att.transpose(1, 2).reshape(b, n, d))
         x = self.norm2(h) * (1 + sc2) + sh2
         return h + g2 * self.ff(x)
@@ -216,18 +237,31 @@ class ConditionalFlowModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def pair_attention_bias(
-    pair: nn.Module, diff: torch.Tensor, matrix: torch.Tensor, mask: torch.Tensor, cfg: Any
-) -> torch.Tensor:
-    """Per-layer, per-head attention bias from pair geometry (fractional differences ``diff``
-    (b, n, n, 3), lattice matrices (b, 3, 3)): Fourier features of ``diff`` and Gaussian RBFs
-    of the minimum-image distance through ``pair``; a leading register token; masked keys."""
-    b, n = diff.shape[:2]
+def pair_features(diff: torch.Tensor, matrix: torch.Tensor, cfg: Any) -> torch.Tensor:
+    """(b, n, n, 6 pair_freqs + distance_rbf) geometry of every pair: Fourier features of the
+    fractional differences ``diff`` (b, n, n, 3) and Gaussian RBFs of the minimum-image
+    distance under the lattice matrices ``matrix`` (b, 3, 3)."""
     dist = torch.einsum("bijk,bkl->bijl", min_image(diff.float()), matrix).norm(dim=-1)
     centers = torch.linspace(0.0, cfg.distance_max, cfg.distance_rbf, device=diff.device)
     width = cfg.distance_max / cfg.distance_rbf
     rbf = torch.exp(-(((dist[..., None] - centers) / width) ** 2))
-    feats = torch.cat([fourier(diff, cfg.pair_freqs), rbf.to(diff.dtype)], dim=-1)
+    return torch.cat([fourier(diff, cfg.pair_freqs), rbf.to(diff.dtype)], dim=-1)
+
+
+def pair_attention_bias(
+    pair: nn.Module,
+    diff: torch.Tensor,
+    matrix: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: Any,
+    feats: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-layer, per-head attention bias (layers, b, heads, n+1, n+1) from the pair geometry
+    (:func:`pair_features`, or ``feats`` already computed) through ``pair``; a leading
+    register token; masked keys."""
+    b, n = diff.shape[:2]
+    if feats is None:
+        feats = pair_features(diff, matrix, cfg)
     bias = pair(feats).view(b, n, n, cfg.layers, cfg.heads)
     bias = F.pad(bias.permute(3, 0, 4, 1, 2), (1, 0, 1, 0))
     keys = F.pad(mask, (1, 0), value=True)

@@ -52,6 +52,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=144)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--ff-mult", type=int, default=2)
+    p.add_argument(
+        "--pair-dim",
+        type=int,
+        default=64,
+        help="pair features in the attention values and the displacement head (0: the first "
+        "release's network)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu / cuda (default from settings)")
     p.add_argument("--workers", type=int, default=1, help="processes for the decomposition")
@@ -93,6 +101,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         d_model=args.d_model,
         layers=args.layers,
         heads=args.heads,
+        ff_mult=args.ff_mult,
+        pair_dim=args.pair_dim,
         lattice_mu=norm.mu,
         lattice_sigma=norm.sigma,
         prop_mean=mean,

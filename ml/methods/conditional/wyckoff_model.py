@@ -21,12 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.crystal import lattice_from_params_torch
+from ml.generative.periodic import min_image
 from ml.generative.wyckoff import num_wyckoff_positions
+from ml.methods.conditional.displacement import DisplacementHead
 from ml.methods.conditional.model import (
     Block,
     _mlp,
     fourier,
     pair_attention_bias,
+    pair_features,
     timestep_embedding,
 )
 from ml.methods.conditional.wyckoff_data import LatticeNorm, OrbitBatch
@@ -51,6 +54,10 @@ class WyckoffModelConfig:
     lattice_sigma: float = 1.0
     prop_mean: tuple[float, ...] = field(default_factory=lambda: (0.0, 0.0))
     prop_std: tuple[float, ...] = field(default_factory=lambda: (1.0, 1.0))
+    # 0: the first release's network (pair geometry only as an attention bias). > 0: pair
+    # features of this width also flow through every block's attention values, and a
+    # displacement head adds velocities along the atoms' differences (``displacement.py``).
+    pair_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.d_model % self.heads:
@@ -94,12 +101,16 @@ class WyckoffFlowModel(nn.Module):
         nprop = len(config.properties)
         self.prop_in = nn.ModuleList(_mlp(1 + 2 * 8, d, d) for _ in range(nprop))
         self.prop_null = nn.Parameter(torch.zeros(nprop, d))
-        self.pair = _mlp(
-            6 * config.pair_freqs + config.distance_rbf, config.layers * config.heads, d // 2
-        )
+        pair_in = 6 * config.pair_freqs + config.distance_rbf
+        self.pair = _mlp(pair_in, config.layers * config.heads, d // 2)
         self.blocks = nn.ModuleList(
-            Block(d, config.heads, config.ff_mult) for _ in range(config.layers)
+            Block(d, config.heads, config.ff_mult, config.pair_dim) for _ in range(config.layers)
         )
+        self.pair_embed: nn.Module | None = None
+        self.displace: DisplacementHead | None = None
+        if config.pair_dim:
+            self.pair_embed = _mlp(pair_in, config.pair_dim, config.pair_dim)
+            self.displace = DisplacementHead(d, config.heads, config.pair_dim)
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
         self.mod_out = nn.Linear(d, 2 * d)
         self.coord_out = nn.Linear(d, 3)
@@ -122,12 +133,17 @@ class WyckoffFlowModel(nn.Module):
             c = c + torch.where(given[:, p : p + 1], emb, self.prop_null[p])
         return c
 
-    def _pair_bias(
+    def _pairs(
         self, pos: torch.Tensor, lattice: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Attention bias (layers, B, heads, N+1, N+1), pair embedding (B, N, N, pair_dim) or
+        None, and displacements (B, N, N, 3) from atom i to atom j."""
         diff = pos[:, :, None, :] - pos[:, None, :, :]
         matrix = lattice_from_params_torch(lattice[:, :3], lattice[:, 3:])
-        return pair_attention_bias(self.pair, diff, matrix, mask, self.config)
+        feats = pair_features(diff, matrix, self.config)
+        bias = pair_attention_bias(self.pair, diff, matrix, mask, self.config, feats)
+        embed = self.pair_embed(feats) if self.pair_embed is not None else None
+        return bias, embed, -min_image(diff)
 
     def forward(
         self,
@@ -152,13 +168,18 @@ class WyckoffFlowModel(nn.Module):
         h = torch.cat([lat[:, None], atoms], dim=1)
         c = self.condition(t, space_group, props, props_given)
         physical = self.config.norm.decode(lattice_state.float(), batch.atoms)
-        bias = self._pair_bias(pos, physical, batch.amask)
+        bias, pair, delta = self._pairs(pos, physical, batch.amask)
+        # The lattice token has no geometry: zero pair features in its row and column.
+        pair_tok = F.pad(pair, (0, 0, 1, 0, 1, 0)) if pair is not None else None
         for i, block in enumerate(self.blocks):
-            h = block(h, c, bias[i])
+            h = block(h, c, bias[i], pair_tok)
         shift, scale = self.mod_out(F.silu(c))[:, None].chunk(2, dim=-1)
         h = self.norm_out(h) * (1 + scale) + shift
         v_lat = self.lattice_out(h[:, 0]).float() * batch.lat_free
-        v_atom = self.coord_out(h[:, 1:]).float() * batch.amask[..., None]
+        v_atom = self.coord_out(h[:, 1:]).float()
+        if self.displace is not None and pair is not None:
+            v_atom = v_atom + self.displace(h[:, 1:], pair, delta, batch.amask)
+        v_atom = v_atom * batch.amask[..., None]
         with torch.autocast(v_atom.device.type, enabled=False):
             per_atom = torch.einsum("bnij,bnj->bni", batch.back.float(), v_atom)
         total = torch.zeros_like(xyz).scatter_add_(
