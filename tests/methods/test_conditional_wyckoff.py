@@ -23,7 +23,12 @@ from ml.methods.base import MethodContext
 from ml.methods.conditional import method as method_mod
 from ml.methods.conditional.checkpoint import load_wyckoff_release, save_wyckoff_release
 from ml.methods.conditional.method import ConditionalMethod
-from ml.methods.conditional.wyckoff_data import arrays_to_batch, from_crystals, pad_templates
+from ml.methods.conditional.wyckoff_data import (
+    arrays_to_batch,
+    epoch_batches,
+    from_crystals,
+    pad_templates,
+)
 from ml.methods.conditional.wyckoff_flow import (
     WyckoffSampleConfig,
     flow_loss,
@@ -435,3 +440,18 @@ def test_a_plans_first_conditions_do_not_depend_on_the_rest(stats: TemplateStats
     for used in (1, 5, 12):
         assert plan(olivine, 64, stats, space_group=62, used=used)[:used] == full[:used]
     assert len({c.orbits for c in full[:12]}) == 12  # twelve different assignments
+
+
+def test_size_sorted_batches_cover_the_epoch_once_and_pad_little() -> None:
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.randint(1, 81, (1000,), generator=g)
+    batches = epoch_batches(1000, 64, torch.Generator().manual_seed(1), sizes)
+    flat = torch.cat(batches)
+    assert len(batches) == 15 and len(flat) == 960 and len(set(flat.tolist())) == 960
+    # Each batch spans a narrow size range (sorted epoch), and the batch order is shuffled.
+    spans = [int(sizes[b].max() - sizes[b].min()) for b in batches]
+    assert max(spans) <= 12
+    firsts = [int(sizes[b].min()) for b in batches]
+    assert firsts != sorted(firsts)
+    mixed = epoch_batches(1000, 64, torch.Generator().manual_seed(1))
+    assert min(int(sizes[b].max() - sizes[b].min()) for b in mixed) > 60

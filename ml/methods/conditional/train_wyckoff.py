@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--ff-mult", type=int, default=2)
     p.add_argument(
+        "--mixed-sizes",
+        action="store_true",
+        help="batches of random crystals (the first release) instead of size-sorted ones",
+    )
+    p.add_argument(
         "--pair-dim",
         type=int,
         default=64,
@@ -123,6 +128,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ema = EMA(model, args.ema)
     optim = Optimiser(model, args.lr, betas=(0.9, 0.99), weight_decay=0.0, ema=ema)
     order_gen = torch.Generator().manual_seed(args.seed)
+    sizes = None if args.mixed_sizes else data.atoms.cpu()
     noise_gen = torch.Generator(device=device).manual_seed(args.seed + 1)
     print(
         f"device={device} structures={len(arrays)} data_s={data_s:.1f} "
@@ -165,7 +171,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     done = False
     while not done:
-        for idx in epoch_batches(len(arrays), args.batch_size, order_gen):
+        for idx in epoch_batches(len(arrays), args.batch_size, order_gen, sizes):
             elapsed = time.time() - start
             if elapsed >= budget or step >= args.steps:
                 done = True

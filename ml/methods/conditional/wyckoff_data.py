@@ -388,7 +388,17 @@ def fit_normalisation(
     return norm, mean, std
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+def epoch_batches(
+    n: int, batch_size: int, generator: torch.Generator, sizes: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """One epoch's batches of a random order. With ``sizes`` (atoms per crystal) the epoch is
+    sorted by size before it is cut and the batches are then shuffled: a batch pads to its
+    largest crystal and pair features cost N^2, so mixing 4-atom and 80-atom cells in every
+    batch spent most of the step on padding."""
     perm = torch.randperm(n, generator=generator)
     count = max(1, math.floor(n / batch_size))
+    if sizes is not None:
+        perm = perm[torch.argsort(sizes[perm], stable=True)]
+        order = torch.randperm(count, generator=generator)
+        return [perm[i * batch_size : (i + 1) * batch_size] for i in order.tolist()]
     return [perm[i * batch_size : (i + 1) * batch_size] for i in range(count)]
