@@ -25,13 +25,16 @@ wait
 grep -E "^device|^step" "$OUT/res/train.log" | awk 'NR % 5 == 1' | tail -n 24
 cat "$OUT/res/device.txt"
 python3 - "$OUT/res" <<'PY'
-import json, sys, pathlib
+import json, pathlib, sys
 for name in ("bench.json", "shipped.json"):
     p = pathlib.Path(sys.argv[1]) / name
     if not p.exists():
-        print(name, "missing"); continue
-    d = json.loads(p.read_text())
-    for k, v in d.items():
-        if isinstance(v, dict) and "match_1" in v:
-            print(name, k, {x: (round(y, 4) if isinstance(y, float) else y) for x, y in v.items() if not isinstance(y, dict)})
+        print(name, "missing")
+        continue
+    for mode, row in json.loads(p.read_text()).items():
+        if isinstance(row, dict) and "all" in row:
+            for part in ("all", "polymorph_filtered"):
+                flat = {k: round(v, 4) for k, v in row[part].items() if isinstance(v, (int, float))}
+                print(name, mode, part, flat)
+            print(name, mode, "spglib", row.get("spglib_equals_requested"))
 PY
