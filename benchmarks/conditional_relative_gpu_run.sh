@@ -5,7 +5,9 @@
 # the shipped checkpoint (ml/weights/conditional-wyckoff.pt) on the same 1,000 MP-20 test rows
 # at the service's defaults, with the lowest-CHGNet-energy row (--rank-energy).
 # INIT=<a release>: continue that one instead (second call). SHIPPED_MODES= skips the shipped row.
-#   stage: WEIGHTS="conditional-wyckoff.pt" SEVENN=0 bash benchmarks/gpu_stage.sh
+#   stage: WEIGHTS="conditional-wyckoff.pt bandgap_chgnet.pt" SEVENN=0 bash benchmarks/gpu_stage.sh
+#   (--rank-energy scores with the one-pass CHGNet + gap model, which loads bandgap_chgnet.pt;
+#   without it the shipped row fails, as on 2026-12-05)
 #   carry: .callpack .devpack .devdata/models .cache/conditional (the decomposition cache)
 # Results: $OUT/conditional_v2.tar.gz (checkpoint, logs, bench.json) and $OUT/res/shipped.json.
 set -uo pipefail

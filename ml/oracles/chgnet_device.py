@@ -116,10 +116,12 @@ def with_stock_fallback(
 def chgnet_energies(crystals: Sequence[Crystal], device: str) -> np.ndarray:
     """CHGNet 0.3.0 energy per atom of each crystal (NaN: unscorable), on device-built graphs
     where :func:`device_graphs_enabled`, else with chgnet's own graphs."""
+    from ml.oracles.gap import GAP_CHECKPOINT
     from ml.oracles.registry import get_oracle
 
     oracle = get_oracle("chgnet-energy", device)
-    if not device_graphs_enabled(device):
+    # The one-pass model also carries the trained gap head; energies alone must not need it.
+    if not device_graphs_enabled(device) or not GAP_CHECKPOINT.is_file():
         return np.asarray(oracle.predict(list(crystals)), dtype=np.float64)
     return with_stock_fallback(
         score_on_device(crystals, device),

@@ -79,3 +79,30 @@ def test_graph_cache_gives_chgnet_eform_not_the_energy(crystals: list[Crystal]) 
     np.testing.assert_allclose(got, eform.predict(crystals[:6]), atol=1e-5)
     energy = cache.predict(get_oracle("chgnet-energy", "cpu"), range(6))
     assert np.abs(got - energy).min() > 0.5
+
+
+def test_energies_alone_do_not_need_the_gap_checkpoint(
+    crystals: list[Crystal], monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    """The one-pass device model carries the trained gap head; a caller that only wants CHGNet
+    energies (the conditional benchmark's energy ranking) gets them without that file."""
+    from pathlib import Path
+
+    import ml.oracles.gap as gap_module
+
+    sample = crystals[:4]
+    expected = get_oracle("chgnet-energy", "cpu").predict(sample)
+    monkeypatch.setenv("MATDESIGN_CHGNET_DEVICE_GRAPHS", "on")
+    get_ml_settings.cache_clear()
+    monkeypatch.setattr(gap_module, "GAP_CHECKPOINT", Path(str(tmp_path)) / "missing.pt")
+
+    def no_device_pass(*_: object) -> None:
+        raise AssertionError("the device pass needs the gap checkpoint")
+
+    monkeypatch.setattr(chgnet_device, "score_on_device", no_device_pass)
+    try:
+        got = chgnet_device.chgnet_energies(sample, "cpu")
+    finally:
+        monkeypatch.delenv("MATDESIGN_CHGNET_DEVICE_GRAPHS")
+        get_ml_settings.cache_clear()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
