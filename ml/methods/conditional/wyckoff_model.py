@@ -10,6 +10,9 @@ pseudo-inverse of its operation and averaged over the orbit, so symmetry-equival
 share one velocity and the sample stays in the space group by construction. Time, space
 group and property targets condition every block through AdaLN (learned null embedding for a
 condition not given, which classifier-free guidance contrasts against).
+With ``pair_dim`` > 0 (``train_wyckoff --pair-dim``) the pair geometry also flows through the
+attention values and a displacement read-out adds velocities along the atoms' differences
+(``displacement.py``); 0 is the first release's network.
 """
 
 from __future__ import annotations
