@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from ml.crystal import Crystal
 
 # CDVAE/DiffCSP/FlowMM's match-rate settings, used by every generation benchmark here.
@@ -86,3 +88,24 @@ def insert_queued_job(db: Any, request: Any, owner: str) -> str:
             )
         )
     return job_id
+
+
+def pack(crystals: Sequence[Crystal]) -> dict[str, np.ndarray]:
+    """Crystals as flat arrays for ``np.savez`` (the caller prefixes the keys; :func:`unpack`)."""
+    return {
+        "lattice": np.stack([c.lattice for c in crystals]),
+        "frac": np.concatenate([c.frac_coords for c in crystals]),
+        "numbers": np.concatenate([c.numbers for c in crystals]),
+        "num_atoms": np.array([c.num_atoms for c in crystals]),
+    }
+
+
+def unpack(z: Any, prefix: str) -> list[Crystal]:
+    """The crystals :func:`pack` saved under ``prefix/`` in the archive ``z``."""
+    # An NpzFile decompresses an array on every item access: read each one once.
+    lattice, frac, numbers = (z[f"{prefix}/{k}"] for k in ("lattice", "frac", "numbers"))
+    o = np.concatenate([[0], np.cumsum(z[f"{prefix}/num_atoms"])])
+    return [
+        Crystal(lattice[i], frac[o[i] : o[i + 1]], numbers[o[i] : o[i + 1]])
+        for i in range(len(o) - 1)
+    ]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import is_valid_quietly, match_rms, parallel_map, shutdown_pools  # benchmarks/common.py
+from common import is_valid_quietly, match_rms, pack, parallel_map, shutdown_pools, unpack
 
 from ml.crystal import Crystal
 from ml.methods.conditional.checkpoint import load_release
@@ -64,29 +64,6 @@ def eform_from_energies(crystals: Sequence[Crystal], energies: np.ndarray) -> np
     return np.array(
         [formation_energy(c, float(e), refs) for c, e in zip(comps, energies, strict=True)]
     )
-
-
-# --- saving -------------------------------------------------------------------------------
-def pack(crystals: Sequence[Crystal]) -> dict[str, np.ndarray]:
-    return {
-        "lattice": np.stack([c.lattice for c in crystals]),
-        "frac": np.concatenate([c.frac_coords for c in crystals]),
-        "numbers": np.concatenate([c.numbers for c in crystals]),
-        "num_atoms": np.array([c.num_atoms for c in crystals]),
-    }
-
-
-def unpack(z: Any, prefix: str) -> list[Crystal]:
-    counts = z[f"{prefix}/num_atoms"]
-    o = np.concatenate([[0], np.cumsum(counts)])
-    return [
-        Crystal(
-            z[f"{prefix}/lattice"][i],
-            z[f"{prefix}/frac"][o[i] : o[i + 1]],
-            z[f"{prefix}/numbers"][o[i] : o[i + 1]],
-        )
-        for i in range(len(counts))
-    ]
 
 
 # --- experiments --------------------------------------------------------------------------

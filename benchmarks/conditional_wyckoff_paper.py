@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import match_rms, parallel_map, shutdown_pools  # benchmarks/common.py
+from common import match_rms, pack, parallel_map, shutdown_pools  # benchmarks/common.py
 
 from ml.crystal import Crystal
 from ml.methods.conditional.checkpoint import load_wyckoff_release
@@ -249,15 +249,6 @@ def timed(fn: Any) -> tuple[Any, float]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return out, time.time() - t
-
-
-def pack(crystals: Sequence[Crystal]) -> dict[str, np.ndarray]:
-    return {
-        "lattice": np.stack([c.lattice for c in crystals]),
-        "frac": np.concatenate([c.frac_coords for c in crystals]),
-        "numbers": np.concatenate([c.numbers for c in crystals]),
-        "num_atoms": np.array([c.num_atoms for c in crystals]),
-    }
 
 
 def lab_known(model: Any, stats: Any, cfg: WyckoffSampleConfig, samples: int, args: Any) -> dict:

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from common import unpack
 from conditional_wyckoff_paper import (
     energy_ranked,
     reduced_formula,
@@ -24,18 +25,6 @@ from conditional_wyckoff_paper import (
     seen_formulas,
     test_sample,
 )
-
-from ml.crystal import Crystal
-
-
-def unpack(z: np.lib.npyio.NpzFile, key: str) -> list[Crystal]:
-    counts = z[f"{key}/num_atoms"]
-    ends = np.cumsum(counts)
-    frac, numbers, lattice = z[f"{key}/frac"], z[f"{key}/numbers"], z[f"{key}/lattice"]
-    return [
-        Crystal(lattice=lattice[i], frac_coords=frac[e - n : e], numbers=numbers[e - n : e])
-        for i, (n, e) in enumerate(zip(counts, ends, strict=True))
-    ]
 
 
 def main() -> None:

@@ -138,15 +138,16 @@ class WyckoffFlowModel(nn.Module):
 
     def _pairs(
         self, pos: torch.Tensor, lattice: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Attention bias (layers, B, heads, N+1, N+1), pair embedding (B, N, N, pair_dim) or
-        None, and displacements (B, N, N, 3) from atom i to atom j."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Attention bias (layers, B, heads, N+1, N+1), pair embedding (B, N, N, pair_dim) and
+        displacements (B, N, N, 3) from atom i to atom j (both None for the release's network)."""
         diff = pos[:, :, None, :] - pos[:, None, :, :]
         matrix = lattice_from_params_torch(lattice[:, :3], lattice[:, 3:])
         feats = pair_features(diff, matrix, self.config)
         bias = pair_attention_bias(self.pair, diff, matrix, mask, self.config, feats)
-        embed = self.pair_embed(feats) if self.pair_embed is not None else None
-        return bias, embed, -min_image(diff)
+        if self.pair_embed is None:
+            return bias, None, None
+        return bias, self.pair_embed(feats), -min_image(diff)
 
     def forward(
         self,
@@ -180,7 +181,7 @@ class WyckoffFlowModel(nn.Module):
         h = self.norm_out(h) * (1 + scale) + shift
         v_lat = self.lattice_out(h[:, 0]).float() * batch.lat_free
         v_atom = self.coord_out(h[:, 1:]).float()
-        if self.displace is not None and pair is not None:
+        if self.displace is not None and pair is not None and delta is not None:
             v_atom = v_atom + self.displace(h[:, 1:], pair, delta, batch.amask)
         v_atom = v_atom * batch.amask[..., None]
         with torch.autocast(v_atom.device.type, enabled=False):

@@ -79,8 +79,8 @@ class SmoacsParams(MethodParams):
         ge=0,
         le=5,
         description="judged refinement rounds; default: 2 when the method is asked for at most "
-        "256 candidates (num_candidates x the job's oversample; chgnet predictor), none above "
-        "that and with megnet",
+        f"{REFINE_AUTO_MAX} candidates (num_candidates x the job's oversample; chgnet "
+        "predictor), none above that and with megnet",
     )
     refine_proposals: int = Field(default=4, ge=1, le=32)
     refine_species_per_group: int = Field(default=6, ge=1, le=40)
