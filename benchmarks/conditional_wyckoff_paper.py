@@ -44,7 +44,7 @@ from common import match_rms, pack, parallel_map, shutdown_pools  # benchmarks/c
 
 from ml.crystal import Crystal
 from ml.methods.conditional.checkpoint import load_wyckoff_release
-from ml.methods.conditional.method import WYCKOFF_COORD_ANNEAL
+from ml.methods.conditional.method import WYCKOFF_COORD_ANNEAL, ConditionalParams
 from ml.methods.conditional.wyckoff_flow import WyckoffSampleConfig
 from ml.methods.conditional.wyckoff_sampler import WyckoffCondition, generate, plan
 
@@ -268,7 +268,7 @@ def lab_known(model: Any, stats: Any, cfg: WyckoffSampleConfig, samples: int, ar
             continue
         ref = min(refs, key=lambda c: c.num_atoms)
         conds = plan(ref.numbers, samples, stats, space_group=sg)
-        gens = generate(model, conds, cfg, seed=args.seed, batch_size=args.batch)
+        gens = generate(model, conds, cfg, args.seed, args.batch, redraw=args.redraw)
         rms = [_rms(g, ref) for g in gens]
         hits = [i for i, r in enumerate(rms) if not np.isnan(r)]
         out[f"{formula}_{sg}"] = {
@@ -281,7 +281,7 @@ def lab_known(model: Any, stats: Any, cfg: WyckoffSampleConfig, samples: int, ar
             numbers = list(_cell({"Mg": 1, "Al": 2, "O": 4}, 2))
             target = float(ref.properties.get("formation_energy_per_atom", -3.3))
             conds = plan(numbers, samples, stats, formation_energy=target)
-            gens = generate(model, conds, cfg, seed=args.seed, batch_size=args.batch)
+            gens = generate(model, conds, cfg, args.seed, args.batch, redraw=args.redraw)
             rms = [_rms(g, ref) for g in gens]
             entry: dict[str, Any] = {
                 "space_groups": sorted({c.space_group for c in conds}),
@@ -320,6 +320,13 @@ def main() -> None:
     )
     p.add_argument(
         "--per-template", type=int, default=2, help="samples per proposed Wyckoff assignment"
+    )
+    p.add_argument(
+        "--redraw",
+        type=int,
+        default=ConditionalParams.model_fields["redraw_off_group"].default,
+        help="draw a sample again (up to this many times) while its spglib group is not its "
+        "template's (default: the service's; 0: raw samples, as before 2026-12-05)",
     )
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -364,6 +371,7 @@ def main() -> None:
         "steps": args.steps,
         "guidance": args.guidance,
         "coord_anneal": args.coord_anneal,
+        "redraw": args.redraw,
         "model": {k: v for k, v in info.items() if k != "history"},
         "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
     }
@@ -380,10 +388,10 @@ def main() -> None:
         first = [c[0] for c in conds]
         rest = [x for c in conds for x in c[1:]]
         gen1, wall1 = timed(
-            lambda: generate(model, first, cfg, args.seed, args.batch, primitive=False)
+            lambda: generate(model, first, cfg, args.seed, args.batch, False, args.redraw)
         )
         gen_rest, wall_rest = timed(
-            lambda: generate(model, rest, cfg, args.seed + 1, args.batch, primitive=False)
+            lambda: generate(model, rest, cfg, args.seed + 1, args.batch, False, args.redraw)
         )
         gens = [[gen1[i], *gen_rest[i * (k - 1) : (i + 1) * (k - 1)]] for i in range(len(first))]
         ranked = None

@@ -123,7 +123,8 @@ def _reexport_wyckoff(src: Path, dst: Path) -> None:
     from ml.methods.conditional.checkpoint import load_wyckoff_release, save_wyckoff_release
 
     model, stats, info = load_wyckoff_release(src)
-    save_wyckoff_release(model, dst, stats.to_dict(), info)
+    dtype = info.get("stored_dtype", "float32")  # the shipped file is float16 since 2026-12-05
+    save_wyckoff_release(model, dst, stats.to_dict(), info, dtype=dtype)
 
 
 def _reexport_proxy(src: Path, dst: Path) -> None:

@@ -65,6 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="pair features in the attention values and the displacement head (0: the first "
         "release's network)",
     )
+    p.add_argument(
+        "--release-dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="storage of the released weights (float32 continues exactly with --init; "
+        "float16 halves the file, see ml.methods.conditional.convert_release)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu / cuda (default from settings)")
     p.add_argument("--workers", type=int, default=1, help="processes for the decomposition")
@@ -167,7 +174,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         }
 
     def export() -> None:
-        save_wyckoff_release(ema.module, args.out, stats.to_dict(), info())
+        save_wyckoff_release(
+            ema.module, args.out, stats.to_dict(), info(), dtype=args.release_dtype
+        )
 
     done = False
     while not done:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ml.constraints import space_group_number
 from ml.crystal import Crystal
 from ml.generative.assignment import (
     TemplateStats,
@@ -102,6 +103,10 @@ def _props(conditions: Sequence[WyckoffCondition], properties: Sequence[str]) ->
     ).reshape(len(conditions), len(properties))
 
 
+# Redraws take their noise from seeds this far above the batch seeds (no overlap with them).
+REDRAW_SEED_STRIDE = 1_000_003
+
+
 def generate_batches(
     model: WyckoffFlowModel,
     conditions: Sequence[WyckoffCondition],
@@ -109,24 +114,53 @@ def generate_batches(
     seed: int = 0,
     batch_size: int = 512,
     primitive: bool = True,
+    redraw: int = 0,
 ) -> Iterator[list[tuple[WyckoffCrystal, Crystal]]]:
     """(Wyckoff representation, expanded crystal) for ``conditions`` in order, ``batch_size``
-    at a time; batch k draws its noise from ``seed + k`` (same inputs, same crystals)."""
-    device = next(model.parameters()).device
-    norm = model.config.norm
+    at a time; batch k draws its noise from ``seed + k`` (same inputs, same crystals).
+
+    ``redraw``: a sample whose spglib group (symprec 0.1) is not its template's is drawn
+    again with fresh noise, up to ``redraw`` times (the last draw is kept when none fits).
+    Expansion gives at least the template's symmetry, but free parameters that land on special
+    values add more: ZnO in P6_3mc with Zn 2a, O 2b and dz = 1/4 is NiAs-type, P6_3/mmc."""
     for k, start in enumerate(range(0, len(conditions), batch_size)):
         chunk = conditions[start : start + batch_size]
-        batch = pad_templates(
-            [c.space_group for c in chunk],
-            [list(c.orbits) for c in chunk],
-            props=_props(chunk, model.config.properties),
-            norm=norm,
-        ).to(device)
-        gen = torch.Generator(device=device).manual_seed(seed + k)
-        u, lat = sample(model, batch, cfg, gen, autocast=device.type == "cuda")
-        yield expand_samples(
-            [(c.space_group, c.orbits) for c in chunk], u, lat, batch, model, primitive
-        )
+        pairs = _draw(model, chunk, cfg, seed + k, primitive)
+        for r in range(1, redraw + 1):
+            off = [i for i, (_, c) in enumerate(pairs) if not _in_group(c, chunk[i].space_group)]
+            if not off:
+                break
+            again = _draw(
+                model, [chunk[i] for i in off], cfg, seed + k + r * REDRAW_SEED_STRIDE, primitive
+            )
+            for i, pair in zip(off, again, strict=True):
+                pairs[i] = pair
+        yield pairs
+
+
+def _in_group(crystal: Crystal, space_group: int) -> bool:
+    return space_group_number(crystal) == space_group
+
+
+def _draw(
+    model: WyckoffFlowModel,
+    chunk: Sequence[WyckoffCondition],
+    cfg: WyckoffSampleConfig,
+    seed: int,
+    primitive: bool,
+) -> list[tuple[WyckoffCrystal, Crystal]]:
+    device = next(model.parameters()).device
+    batch = pad_templates(
+        [c.space_group for c in chunk],
+        [list(c.orbits) for c in chunk],
+        props=_props(chunk, model.config.properties),
+        norm=model.config.norm,
+    ).to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    u, lat = sample(model, batch, cfg, gen, autocast=device.type == "cuda")
+    return expand_samples(
+        [(c.space_group, c.orbits) for c in chunk], u, lat, batch, model, primitive
+    )
 
 
 def expand_samples(
@@ -159,8 +193,9 @@ def generate(
     seed: int = 0,
     batch_size: int = 512,
     primitive: bool = True,
+    redraw: int = 0,
 ) -> list[Crystal]:
     """Expanded crystals only; ``primitive=False`` keeps the conventional cells (no spglib
     reduction: faster, and StructureMatcher reduces cells itself)."""
-    batches = generate_batches(model, conditions, cfg, seed, batch_size, primitive)
+    batches = generate_batches(model, conditions, cfg, seed, batch_size, primitive, redraw)
     return [c for b in batches for _, c in b]
