@@ -48,8 +48,18 @@ class CliqueFlowmerConfig:
     p_latent_drop: float = 0.1
     # Lifted logit-normal time: probability of a uniform draw.
     p_time_uniform: float = 0.1
+    # Pair geometry in the geometry decoder. 0: the released network (atoms attend by content
+    # only). > 0: features of every atom pair's fractional difference and minimum-image
+    # distance (this width) join the flow transformer's attention values, and a displacement
+    # read-out adds velocities along the atoms' differences (conditional generator's design).
+    pair_dim: int = 0
+    pair_freqs: int = 3
+    distance_rbf: int = 16
+    distance_max: float = 8.0  # Å, last RBF centre
 
     def __post_init__(self) -> None:
+        if self.pair_dim < 0:
+            raise ValueError("pair_dim must be >= 0")
         if not 0 <= self.d_knot < self.d_clique:
             raise ValueError("d_knot must be in [0, d_clique)")
         if self.d_model % self.n_heads:

@@ -11,7 +11,10 @@ Follows ``docs/methods.md`` section 1 (which restates the paper's section 3):
   conditioned on z_mod = LayerNorm(GELU(Linear(z))) through AdaLN;
 - geometry decoder: flow-matching velocity of (lengths, angles, positions) from a non-causal
   transformer with AdaLN on atom-type (plus time) embeddings and, in every block, cross-attention
-  to the clique tokens LayerNorm(GELU(MLP([Z_c, onehot(c)]))).
+  to the clique tokens LayerNorm(GELU(MLP([Z_c, onehot(c)]))). With ``pair_dim`` > 0 (not in
+  the paper) the atoms' pair geometry at the current flow state joins the self-attention's
+  values and a displacement read-out adds position velocities along the atoms' differences,
+  as in the conditional generator (``ml/methods/conditional/displacement.py``).
 """
 
 from __future__ import annotations
@@ -23,15 +26,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.crystal import lattice_from_params_torch
 from ml.generative.periodic import min_image
 from ml.methods.cliqueflowmer.config import PAD, START, STOP, VOCAB, CliqueFlowmerConfig
 from ml.methods.cliqueflowmer.geometry import (
+    ANGLE_MAX,
+    ANGLE_MIN,
     LengthPrior,
     MaterialBatch,
+    angles_from_flow,
     angles_to_flow,
+    lengths_from_flow,
     lengths_to_flow,
 )
-from ml.methods.cliqueflowmer.layers import AdaLNTransformer, AttentionPool, mlp, time_embedding
+from ml.methods.cliqueflowmer.layers import (
+    AdaLNTransformer,
+    AttentionPool,
+    init_pair_values,
+    mlp,
+    time_embedding,
+)
+from ml.methods.conditional.displacement import DisplacementHead
+from ml.methods.conditional.model import pair_features
 
 LOG_STD_MIN, LOG_STD_MAX = -9.0, 2.0
 
@@ -92,9 +108,16 @@ class CliqueFlowmer(nn.Module):
         self.register_buffer("clique_idx", clique_index(cfg), persistent=False)
         self.register_buffer("clique_onehot", torch.eye(cfg.n_cliques), persistent=False)
 
-        def transformer(cross: bool = False) -> AdaLNTransformer:
+        def transformer(cross: bool = False, pair_dim: int = 0) -> AdaLNTransformer:
             return AdaLNTransformer(
-                d, cfg.n_blocks, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.ada_rank, cross
+                d,
+                cfg.n_blocks,
+                cfg.n_heads,
+                cfg.ffn_dim,
+                cfg.dropout,
+                cfg.ada_rank,
+                cross,
+                pair_dim,
             )
 
         # Encoder.
@@ -131,10 +154,19 @@ class CliqueFlowmer(nn.Module):
         self.geo_registers = nn.Parameter(torch.randn(r, d) * 0.02)
         self.geo_time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.geo_latent = nn.Sequential(mlp(d_in, h, d, cfg.n_mlp), nn.GELU(), nn.LayerNorm(d))
-        self.flow = transformer(cross=True)
+        self.flow = transformer(cross=True, pair_dim=cfg.pair_dim)
         self.out_len = mlp(d, h, 3, cfg.n_mlp)
         self.out_ang = mlp(d, h, 3, cfg.n_mlp)
         self.out_pos = mlp(d, h, 3, cfg.n_mlp)
+        # Pair geometry: created last and only when asked for, so pair_dim = 0 draws the same
+        # initial weights and has the released checkpoints' state dict keys.
+        self.geo_pair: nn.Module | None = None
+        self.displace: DisplacementHead | None = None
+        if cfg.pair_dim:
+            pair_in = 6 * cfg.pair_freqs + cfg.distance_rbf
+            self.geo_pair = mlp(pair_in, cfg.pair_dim, cfg.pair_dim, 1)
+            self.displace = DisplacementHead(d, cfg.n_heads, cfg.pair_dim)
+            init_pair_values(self.flow)
 
     # ------------------------------------------------------------------ prior and labels
     def set_prior(self, prior: LengthPrior) -> None:
@@ -216,6 +248,31 @@ class CliqueFlowmer(nn.Module):
     def clique_tokens(self, z: torch.Tensor) -> torch.Tensor:
         return self.geo_latent(self._clique_inputs(z))
 
+    def pair_geometry(
+        self, numbers: torch.Tensor, state: FlowState
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Pair embedding (B, A, A, pair_dim) and minimum-image displacements (B, A, A, 3)
+        from atom i to atom j in the current flow state; None for the released network."""
+        if self.geo_pair is None:
+            return None
+        num_atoms = (numbers > 0).sum(1).clamp(min=1)
+        # Noisy or mid-integration states can leave the data's range: clamp so the cell stays
+        # finite (lengths) and non-degenerate (angles).
+        lengths = lengths_from_flow(
+            state.lengths.float().clamp(-8.0, 8.0), num_atoms, self.len_mu, self.len_sigma
+        )
+        angles = angles_from_flow(state.angles.float()).clamp(ANGLE_MIN, ANGLE_MAX)
+        matrix = lattice_from_params_torch(lengths, angles)
+        pos = state.pos.float()
+        diff = pos[:, :, None] - pos[:, None, :]
+        pair = self.geo_pair(pair_features(diff, matrix, self.cfg))
+        # Zero, not merely masked, at padding: a masked key still multiplies its pair values
+        # by a zero weight, and 0 * NaN from a stray padded position would reach real atoms.
+        real = numbers > 0
+        both = (real[:, :, None] & real[:, None, :])[..., None]
+        pair = torch.where(both, pair, torch.zeros_like(pair))
+        return pair, torch.where(both, min_image(-diff), torch.zeros_like(diff))
+
     def velocity(
         self,
         ztok: torch.Tensor,
@@ -240,11 +297,18 @@ class CliqueFlowmer(nn.Module):
         cond = torch.cat([roles, self.geo_atom(atom_tokens(numbers))], dim=1) + temb[:, None]
         mask = numbers > 0
         valid = torch.cat([mask.new_ones(b, r + 2), mask], dim=1)
-        out = self.flow(x, cond, mask=valid[:, None, None, :], context=ztok)
+        geo = self.pair_geometry(numbers, state)
+        # Registers, lengths and angles have no pair geometry: zero rows and columns.
+        pair_tok = None if geo is None else F.pad(geo[0], (0, 0, r + 2, 0, r + 2, 0))
+        out = self.flow(x, cond, mask=valid[:, None, None, :], context=ztok, pair=pair_tok)
+        atoms = out[:, r + 2 :]
+        pos = self.out_pos(atoms)
+        if self.displace is not None and geo is not None:
+            pos = pos + self.displace(atoms, geo[0], geo[1], mask)
         return FlowState(
             lengths=self.out_len(out[:, r]),
             angles=self.out_ang(out[:, r + 1]),
-            pos=self.out_pos(out[:, r + 2 :]),
+            pos=pos,
         )
 
     # ------------------------------------------------------------------ training loss

@@ -13,14 +13,18 @@ decays by a cosine to 10 % at the end. ``--resume`` continues from ``work-dir/st
 
 ``--init CHECKPOINT`` starts from an exported checkpoint's weights (fresh optimiser and
 schedule); from another property's checkpoint the autoencoder is reused and the predictor
-starts afresh. ``--export-every`` writes the averaged weights to ``--out`` while training, so
-a run cut off early still leaves a usable checkpoint. ``--compile`` compiles the three
+starts afresh; from a checkpoint without pair geometry, a ``--pair-dim`` run keeps its new pair
+parameters, with the pair values zeroed so it starts as the checkpoint's network.
+``--pair-dim`` > 0 adds pair geometry to the geometry decoder (``model.py``).
+``--export-every`` writes the averaged weights to ``--out`` while training, so a run cut off
+early still leaves a usable checkpoint. ``--compile`` compiles the three
 transformers (static shapes: batches are padded to ``max_atoms``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -58,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.999, help="weight-average decay")
     p.add_argument("--limit", type=int, default=None, help="first N materials per split")
     p.add_argument("--tiny", action="store_true", help="tiny model (tests)")
+    p.add_argument(
+        "--pair-dim", type=int, default=0, help="pair geometry in the geometry decoder (0: off)"
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
@@ -103,13 +110,18 @@ def init_from_checkpoint(model: CliqueFlowmer, path: Path, prop: str) -> dict[st
     The model's own length prior and label statistics are kept; from a checkpoint of another
     property the predictor is left at its fresh initialisation."""
     src, info = load_checkpoint(path)
-    if src.cfg.to_dict() != model.cfg.to_dict():
+    if _without_pair(src.cfg) != _without_pair(model.cfg):
         raise SystemExit(f"{path} has another model config than this run")
     keep = {"len_mu", "len_sigma", "y_mean", "y_std"}
     if info.get("property") != prop:
         keep |= {k for k in model.state_dict() if k.startswith("predictor.")}
     own = model.state_dict()
-    state = {k: (own[k] if k in keep else v) for k, v in src.state_dict().items()}
+    theirs = src.state_dict()
+    if src.cfg.pair_dim != model.cfg.pair_dim:
+        if src.cfg.pair_dim:
+            raise SystemExit(f"{path} has pair geometry of another width than this run")
+        theirs = {**theirs, **_pair_start(own, theirs)}
+    state = {k: (own[k] if k in keep else v) for k, v in theirs.items()}
     model.load_state_dict(state)
     meta = info.get("meta", {})
     return {
@@ -118,6 +130,19 @@ def init_from_checkpoint(model: CliqueFlowmer, path: Path, prop: str) -> dict[st
         "steps": int(meta.get("total_steps", meta.get("steps", 0))),
         "train_seconds": float(meta.get("total_train_seconds", meta.get("train_seconds", 0.0))),
     }
+
+
+def _without_pair(cfg: CliqueFlowmerConfig) -> dict[str, Any]:
+    pair = {"pair_dim", "pair_freqs", "distance_rbf", "distance_max"}
+    return {k: v for k, v in cfg.to_dict().items() if k not in pair}
+
+
+def _pair_start(own: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The pair parameters a checkpoint without them lacks: fresh, except the attention's pair
+    values, zeroed, so the network starts as the checkpoint's (the displacement read-out's
+    coefficient is zero already); they still get gradients and grow from there."""
+    fresh = {k: v for k, v in own.items() if k not in theirs}
+    return {k: torch.zeros_like(v) if k.endswith("pair_value") else v for k, v in fresh.items()}
 
 
 def log_line(fh: Any, record: dict[str, Any]) -> None:
@@ -145,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     known = np.isfinite(y)
     prior = LengthPrior.fit(packed.lengths, packed.num_atoms)
     cfg = tiny_config() if args.tiny else CliqueFlowmerConfig()
+    cfg = dataclasses.replace(cfg, pair_dim=args.pair_dim)
     model = CliqueFlowmer(cfg, prior).to(device)
     model.set_label_stats(float(y[known].mean()), float(y[known].std()))
     init: dict[str, Any] | None = None
