@@ -19,11 +19,7 @@
 #   bash benchmarks/cliqueflowmer_pair_gpu_run.sh
 set -uo pipefail
 T0=$(date +%s)
-if [ -z "${LOCAL:-}" ]; then
-  source benchmarks/gpu_env.sh || exit 1
-else
-  export PYTHONPATH=$PWD
-fi
+source benchmarks/gpu_env.sh || exit 1  # LOCAL=1: this machine, as installed
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 O=${OUT:-/tmp/out}
 R=$O/res; mkdir -p "$R"

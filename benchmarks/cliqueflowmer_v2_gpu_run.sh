@@ -13,11 +13,7 @@
 #   bash benchmarks/cliqueflowmer_v2_gpu_run.sh
 set -uo pipefail
 T0=$(date +%s)
-if [ -z "${LOCAL:-}" ]; then
-  source benchmarks/gpu_env.sh || exit 1
-else
-  export PYTHONPATH=$PWD
-fi
+source benchmarks/gpu_env.sh || exit 1  # LOCAL=1: this machine, as installed
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 R=${OUT:-/tmp/out}/res; mkdir -p "$R"
 N=${N:-500}; WORKERS=${WORKERS:-5}; DEVICE=${DEVICE:-cuda}

@@ -13,7 +13,7 @@
 #            TRAIN_ARGS="--steps 3" bash benchmarks/conditional_extra_gpu_run.sh
 set -uo pipefail
 T0=$(date +%s)
-if [ -z "${LOCAL:-}" ]; then source benchmarks/gpu_env.sh || exit 1; else export PYTHONPATH=$PWD; fi
+source benchmarks/gpu_env.sh || exit 1  # LOCAL=1: this machine, as installed
 export PYTHONPATH=$PYTHONPATH:$PWD/benchmarks PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 OUT=${OUT:-/tmp/out}; R=$OUT/res; mkdir -p "$R"
 DEVICE=${DEVICE:-cuda}; CALL_S=${CALL_S:-550}; MINUTES=${MINUTES:-3}

@@ -13,11 +13,7 @@
 #             TRAIN_ARGS="--d-model 64 --layers 2 --heads 4 --batch-size 32" WORKERS=1 \
 #             bash benchmarks/conditional_v2_gpu_run.sh
 set -uo pipefail
-if [ -z "${LOCAL:-}" ]; then
-  source benchmarks/gpu_env.sh || exit 1
-else
-  export PYTHONPATH=$PWD
-fi
+source benchmarks/gpu_env.sh || exit 1  # LOCAL=1: this machine, as installed
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 OUT=${OUT:-/tmp/out}; R=$OUT/res; mkdir -p "$R"
 MINUTES=${MINUTES:-5.5}      # training wall-clock budget

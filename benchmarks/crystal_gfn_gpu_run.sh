@@ -21,11 +21,7 @@
 #             BENCH_ARGS="--generator-steps 3" CKPT_WYCKOFF=/tmp/wyckoff-tiny.pt \
 #             bash benchmarks/crystal_gfn_gpu_run.sh
 set -uo pipefail
-if [ -z "${LOCAL:-}" ]; then
-  source benchmarks/gpu_env.sh || exit 1
-else
-  export PYTHONPATH=$PWD
-fi
+source benchmarks/gpu_env.sh || exit 1  # LOCAL=1: this machine, as installed
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 OUT=${OUT:-/tmp/out}; R=$OUT/res; mkdir -p "$R"
 MODE=${MODE:-paper}

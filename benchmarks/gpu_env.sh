@@ -4,6 +4,11 @@
 # matters under a call's 64 MiB limit) and the settings pointing at them. Idempotent.
 #   carry: .whl .devpack .devdata/models   (bash benchmarks/gpu_prepare.sh first), or
 #          .callpack .devpack .devdata/models (benchmarks/gpu_stage.sh)
+# LOCAL=1 (a script's CPU smoke run on this machine): the installed packages and this checkout.
+if [ -n "${LOCAL:-}" ]; then
+  export PYTHONPATH=$PWD
+  return 0
+fi
 if [ -z "${MATDESIGN_GPU_ENV:-}" ]; then
   if [ -f .callpack/site.tar.xz ]; then  # benchmarks/gpu_stage.sh: wheels sent unpacked
     mkdir -p /tmp/site && tar -C /tmp/site -xJf .callpack/site.tar.xz || return 1

@@ -26,11 +26,7 @@
 #   TRAIN_ARGS="--d-model 32 --hidden 32 --samples 50" bash benchmarks/matinvent_gpu_run.sh
 set -uo pipefail
 T0=$(date +%s)
-if [ -z "${LOCAL:-}" ]; then
-  source benchmarks/gpu_env.sh || exit 1
-else
-  export PYTHONPATH=$PWD
-fi
+source benchmarks/gpu_env.sh || exit 1  # LOCAL=1: this machine, as installed
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 OUT=${OUT:-/tmp/out}; R=$OUT/res; mkdir -p "$R/plots" "$R/runs"
 DEVICE=${DEVICE:-cuda}; MINUTES=${MINUTES:-3}; WORKERS=${WORKERS:-14}
