@@ -35,6 +35,7 @@ import json
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +350,12 @@ def main() -> None:
         action="store_true",
         help="rank assignments also by the templates of MP 2018 structures outside MP-20",
     )
+    p.add_argument(
+        "--sg-prior",
+        choices=("chemistry", "v1"),
+        default="chemistry",
+        help="P(sg | composition) for the comp mode (v1: before 2026-12-05)",
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--save", type=Path, help="generated crystals (.npz) for later rescoring")
     args = p.parse_args()
@@ -356,6 +363,7 @@ def main() -> None:
     modes = set(args.modes.split(","))
     t_start = time.time()
     model, stats, info = load_wyckoff_release(args.wyckoff, args.device, args.extra_templates)
+    stats = replace(stats, space_group_prior=args.sg_prior)
     cfg = WyckoffSampleConfig(
         steps=args.steps, guidance=args.guidance, coord_anneal=args.coord_anneal
     )
@@ -372,6 +380,7 @@ def main() -> None:
         "guidance": args.guidance,
         "coord_anneal": args.coord_anneal,
         "redraw": args.redraw,
+        "sg_prior": args.sg_prior,
         "model": {k: v for k, v in info.items() if k != "history"},
         "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
     }
