@@ -517,3 +517,34 @@ def test_off_group_samples_are_drawn_again(
         assert np.array_equal(a.numbers, b.numbers)
     if redraw:
         assert all(seen[i] == 1 for i in range(len(conds)))  # each first draw judged once
+
+
+def test_composition_without_group_takes_the_formula_units_of_its_likeliest_group() -> None:
+    """MgAl2O4 with one formula unit fits no spinel: with no space group and no
+    formula_units, the cell size is the one whose best proposed group is likeliest."""
+
+    class _Stats:  # P(best group) by cell size: 7 atoms 0.06, 14 atoms 0.39, 21 atoms 0.1
+        def propose_space_groups(self, cell: dict, count: int, fus: tuple) -> list:
+            return [(227, {7: 0.06, 14: 0.39, 21: 0.1}[sum(cell.values())])]
+
+    def request(**cons: object) -> DesignRequest:
+        return DesignRequest.model_validate(
+            {
+                "method": "conditional",
+                "num_candidates": 4,
+                "objectives": [{"property": "formation_energy", "goal": "below", "value": -1}],
+                "constraints": {"composition": "MgAl2O4", "max_atoms": 21, **cons},
+            }
+        )
+
+    params = ConditionalMethod().validate(request())
+    cells = method_mod._likeliest_cells(request(), params, _Stats())
+    assert [len(numbers) for numbers, _, _ in cells] == [14]
+    assert cells[0][1] is None
+    # Two options: the two likeliest sizes, best first, within the training data's 20 atoms
+    # (the 21-atom cell would rank above the 7-atom one).
+    two = params.model_copy(update={"formula_unit_options": 2})
+    assert [len(c[0]) for c in method_mod._likeliest_cells(request(), two, _Stats())] == [14, 7]
+    # A named group or explicit formula units: the usual rule decides.
+    assert method_mod._likeliest_cells(request(space_groups=[227]), params, _Stats()) == []
+    assert method_mod._likeliest_cells(request(formula_units=[1]), params, _Stats()) == []
