@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.generative.pair_attention import attend_with_pair_values
+
 
 def mlp(d_in: int, d_hidden: int, d_out: int, depth: int = 2) -> nn.Sequential:
     """``depth`` hidden layers of width ``d_hidden`` with GELU."""
@@ -88,8 +90,7 @@ class Attention(nn.Module):
             scores = scores.masked_fill(~mask, float("-inf"))
         a = scores.softmax(-1)
         a = F.dropout(a, self.dropout, self.training).to(v.dtype)
-        seen = torch.einsum("bhij,bijp->bhip", a, pair.to(v.dtype))
-        return a @ v + torch.einsum("bhip,hpe->bhie", seen, self.pair_value.to(v.dtype))
+        return attend_with_pair_values(a, v, pair, self.pair_value)
 
 
 def init_pair_values(module: nn.Module) -> None:

@@ -220,8 +220,7 @@ def _likeliest_cells(
     if cons.composition is None or cons.space_groups or cons.formula_units:
         return []
     amounts = reduced_amounts(cons.composition)
-    per_fu = sum(amounts.values())
-    zs = [z for z in cons.formula_unit_choices() if z * per_fu <= TRAINING_MAX_ATOMS]
+    zs = _formula_units(cons, None, len(cons.formula_unit_choices()))  # all within range
 
     def best(z: int) -> float:
         cell = {el: a * z for el, a in amounts.items()}

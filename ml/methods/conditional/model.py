@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.crystal import lattice_from_params_torch
+from ml.generative.pair_attention import attend_with_pair_values
 from ml.generative.periodic import min_image
 from ml.methods.conditional.geometry import CoordPrior, LengthPrior, decode_lattice
 
@@ -122,8 +123,7 @@ class Block(nn.Module):
         else:
             scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias.to(q.dtype)
             a = scores.float().softmax(-1).to(v.dtype)
-            seen = torch.einsum("bhij,bijp->bhip", a, pair.to(v.dtype))
-            att = a @ v + torch.einsum("bhip,hpe->bhie", seen, self.pair_value.to(v.dtype))
+            att = attend_with_pair_values(a, v, pair, self.pair_value)
         h = h + g1 * self.proj(att.transpose(1, 2).reshape(b, n, d))
         x = self.norm2(h) * (1 + sc2) + sh2
         return h + g2 * self.ff(x)
