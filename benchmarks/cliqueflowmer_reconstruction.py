@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 2.0, 4.0])
     p.add_argument("--euler-steps", type=int, default=100)
     p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--anneal", type=float, default=0.0, help="position anti-annealing s")
+    p.add_argument(
+        "--samples", type=int, default=1, help="geometries per latent, most self-consistent kept"
+    )
+    p.add_argument("--decode-beams", type=int, default=1, help="atom-type beams tried per latent")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -57,11 +62,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "n": len(sub),
         "euler_steps": args.euler_steps,
         "beam": args.beam,
+        "anneal": args.anneal,
+        "samples": args.samples,
+        "decode_beams": args.decode_beams,
         "by_guidance": {},
     }
     for w in args.guidance:
         t = time.time()
-        decoded = reconstruct(model, sub, device, w, args.euler_steps, args.beam, args.seed)
+        decoded = reconstruct(
+            model,
+            sub,
+            device,
+            w,
+            args.euler_steps,
+            args.beam,
+            args.seed,
+            args.anneal,
+            args.samples,
+            args.decode_beams,
+        )
         t_dec = time.time() - t
         same_comp = [
             a.to_structure().composition.reduced_formula

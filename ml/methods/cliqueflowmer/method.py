@@ -73,6 +73,22 @@ class CliqueFlowmerParams(MethodParams):
     top_k_percent: float = Field(default=10.0, gt=0, le=100)
     guidance: float = Field(default=2.0, ge=0, le=20)
     euler_steps: int = Field(default=100, ge=1, le=2000)
+    anneal: float = Field(
+        default=5.0,
+        ge=0,
+        le=15,
+        description="position anti-annealing s: velocity x (1 + s t) (FlowMM); 0 = plain Euler",
+    )
+    decode_beams: int = Field(
+        default=3, ge=1, le=10, description="atom-type sequences tried per latent (best beams)"
+    )
+    geometry_samples: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="geometries drawn per atom-type sequence; of all beams x samples, the "
+        "candidate that re-encodes nearest its latent is kept",
+    )
     beam_width: int = Field(default=10, ge=1, le=64)
     restrict_elements: bool = Field(
         default=True, description="beam search emits only the request's permitted elements"
@@ -268,6 +284,9 @@ class CliqueFlowmerMethod(DesignMethod):
                     max_atoms=max_atoms,
                     allowed_elements=allowed,
                     generator=gen,
+                    anneal=params.anneal,
+                    samples=params.geometry_samples,
+                    beams=params.decode_beams,
                 )
             batch = []
             for j, crystal in enumerate(crystals):

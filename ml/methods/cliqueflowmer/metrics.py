@@ -102,13 +102,24 @@ def reconstruct(
     steps: int = 100,
     beam: int = 10,
     seed: int = 0,
+    anneal: float = 0.0,
+    samples: int = 1,
+    beams: int = 1,
 ) -> list[Crystal]:
     """Encode (posterior mean) then decode every packed material."""
     mu, _ = encode_packed(model, packed, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with autocast(device):
         return decode_latents(
-            model, mu, beam_width=beam, steps=steps, guidance=guidance, generator=gen
+            model,
+            mu,
+            beam_width=beam,
+            steps=steps,
+            guidance=guidance,
+            generator=gen,
+            anneal=anneal,
+            samples=samples,
+            beams=beams,
         )
 
 
