@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Issues 15 and 13 on a lent GPU, one call (< 570 s), jobs side by side:
 #  1. CliqueFlowmer encode -> decode on $N (500) MP-20 test crystals, w = 0 / 2 / 4, with the
-#     position anti-annealing s = 0, 5, 10, and s = 5 keeping the most self-consistent of 4
-#     geometries per latent (benchmarks/cliqueflowmer_reconstruction.py);
+#     position anti-annealing s = 0, 5, 10 (one beam, one geometry), s = 5 keeping the most
+#     self-consistent of 4 geometries per latent, and the service's 3 beams x 2 geometries
+#     (benchmarks/cliqueflowmer_reconstruction.py);
 #  2. then the paper protocol (benchmarks/cliqueflowmer_paper.py) at the service's decoding
-#     (s = 5, 4 geometries per latent; the 2026-12-05 eform row: --geometry-samples 1), for
-#     $CF_CKPT (the formation-energy release by default);
+#     (s = 5, 3 beams x 2 geometries; the 2026-12-05 eform row had one beam and one
+#     geometry), for $CF_CKPT (the formation-energy release by default);
 #     (RECON=0 skips step 1; CF_CKPT=ml/weights/cliqueflowmer_bandgap.pt for the band-gap rows)
 #  3. with COND=1: the Wyckoff generator's 1,000 MP-20 test rows at the service's defaults
 #     (redraw 6, chemistry space-group prior), composition + space group and composition only.
@@ -32,8 +33,11 @@ left() { echo $(( ${CALL_S:-555} - ($(date +%s) - T0) )); }
 
 cliqueflowmer() {
   # variant name, then reconstruction flags
-  [ "$RECON" = 1 ] && for v in "s0:--anneal 0" "s5:--anneal 5" "s10:--anneal 10 --guidance 2" \
-      "s5k4:--anneal 5 --samples 4 --guidance 2"; do
+  local one="--decode-beams 1 --geometry-samples 1"
+  [ "$RECON" = 1 ] && for v in "s0:--anneal 0 $one" "s5:--anneal 5 $one" \
+      "s10:--anneal 10 $one --guidance 2" \
+      "s5k4:--anneal 5 --decode-beams 1 --geometry-samples 4 --guidance 2" \
+      "b3k2:--anneal 5 --decode-beams 3 --geometry-samples 2"; do
     # shellcheck disable=SC2086  # the flags are a word list
     timeout "$(left)" python3 benchmarks/cliqueflowmer_reconstruction.py --checkpoint "$CF_CKPT" \
       --n "$N" --workers 4 --device "$DEVICE" --out "$R/recon_${CF_NAME}_${v%%:*}.json" ${v#*:} \
@@ -47,7 +51,7 @@ cliqueflowmer() {
 cliqueflowmer &
 if [ "$COND" = 1 ]; then
   timeout "$(left)" python3 benchmarks/conditional_wyckoff_paper.py \
-    --wyckoff ml/weights/conditional-wyckoff.pt --n 1000 --samples 20 --workers "$COND_WORKERS" \
+    --wyckoff ml/weights/conditional-wyckoff.pt --n 1000 --geometry-samples 20 --workers "$COND_WORKERS" \
     --device "$DEVICE" --modes sg,comp --json "$R/conditional_1000.json" \
     --save "$R/conditional_1000.npz" > "$R/conditional_1000.log" 2>&1 &
 fi
