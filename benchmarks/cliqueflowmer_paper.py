@@ -46,13 +46,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import is_valid_quietly  # benchmarks/common.py
+from common import add_cliqueflowmer_decoding_args, is_valid_quietly  # benchmarks/common.py
 
 from ml.crystal import Crystal
 from ml.methods.cliqueflowmer.checkpoint import load_checkpoint
 from ml.methods.cliqueflowmer.data import REFERENCE_TABLE, load_split, regularised_gap
 from ml.methods.cliqueflowmer.decoding import decode_latents
-from ml.methods.cliqueflowmer.method import CliqueFlowmerParams
 from ml.methods.cliqueflowmer.metrics import autocast, encode_packed
 from ml.methods.cliqueflowmer.optimizer import (
     LatentOptimiser,
@@ -442,25 +441,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     """Decoding and run options shared with the ES sweep."""
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--euler-steps", type=int, default=100)
-    service = CliqueFlowmerParams.model_fields
-    p.add_argument(
-        "--anneal",
-        type=float,
-        default=service["anneal"].default,
-        help="position anti-annealing s (default: the service's; 0: as before 2026-12-05)",
-    )
-    p.add_argument(
-        "--decode-beams",
-        type=int,
-        default=service["decode_beams"].default,
-        help="atom-type beams tried per latent (default: the service's)",
-    )
-    p.add_argument(
-        "--geometry-samples",
-        type=int,
-        default=service["geometry_samples"].default,
-        help="geometries per latent, the most self-consistent kept (default: the service's)",
-    )
+    add_cliqueflowmer_decoding_args(p)
     p.add_argument("--beam", type=int, default=10)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     p.add_argument("--device", default=None)

@@ -26,9 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import add_cliqueflowmer_decoding_args  # benchmarks/common.py
+
 from ml.methods.cliqueflowmer.checkpoint import load_checkpoint
 from ml.methods.cliqueflowmer.data import load_split
-from ml.methods.cliqueflowmer.method import CliqueFlowmerParams
 from ml.methods.cliqueflowmer.metrics import match_flags, reconstruct
 
 
@@ -41,24 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 2.0, 4.0])
     p.add_argument("--euler-steps", type=int, default=100)
     p.add_argument("--beam", type=int, default=10)
-    # Defaults: the service's decoding. --anneal 0 --decode-beams 1 --geometry-samples 1 decodes as
-    # before 2026-12-05.
-    service = CliqueFlowmerParams.model_fields
-    p.add_argument(
-        "--anneal", type=float, default=service["anneal"].default, help="anti-annealing s"
-    )
-    p.add_argument(
-        "--geometry-samples",
-        type=int,
-        default=service["geometry_samples"].default,
-        help="geometries per atom-type beam; the candidate that re-encodes nearest is kept",
-    )
-    p.add_argument(
-        "--decode-beams",
-        type=int,
-        default=service["decode_beams"].default,
-        help="atom-type beams tried per latent",
-    )
+    add_cliqueflowmer_decoding_args(p)  # default: the service's decoding
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)

@@ -109,3 +109,26 @@ def unpack(z: Any, prefix: str) -> list[Crystal]:
         Crystal(lattice[i], frac[o[i] : o[i + 1]], numbers[o[i] : o[i + 1]])
         for i in range(len(o) - 1)
     ]
+
+
+def add_cliqueflowmer_decoding_args(p: Any) -> None:
+    """CliqueFlowmer's decoding flags (argparse), defaulting to the service's decoding; ``--anneal
+    0 --decode-beams 1 --geometry-samples 1`` decodes as before 2026-12-05."""
+    from ml.methods.cliqueflowmer.method import CliqueFlowmerParams
+
+    service = CliqueFlowmerParams.model_fields
+    p.add_argument(
+        "--anneal", type=float, default=service["anneal"].default, help="anti-annealing s"
+    )
+    p.add_argument(
+        "--decode-beams",
+        type=int,
+        default=service["decode_beams"].default,
+        help="atom-type beams tried per latent",
+    )
+    p.add_argument(
+        "--geometry-samples",
+        type=int,
+        default=service["geometry_samples"].default,
+        help="geometries per atom-type beam; the candidate that re-encodes nearest is kept",
+    )
